@@ -1,0 +1,56 @@
+# ncutils — two commands do everything on a fresh machine: `make figures`, `make test`.
+SHELL := /bin/bash
+.DELETE_ON_ERROR:
+.PHONY: all venv figures test unit nbval golden lab lint lock clean
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The environment is rebuilt whenever the lock file or pyproject.toml change (content hash, not mtime).
+ENV_HASH := $(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+STAMP  := $(VENV)/.ncutils-env-$(ENV_HASH)
+NBVAL  := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/golden/sanitize.cfg
+
+all: figures
+
+$(STAMP): requirements.lock pyproject.toml
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name ncutils --display-name "Python (ncutils)"
+	touch $@
+
+venv: $(STAMP)
+
+## figures: run every notebook at paper settings (only those whose code, profile or ncutils changed)
+figures: venv
+	$(PY) -m ncutils figures
+
+## test: unit tests + nbval regression of the golden notebooks
+test: venv
+	$(PY) -m pytest -q $(NBVAL) tests
+
+unit: venv
+	$(PY) -m pytest -q tests --ignore=tests/golden
+
+nbval: venv
+	$(PY) -m pytest -q $(NBVAL) tests/golden
+
+## golden: regenerate tests/golden/*.ipynb from the small profiles
+golden: venv
+	$(PY) -m ncutils golden
+
+lab: venv
+	$(VENV)/bin/jupyter lab notebooks
+
+lint: venv
+	$(VENV)/bin/ruff check ncutils tests
+
+## lock: re-pin every dependency from the current environment
+lock: venv
+	{ head -n 2 requirements.lock; $(PY) -m pip freeze --all --exclude-editable | grep -v -i -E '^(ncutils|pip)=='; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,37 @@
+"""ncutils — neural collapse: one set of metrics, the unconstrained-features models and their theory.
+
+``import ncutils as nc`` gives the modules (``nc.metrics``, ``nc.theory``, ``nc.models``,
+``nc.solve``, ``nc.plot``, ``nc.report``, ``nc.experiments``, ``nc.run``) and the
+names a notebook calls most: :func:`setup`, :class:`UFM`, :func:`gradient_descent`.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import experiments, metrics, models, plot, report, solve, theory
+from .models import UFM, FeatureModel, Level
+from .params import Run, setup
+from .solve import DivergenceError, GDResult, gradient_descent
+
+try:
+    __version__ = version("ncutils")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0+unknown"
+
+__all__ = [
+    "UFM",
+    "DivergenceError",
+    "FeatureModel",
+    "GDResult",
+    "Level",
+    "Run",
+    "__version__",
+    "experiments",
+    "gradient_descent",
+    "metrics",
+    "models",
+    "plot",
+    "report",
+    "setup",
+    "solve",
+    "theory",
+]

@@ -1,0 +1,46 @@
+"""Device and dtype selection, and the quiet switch for progress bars."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+__all__ = ["DTYPES", "is_quiet", "resolve_device", "resolve_dtype"]
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → ``cuda`` when available, else ``cpu``; ``"cpu"``, ``"cuda"``, ``"cuda:N"`` as given.
+
+    Raises ``ValueError`` for unknown names and for CUDA requested where none exists.
+    """
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} was requested but CUDA is not available here; use 'auto' or 'cpu'")
+        index = int(device[5:]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) exist")
+        return torch.device(device)
+    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"float64"`` (theory checks) or ``"float32"``."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def is_quiet() -> bool:
+    """True when progress bars should stay off: ``NCUTILS_QUIET=1`` (set by the runner) or CI."""
+    return os.environ.get("NCUTILS_QUIET", "").lower() in ("1", "true", "yes") or bool(os.environ.get("CI"))

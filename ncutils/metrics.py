@@ -1,0 +1,429 @@
+"""Neural-collapse metrics NC1–NC4: the one definition used everywhere in ncutils.
+
+Every formula is the one of SPEC §1 (``../shared/SPEC.md`` in the development
+tree; reproduced in each docstring below).
+
+Conventions
+-----------
+* Features ``H`` are **rows**: shape ``(N, d)``; labels ``y`` are integers in
+  ``[0, K)`` of shape ``(N,)``. The papers write ``H ∈ R^{d×N}``.
+* :func:`class_means` returns the means as rows, ``(K, d)``; the papers' class-mean
+  matrix is ``M = class_means(H, y).T ∈ R^{d×K}``.
+* The global mean ``μ_G`` is the **mean of the class means**,
+  ``μ_G = (1/K) Σ_k μ_k``. For balanced data it equals the sample mean; for
+  unbalanced data it weighs every class equally (so Σ_B does not favour large
+  classes).
+* ``Σ_W = (1/N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ`` and
+  ``Σ_B = (1/K) Σ_k (μ_k − μ_G)(μ_k − μ_G)ᵀ``.
+* Inputs may be numpy arrays or torch tensors on any device; every metric is
+  computed in float64 on the input's device and returned as a Python float.
+* Classifier ``W`` is ``(K, d)`` (rows are the class vectors ``w_k``), bias ``b`` is
+  ``(K,)``.
+
+The ``*_t`` functions are the batched torch cores: they accept leading batch
+dimensions on ``H`` (``(..., N, d)``) and ``W`` (``(..., K, d)``) with shared labels, do
+no validation, and return tensors. The solvers use them to record the metrics
+of many problems at once; the public functions validate and call them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Frame",
+    "between_class_cov",
+    "class_means",
+    "nc1",
+    "nc1_trace",
+    "nc2",
+    "nc2_equiangle",
+    "nc2_equiangle_weights",
+    "nc2_equinorm",
+    "nc2_equinorm_weights",
+    "nc2_maxangle",
+    "nc2_maxangle_weights",
+    "nc3",
+    "nc3_squared",
+    "nc4",
+    "nc_metrics",
+    "within_class_cov",
+]
+
+Frame = Literal["etf", "orthogonal"]
+ArrayLike = np.ndarray | Tensor
+_FRAMES = ("etf", "orthogonal")
+
+
+# --------------------------------------------------------------------------- #
+# validation and conversion
+# --------------------------------------------------------------------------- #
+def _as_float64(x: ArrayLike, name: str, device: torch.device | None = None) -> Tensor:
+    if isinstance(x, Tensor):
+        t = x.detach()
+    elif isinstance(x, np.ndarray | list | tuple):
+        t = torch.as_tensor(np.asarray(x))
+    else:
+        raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.int16, torch.uint8)):
+        raise ValueError(f"{name} must hold real numbers, got dtype {t.dtype}")
+    t = t.to(device=device if device is not None else t.device, dtype=torch.float64)
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or inf values; metrics need finite input")
+    return t
+
+
+def _check_features(
+    H: ArrayLike, y: ArrayLike, num_classes: int | None = None
+) -> tuple[Tensor, Tensor, int]:
+    """Validate ``H`` (N, d) and ``y`` (N,) and return (H float64, y int64, K)."""
+    Ht = _as_float64(H, "H")
+    if Ht.ndim != 2:
+        raise ValueError(f"H must be a 2-D (N, d) array of feature rows, got shape {tuple(Ht.shape)}")
+    N = Ht.shape[0]
+    yt = y.detach() if isinstance(y, Tensor) else torch.as_tensor(np.asarray(y))
+    if yt.ndim != 1 or yt.shape[0] != N:
+        raise ValueError(f"y must have shape (N,) = ({N},) to match H of shape {tuple(Ht.shape)}, got {tuple(yt.shape)}")
+    if yt.is_floating_point() or yt.is_complex() or yt.dtype == torch.bool:
+        raise ValueError(f"y must hold integer class labels, got dtype {yt.dtype}")
+    yt = yt.to(device=Ht.device, dtype=torch.int64)
+    if N == 0:
+        raise ValueError("H and y are empty (N = 0); metrics need at least one sample per class")
+    if int(yt.min()) < 0:
+        raise ValueError(f"y must hold labels in [0, K), found {int(yt.min())}")
+    K = int(yt.max()) + 1 if num_classes is None else int(num_classes)
+    if K < 2:
+        raise ValueError(f"neural-collapse metrics need K >= 2 classes, got K = {K}")
+    if int(yt.max()) >= K:
+        raise ValueError(f"y must hold labels in [0, K) = [0, {K}), found {int(yt.max())}")
+    counts = torch.bincount(yt, minlength=K)
+    empty = torch.nonzero(counts == 0).flatten().tolist()
+    if empty:
+        raise ValueError(f"class(es) {empty} have no samples; every class in [0, {K}) needs at least one")
+    return Ht, yt, K
+
+
+def _check_classifier(W: ArrayLike, K: int, d: int, device: torch.device, b: ArrayLike | None = None):
+    Wt = _as_float64(W, "W", device)
+    if Wt.shape != (K, d):
+        raise ValueError(f"W must have shape (K, d) = ({K}, {d}), got {tuple(Wt.shape)}")
+    bt = None
+    if b is not None:
+        bt = _as_float64(b, "b", device)
+        if bt.shape != (K,):
+            raise ValueError(f"b must have shape (K,) = ({K},), got {tuple(bt.shape)}")
+    return Wt, bt
+
+
+def _check_frame(frame: str) -> None:
+    if frame not in _FRAMES:
+        raise ValueError(f"frame must be one of {_FRAMES}, got {frame!r}")
+
+
+# --------------------------------------------------------------------------- #
+# batched torch cores (no validation)
+# --------------------------------------------------------------------------- #
+def class_means_t(H: Tensor, y: Tensor, K: int) -> Tensor:
+    """Class means ``(..., K, d)`` of features ``H (..., N, d)``: μ_k = mean of h_i with y_i = k."""
+    onehot = torch.nn.functional.one_hot(y, K).to(H.dtype)  # (N, K)
+    counts = onehot.sum(0)
+    return (onehot.T @ H) / counts[:, None]
+
+
+def centred_means_t(M: Tensor) -> Tensor:
+    """Centred class means M̃ (rows μ_k − μ_G, ``(..., K, d)``), μ_G the mean of class means."""
+    return M - M.mean(dim=-2, keepdim=True)
+
+
+def _residuals_t(H: Tensor, y: Tensor, M: Tensor) -> Tensor:
+    return H - M[..., y, :]
+
+
+def nc1_t(H: Tensor, y: Tensor, K: int, M: Tensor | None = None) -> Tensor:
+    """(1/K) tr(Σ_W Σ_B^†) as (1/N) Σ_i ‖M̃^†(h_i − μ_{y_i})‖², O(N·d·K), no d×d matrix."""
+    M = class_means_t(H, y, K) if M is None else M
+    R = _residuals_t(H, y, M)
+    Mc = centred_means_t(M)  # (..., K, d) = M̃ᵀ
+    # M̃ᵀ = U diag(S) Vh, hence pinv(M̃) = U diag(1/S) Vh and ‖pinv(M̃) r‖ = ‖diag(1/S) Vh r‖.
+    _, S, Vh = torch.linalg.svd(Mc, full_matrices=False)
+    eps = torch.finfo(S.dtype).eps
+    tol = S.amax(dim=-1, keepdim=True) * max(Mc.shape[-2], Mc.shape[-1]) * eps
+    S_inv = torch.where(S > tol, 1.0 / torch.where(S > tol, S, torch.ones_like(S)), torch.zeros_like(S))
+    proj = (R @ Vh.transpose(-1, -2)) * S_inv.unsqueeze(-2)  # (..., N, r)
+    return proj.square().sum(-1).mean(-1)
+
+
+def nc1_trace_t(H: Tensor, y: Tensor, K: int, M: Tensor | None = None) -> Tensor:
+    """tr(Σ_W) / tr(Σ_B) (NC1~ of Tirer, Huang & Niles-Weed 2023, their Thm 3.1)."""
+    M = class_means_t(H, y, K) if M is None else M
+    tr_w = _residuals_t(H, y, M).square().sum((-1, -2)) / H.shape[-2]
+    tr_b = centred_means_t(M).square().sum((-1, -2)) / K
+    return tr_w / tr_b
+
+
+def _frame_means(M: Tensor, frame: str) -> Tensor:
+    return centred_means_t(M) if frame == "etf" else M
+
+
+def _frame_target(K: int, frame: str, like: Tensor) -> Tensor:
+    eye = torch.eye(K, dtype=like.dtype, device=like.device)
+    if frame == "etf":
+        return (eye - 1.0 / K) / (K - 1) ** 0.5
+    return eye / K**0.5
+
+
+def nc2_from_means_t(M: Tensor, frame: str) -> Tensor:
+    """‖G/‖G‖_F − T‖_F with G the Gram of the (centred for "etf") means, T the unit-norm frame."""
+    A = _frame_means(M, frame)
+    G = A @ A.transpose(-1, -2)
+    G = G / torch.linalg.matrix_norm(G).unsqueeze(-1).unsqueeze(-1)
+    return torch.linalg.matrix_norm(G - _frame_target(M.shape[-2], frame, M))
+
+
+def nc3_from_means_t(W: Tensor, M: Tensor, frame: str) -> Tensor:
+    """‖W/‖W‖_F − M̂ᵀ/‖M̂‖_F‖_F, M̂ = centred means ("etf") or raw means ("orthogonal")."""
+    A = _frame_means(M, frame)
+    Wn = W / torch.linalg.matrix_norm(W).unsqueeze(-1).unsqueeze(-1)
+    An = A / torch.linalg.matrix_norm(A).unsqueeze(-1).unsqueeze(-1)
+    return torch.linalg.matrix_norm(Wn - An)
+
+
+def _coef_of_variation(x: Tensor) -> Tensor:
+    return x.std(dim=-1, correction=1) / x.mean(dim=-1)
+
+
+def _cosines(V: Tensor) -> Tensor:
+    Vn = V / torch.linalg.vector_norm(V, dim=-1, keepdim=True)
+    return Vn @ Vn.transpose(-1, -2)
+
+
+def equinorm_t(V: Tensor) -> Tensor:
+    """std/mean (unbiased std, as Papyan et al.'s code) of the row norms of ``V (..., K, d)``."""
+    return _coef_of_variation(torch.linalg.vector_norm(V, dim=-1))
+
+
+def equiangle_t(V: Tensor) -> Tensor:
+    """Unbiased std of the pairwise cosines cos(v_k, v_k'), k < k', of the rows of ``V``
+    (0 for K = 2, which has a single pair)."""
+    K = V.shape[-2]
+    iu = torch.triu_indices(K, K, offset=1, device=V.device)
+    cos = _cosines(V)[..., iu[0], iu[1]]
+    return cos.std(dim=-1, correction=1 if cos.shape[-1] > 1 else 0)
+
+
+def maxangle_t(V: Tensor) -> Tensor:
+    """Mean over k ≠ k' of |cos(v_k, v_k') + 1/(K−1)| (Papyan's "coherence")."""
+    K = V.shape[-2]
+    off = ~torch.eye(K, dtype=torch.bool, device=V.device)
+    cos = _cosines(V)[..., off]
+    return (cos + 1.0 / (K - 1)).abs().mean(dim=-1)
+
+
+def nc4_t(H: Tensor, W: Tensor, b: Tensor | None, M: Tensor) -> Tensor:
+    """Fraction of rows where argmax_k (W h + b)_k ≠ argmin_k ‖h − μ_k‖."""
+    logits = H @ W.transpose(-1, -2)
+    if b is not None:
+        logits = logits + b.unsqueeze(-2)
+    nearest = torch.cdist(H, M).argmin(dim=-1)
+    return (logits.argmax(dim=-1) != nearest).to(H.dtype).mean(dim=-1)
+
+
+def nc_metrics_t(
+    H: Tensor, y: Tensor, K: int, W: Tensor | None = None, b: Tensor | None = None
+) -> dict[str, Tensor]:
+    """All metrics of one feature level at once, batched; keys as :func:`nc_metrics`."""
+    M = class_means_t(H, y, K)
+    Mc = centred_means_t(M)
+    out = {
+        "nc1": nc1_t(H, y, K, M),
+        "nc1_trace": nc1_trace_t(H, y, K, M),
+        "nc2_etf": nc2_from_means_t(M, "etf"),
+        "nc2_orthogonal": nc2_from_means_t(M, "orthogonal"),
+        "nc2_equinorm": equinorm_t(Mc),
+        "nc2_equiangle": equiangle_t(Mc),
+        "nc2_maxangle": maxangle_t(Mc),
+        "mean_norm_sq": M.square().sum(-1).mean(-1),
+        "global_mean_norm": torch.linalg.vector_norm(M.mean(-2), dim=-1),
+    }
+    if W is not None:
+        out["nc3_etf"] = nc3_from_means_t(W, M, "etf")
+        out["nc3_orthogonal"] = nc3_from_means_t(W, M, "orthogonal")
+        out["nc2_equinorm_weights"] = equinorm_t(W)
+        out["nc4"] = nc4_t(H, W, b, M)
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# public API: validated, float64, Python floats
+# --------------------------------------------------------------------------- #
+def class_means(H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> Tensor:
+    """Class means μ_k as rows, shape ``(K, d)`` (the papers' M ∈ R^{d×K} transposed).
+
+    Parameters
+    ----------
+    H : (N, d) features (rows).
+    y : (N,) integer labels in ``[0, K)``; every class must have a sample.
+    num_classes : K; default ``max(y) + 1``.
+    """
+    Ht, yt, K = _check_features(H, y, num_classes)
+    return class_means_t(Ht, yt, K)
+
+
+def within_class_cov(H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> Tensor:
+    """Σ_W = (1/N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ, shape ``(d, d)`` (SPEC §0)."""
+    Ht, yt, K = _check_features(H, y, num_classes)
+    R = _residuals_t(Ht, yt, class_means_t(Ht, yt, K))
+    return R.T @ R / Ht.shape[0]
+
+
+def between_class_cov(H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> Tensor:
+    """Σ_B = (1/K) Σ_k (μ_k − μ_G)(μ_k − μ_G)ᵀ, shape ``(d, d)``, μ_G the mean of class means."""
+    Ht, yt, K = _check_features(H, y, num_classes)
+    Mc = centred_means_t(class_means_t(Ht, yt, K))
+    return Mc.T @ Mc / K
+
+
+def nc1(H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> float:
+    """NC1 = (1/K) tr(Σ_W Σ_B^†) (Papyan, Han & Donoho 2020, Fig. 6).
+
+    Computed as (1/N) Σ_i ‖M̃^†(h_i − μ_{y_i})‖² with M̃ the d×K centred means,
+    in O(N·d·K) time and O(N·K + d·K) extra memory: no d×d matrix is formed, so
+    flattened convolutional features (d ~ 1e5) are fine. Never negative;
+    0 iff every sample sits on its class mean (given non-degenerate means).
+    Singular values of M̃ below ``max(K, d)·eps·σ_max`` are treated as zero (the
+    centred means have rank ≤ K−1).
+    """
+    Ht, yt, K = _check_features(H, y, num_classes)
+    return float(nc1_t(Ht, yt, K))
+
+
+def nc1_trace(H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> float:
+    """NC1~ = tr(Σ_W) / tr(Σ_B) (Tirer, Huang & Niles-Weed 2023, Eq. 8; monotone in their Thm 3.1)."""
+    Ht, yt, K = _check_features(H, y, num_classes)
+    return float(nc1_trace_t(Ht, yt, K))
+
+
+def nc2(H: ArrayLike, y: ArrayLike, frame: Frame = "etf", num_classes: int | None = None) -> float:
+    """NC2: distance of the normalized class-mean Gram to a frame.
+
+    ``frame="etf"``: ‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F with G = M̃ᵀM̃ (centred means),
+    0 for a simplex ETF (Papyan et al. 2020).
+    ``frame="orthogonal"``: ‖G/‖G‖_F − I/√K‖_F with G = MᵀM (uncentred means), 0 for an
+    orthogonal frame — the bias-free MSE geometry (Tirer & Bruna 2022, Thm 3.1).
+    """
+    _check_frame(frame)
+    Ht, yt, K = _check_features(H, y, num_classes)
+    return float(nc2_from_means_t(class_means_t(Ht, yt, K), frame))
+
+
+def nc2_equinorm(H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> float:
+    """std/mean of ‖μ_k − μ_G‖ over classes (Papyan et al. 2020, Fig. 2; unbiased std)."""
+    Ht, yt, K = _check_features(H, y, num_classes)
+    return float(equinorm_t(centred_means_t(class_means_t(Ht, yt, K))))
+
+
+def nc2_equiangle(H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> float:
+    """Std of cos(μ_k − μ_G, μ_k' − μ_G) over pairs k < k' (Papyan et al. 2020, Fig. 3; unbiased)."""
+    Ht, yt, K = _check_features(H, y, num_classes)
+    return float(equiangle_t(centred_means_t(class_means_t(Ht, yt, K))))
+
+
+def nc2_maxangle(H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> float:
+    """Mean over k ≠ k' of |cos(μ_k − μ_G, μ_k' − μ_G) + 1/(K−1)| (Papyan et al. 2020, Fig. 4)."""
+    Ht, yt, K = _check_features(H, y, num_classes)
+    return float(maxangle_t(centred_means_t(class_means_t(Ht, yt, K))))
+
+
+def _check_weights(W: ArrayLike) -> Tensor:
+    Wt = _as_float64(W, "W")
+    if Wt.ndim != 2 or Wt.shape[0] < 2:
+        raise ValueError(f"W must be a (K, d) classifier with K >= 2 rows, got shape {tuple(Wt.shape)}")
+    return Wt
+
+
+def nc2_equinorm_weights(W: ArrayLike) -> float:
+    """std/mean of the classifier norms ‖w_k‖ (Papyan et al. 2020, Fig. 2), ``W (K, d)``."""
+    return float(equinorm_t(_check_weights(W)))
+
+
+def nc2_equiangle_weights(W: ArrayLike) -> float:
+    """Std of cos(w_k, w_k') over pairs k < k' (Papyan et al. 2020, Fig. 3), ``W (K, d)``."""
+    return float(equiangle_t(_check_weights(W)))
+
+
+def nc2_maxangle_weights(W: ArrayLike) -> float:
+    """Mean over k ≠ k' of |cos(w_k, w_k') + 1/(K−1)| (Papyan et al. 2020, Fig. 4), ``W (K, d)``."""
+    return float(maxangle_t(_check_weights(W)))
+
+
+def nc3(
+    W: ArrayLike, H: ArrayLike, y: ArrayLike, frame: Frame = "etf", num_classes: int | None = None
+) -> float:
+    """NC3 = ‖W/‖W‖_F − M̂ᵀ/‖M̂‖_F‖_F, self-duality of classifier and means.
+
+    ``W`` is ``(K, d)``. M̂ = M̃ (centred means, ``frame="etf"``, Papyan et al. 2020) or
+    M (raw means, ``frame="orthogonal"``, Tirer & Bruna 2022, where W ∝ Mᵀ).
+    Papyan et al. plot the square of the ETF version: :func:`nc3_squared`.
+    """
+    _check_frame(frame)
+    Ht, yt, K = _check_features(H, y, num_classes)
+    Wt, _ = _check_classifier(W, K, Ht.shape[1], Ht.device)
+    return float(nc3_from_means_t(Wt, class_means_t(Ht, yt, K), frame))
+
+
+def nc3_squared(W: ArrayLike, H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> float:
+    """Square of the ETF :func:`nc3`, the quantity of Papyan et al. 2020, Fig. 5."""
+    return nc3(W, H, y, "etf", num_classes) ** 2
+
+
+def nc4(
+    H: ArrayLike,
+    y: ArrayLike,
+    W: ArrayLike,
+    b: ArrayLike | None = None,
+    means: ArrayLike | None = None,
+    num_classes: int | None = None,
+) -> float:
+    """NC4: fraction of samples where argmax_k (W h + b)_k ≠ argmin_k ‖h − μ_k‖.
+
+    Parameters
+    ----------
+    H, y : (N, d) features and (N,) labels to evaluate on (e.g. the test set).
+    W, b : (K, d) classifier and optional (K,) bias — include the bias whenever the
+        model has one.
+    means : (K, d) class means to use (the *training-set* means when ``H`` is the
+        test set, as in Papyan et al. 2020); default: the class means of ``H, y``.
+    """
+    Ht, yt, K = _check_features(H, y, num_classes)
+    Wt, bt = _check_classifier(W, K, Ht.shape[1], Ht.device, b)
+    if means is None:
+        M = class_means_t(Ht, yt, K)
+    else:
+        M = _as_float64(means, "means", Ht.device)
+        if M.shape != (K, Ht.shape[1]):
+            raise ValueError(f"means must have shape (K, d) = ({K}, {Ht.shape[1]}), got {tuple(M.shape)}")
+    return float(nc4_t(Ht, Wt, bt, M))
+
+
+def nc_metrics(
+    H: ArrayLike,
+    y: ArrayLike,
+    W: ArrayLike | None = None,
+    b: ArrayLike | None = None,
+    num_classes: int | None = None,
+) -> dict[str, float]:
+    """Every metric of one feature level in one call (one class-mean pass), as floats.
+
+    Keys: ``nc1, nc1_trace, nc2_etf, nc2_orthogonal, nc2_equinorm, nc2_equiangle,
+    nc2_maxangle, mean_norm_sq`` (mean ‖μ_k‖²), ``global_mean_norm`` (‖μ_G‖), and with a
+    classifier ``W (K, d)``: ``nc3_etf, nc3_orthogonal, nc2_equinorm_weights, nc4``.
+    """
+    Ht, yt, K = _check_features(H, y, num_classes)
+    Wt = bt = None
+    if W is not None:
+        Wt, bt = _check_classifier(W, K, Ht.shape[1], Ht.device, b)
+    return {k: float(v) for k, v in nc_metrics_t(Ht, yt, K, Wt, bt).items()}

@@ -1,0 +1,183 @@
+"""Notebook parameters: one vocabulary, one validator, one ``setup`` call.
+
+Every notebook's ``parameters`` cell uses names from :data:`RULES` (the shared
+vocabulary ``K, n, d, lambda_W, lambda_H, lr, steps, init_std, seed, device`` …).
+:func:`validate` checks names, types and ranges before any compute and is used
+both by the runner (before a kernel starts) and by :func:`setup` (first cell
+after the parameters, so JupyterLab users get the same errors).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .device import resolve_device, resolve_dtype
+from .paths import resolve_path
+
+__all__ = ["RULES", "Rule", "Run", "setup", "validate"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Type and valid range of one parameter."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    strict_low: bool = False
+    choices: tuple[str, ...] | None = None
+    check: Callable[[Any], object] | None = None
+
+    def describe(self) -> str:
+        if self.choices:
+            return f"one of {self.choices}"
+        if self.low is None and self.high is None:
+            return f"a {self.kind.__name__}"
+        lo = "-inf" if self.low is None else f"{self.low:g}"
+        hi = "inf" if self.high is None else f"{self.high:g}"
+        bracket = "(" if self.strict_low else "["
+        return f"a {self.kind.__name__} in {bracket}{lo}, {hi}{']' if self.high is not None else ')'}"
+
+    def validate(self, name: str, value: Any) -> Any:
+        ok_type = isinstance(value, self.kind) and not isinstance(value, bool) if self.kind is not bool else isinstance(value, bool)
+        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok_type = float(value), True
+        if not ok_type:
+            raise ValueError(f"parameter {name} must be {self.describe()}, got {value!r} ({type(value).__name__})")
+        if self.kind in (int, float):
+            bad = not math.isfinite(value)
+            bad |= self.low is not None and (value <= self.low if self.strict_low else value < self.low)
+            bad |= self.high is not None and value > self.high
+            if bad:
+                raise ValueError(f"parameter {name} must be {self.describe()}, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"parameter {name} must be {self.describe()}, got {value!r}")
+        if self.check is not None:
+            try:
+                self.check(value)
+            except ValueError as err:
+                raise ValueError(f"parameter {name}: {err}") from None
+        return value
+
+
+_nonneg = Rule(float, low=0.0)
+RULES: dict[str, Rule] = {
+    "K": Rule(int, low=2),
+    "n": Rule(int, low=1),
+    "d": Rule(int, low=1),
+    "lambda_W": _nonneg,
+    "lambda_H": _nonneg,
+    "lr": Rule(float, low=0.0, strict_low=True),
+    "steps": Rule(int, low=1),
+    "record_every": Rule(int, low=1),
+    "init_std": _nonneg,
+    "seed": Rule(int, low=0),
+    "device": Rule(str, check=resolve_device),
+    "dtype": Rule(str, choices=("float64", "float32")),
+    "sweep_points": Rule(int, low=2),
+    "sweep_c_max": Rule(float, low=0.0, strict_low=True),
+    "sweep_steps": Rule(int, low=1),
+    "results_dir": Rule(str),
+    "figures_dir": Rule(str),
+    "profile": Rule(str),
+}
+
+#: Assumptions of the theorem a notebook reproduces: (holds?, message). Runs go on, but say so.
+ASSUMPTIONS: dict[str, list[tuple[Callable[[dict], bool], str]]] = {
+    "01_ufm_mse": [
+        (lambda p: p["d"] >= p["K"],
+         "d < K: Tirer & Bruna's Theorem 3.1 assumes d >= K (an orthogonal frame of K means needs "
+         "K dimensions); the run goes on but the closed forms need not apply"),
+    ],
+}
+
+
+def validate(params: dict[str, Any], declared: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check names, types and ranges; return the validated parameters.
+
+    ``declared``: the notebook's own parameter names (from its ``parameters``
+    cell); a name outside it is rejected, listing the valid names.
+    """
+    valid = set(RULES) if declared is None else set(declared)
+    unknown = sorted(set(params) - valid)
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown}; valid parameters are {sorted(valid)}")
+    out = {}
+    for name, value in params.items():
+        rule = RULES.get(name)
+        out[name] = rule.validate(name, value) if rule is not None else value
+    return out
+
+
+@dataclass
+class Run:
+    """What a notebook needs after :func:`setup`: validated parameters, device, folders."""
+
+    notebook: str
+    params: dict[str, Any]
+    device: torch.device
+    dtype: torch.dtype
+    results_dir: Path
+    figures_dir: Path
+    notes: list[str] = field(default_factory=list)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.params[key]
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Write ``obj`` as JSON into the results folder, atomically."""
+        path = self.results_dir / name
+        fd, tmp = tempfile.mkstemp(dir=self.results_dir, prefix=name, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=False, default=float)
+            fh.write("\n")
+        os.replace(tmp, path)
+        return path
+
+    def environment(self) -> dict[str, str]:
+        """Versions of python, torch, ncutils and the device (for the closing cell)."""
+        from . import __version__
+
+        dev = str(self.device)
+        if self.device.type == "cuda":
+            dev += f" ({torch.cuda.get_device_name(self.device)})"
+        return {"python": platform.python_version(), "torch": torch.__version__,
+                "numpy": np.__version__, "ncutils": __version__, "device": dev}
+
+
+def setup(notebook: str, **params: Any) -> Run:
+    """Validate every parameter, seed all generators, pick the device, create the folders.
+
+    Raises ``ValueError`` naming the parameter and its valid range. Prints a note
+    (and keeps it in ``Run.notes``) for each theorem assumption the parameters break.
+    ``results_dir`` defaults to ``outputs/<notebook>/<profile>`` under the repository
+    root; relative folders are resolved against the repository root, never the cwd.
+    """
+    p = validate(params)
+    seed = p.get("seed", 0)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    device = resolve_device(p.get("device", "auto"))
+    dtype = resolve_dtype(p.get("dtype", "float64"))
+    results = p.get("results_dir") or f"outputs/{notebook}/{p.get('profile', 'default')}"
+    run = Run(notebook, p, device, dtype, resolve_path(results), resolve_path(p.get("figures_dir", "figures")))
+    run.results_dir.mkdir(parents=True, exist_ok=True)
+    run.figures_dir.mkdir(parents=True, exist_ok=True)
+    for holds, message in ASSUMPTIONS.get(notebook, []):
+        if not holds(p):
+            run.notes.append(message)
+            print("NOTE:", message)
+    return run

@@ -1,0 +1,256 @@
+"""Full-batch gradient descent for unconstrained-features models — the one loop.
+
+:func:`gradient_descent` runs any :class:`ncutils.models.FeatureModel` for S
+independent runs at once (seeds, or a grid of hyperparameters), on CPU or GPU,
+records a tidy history (objective, every metric of every feature level, extra
+quantities) on a linear or geometric grid of steps, stops with a
+:class:`DivergenceError` when the objective stops being finite, and can
+checkpoint and resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm import tqdm  # plain text bar: no ipywidgets needed, nothing on stderr in kernels
+
+from .device import is_quiet, resolve_device, resolve_dtype
+from .metrics import nc_metrics_t
+from .models import FeatureModel, Params
+
+__all__ = ["DivergenceError", "GDResult", "gradient_descent", "record_steps"]
+
+
+class DivergenceError(RuntimeError):
+    """Gradient descent produced a non-finite objective."""
+
+
+def record_steps(steps: int, every: int | None = None, num: int | None = None, geometric: bool = False) -> np.ndarray:
+    """Steps at which the history is recorded: always 0 and ``steps``.
+
+    ``every``: every k steps (linear grid). ``num`` with ``geometric=True``: about
+    ``num`` steps spaced geometrically (for runs of millions of steps).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps}")
+    if geometric:
+        num = num or 100
+        grid = np.unique(np.round(np.geomspace(1, steps, num)).astype(np.int64))
+    else:
+        every = every or max(steps // 100, 1)
+        if every < 1:
+            raise ValueError(f"record_every must be >= 1, got {every}")
+        grid = np.arange(0, steps + 1, every, dtype=np.int64)
+    return np.unique(np.concatenate([[0], grid, [steps]]))
+
+
+@dataclass
+class GDResult:
+    """Outcome of :func:`gradient_descent`.
+
+    Attributes
+    ----------
+    model : the model that was run.
+    params : final parameters, each with a leading run dimension S.
+    history : long-form table with columns ``step, run, level, metric, value``;
+        ``level`` is ``"model"`` for the objective and extras, else a feature
+        level of the model (e.g. ``"H"``).
+    steps, lr, wall_time_s, device : what was run, how long it took, where.
+    """
+
+    model: FeatureModel
+    params: Params
+    history: pd.DataFrame
+    steps: int
+    lr: float
+    wall_time_s: float
+    device: str
+
+    def final(self, metric: str, level: str = "model") -> np.ndarray:
+        """Last recorded value of ``metric`` at ``level``, one entry per run, shape ``(S,)``."""
+        h = self.history
+        rows = h[(h.metric == metric) & (h.level == level)]
+        if rows.empty:
+            known = sorted(set(zip(h.level, h.metric, strict=True)))
+            raise KeyError(f"no metric {metric!r} at level {level!r}; recorded: {known}")
+        last = rows[rows.step == rows.step.max()].sort_values("run")
+        return last.value.to_numpy()
+
+
+def _fingerprint(model: FeatureModel, **config: object) -> str:
+    text = repr(model) + repr(sorted(config.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _atomic_torch_save(obj: object, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _record(model: FeatureModel, p: Params, y: Tensor, step: int, objective: Tensor) -> list[pd.DataFrame]:
+    S = objective.shape[0]
+    runs = np.arange(S)
+    chunks = []
+
+    def add(level: str, values: dict[str, Tensor]) -> None:
+        for metric, v in values.items():
+            chunks.append(
+                pd.DataFrame(
+                    {"step": step, "run": runs, "level": level, "metric": metric,
+                     "value": v.detach().to("cpu", torch.float64).numpy()}
+                )
+            )
+
+    add("model", {"objective": objective, **model.extras(p)})
+    for name, lev in model.levels(p).items():
+        add(name, nc_metrics_t(lev.H.to(torch.float64), y, model.K,
+                               None if lev.W is None else lev.W.to(torch.float64),
+                               None if lev.b is None else lev.b.to(torch.float64)))
+    return chunks
+
+
+def gradient_descent(
+    model: FeatureModel,
+    *,
+    lr: float,
+    steps: int,
+    runs: int | None = None,
+    seed: int = 0,
+    init_std: float = 0.1,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "float64",
+    record_every: int | None = None,
+    num_records: int | None = None,
+    geometric: bool = False,
+    check_every: int = 100,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    init: Params | None = None,
+    progress: bool | None = None,
+    desc: str = "GD",
+) -> GDResult:
+    """Plain full-batch gradient descent θ ← θ − lr ∇f(θ) on ``model``.
+
+    Parameters
+    ----------
+    model : the model (its hyperparameters may hold one value per run).
+    lr, steps : step size (> 0) and number of steps (≥ 1).
+    runs : number S of independent runs; default: the length of the model's
+        per-run hyperparameters, else 1.
+    seed, init_std : initializations are drawn on the CPU from ``seed``, so runs
+        are identical across devices; ``init_std`` is the N(0, std²) scale.
+    device, dtype : ``"auto"``/``"cpu"``/``"cuda[:N]"``; ``"float64"`` or ``"float32"``.
+    record_every, num_records, geometric : the recording grid, see :func:`record_steps`.
+    check_every : the objective is checked for NaN/inf at least this often.
+    checkpoint, checkpoint_every : a file to write the state to (atomically) every
+        ``checkpoint_every`` steps (at the next recorded step) and at the end. A run
+        started with the same configuration and an existing checkpoint resumes from it
+        (and returns at once when it had finished); a different configuration raises.
+    init : explicit initial parameters (overrides seed / init_std).
+    progress : show a tqdm bar; default: on unless quiet (see :func:`ncutils.device.is_quiet`).
+
+    Raises
+    ------
+    DivergenceError : the objective became NaN or inf (the message names the step size).
+    """
+    if not (isinstance(lr, int | float) and np.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number in (0, inf), got {lr!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if not (np.isfinite(init_std) and init_std >= 0):
+        raise ValueError(f"init_std must be finite and in [0, inf), got {init_std!r}")
+    implied = model.runs()
+    S = runs if runs is not None else (implied or 1)
+    if S < 1 or (implied is not None and S != implied):
+        raise ValueError(f"runs must be >= 1 and match the per-run hyperparameters ({implied}), got {S}")
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    grid = record_steps(int(steps), record_every, num_records, geometric)
+
+    fingerprint = _fingerprint(model, lr=lr, steps=int(steps), runs=S, seed=seed, init_std=init_std,
+                               dtype=str(dt), grid=grid.tobytes().hex(), explicit_init=init is not None)
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    chunks: list[pd.DataFrame] = []
+    start, elapsed = 0, 0.0
+    if ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if state["fingerprint"] != fingerprint:
+            raise ValueError(f"checkpoint {ckpt} was written by a different configuration; "
+                             "delete it or pass another checkpoint path")
+        p = {k: v.to(dev) for k, v in state["params"].items()}
+        start, chunks, elapsed = state["step"], state["history"], state["elapsed"]
+    elif init is not None:
+        p = {k: v.detach().to(dev, dt).clone() for k, v in init.items()}
+    else:
+        gen = torch.Generator().manual_seed(int(seed))
+        p = {k: v.to(dev) for k, v in model.init(S, float(init_std), gen, dt).items()}
+
+    y = model.labels(dev)
+    last_saved = start
+
+    def save(step: int) -> None:
+        if ckpt is not None:
+            _atomic_torch_save({"fingerprint": fingerprint, "step": step, "elapsed": elapsed + time.perf_counter() - t0,
+                                "params": {k: v.cpu() for k, v in p.items()}, "history": chunks}, ckpt)
+
+    def check(f: Tensor, step: int) -> None:
+        if not bool(torch.isfinite(f).all()):
+            bad = int((~torch.isfinite(f)).nonzero()[0, 0])
+            raise DivergenceError(
+                f"gradient descent diverged: objective = {float(f[bad])} at step {step} (run {bad}) "
+                f"with lr = {lr}; lower the step size lr"
+            )
+
+    show = (not is_quiet()) if progress is None else progress
+    t0 = time.perf_counter()
+    bar = tqdm(total=int(steps), initial=start, desc=desc, disable=not show, mininterval=1.0)
+    if start == 0:
+        f0 = model.objective(p)
+        check(f0, 0)
+        chunks += _record(model, p, y, 0, f0)
+    step = start
+    with torch.no_grad():
+        for target in grid[grid > start]:
+            target = int(target)
+            while step < target:
+                todo = min(check_every, target - step)
+                for _ in range(todo):
+                    g = model.gradient(p)
+                    for k in p:
+                        p[k].sub_(g[k], alpha=lr)
+                step += todo
+                bar.update(todo)
+                if step < target:
+                    check(model.objective(p), step)
+            f = model.objective(p)
+            check(f, step)
+            chunks += _record(model, p, y, step, f)
+            if ckpt is not None and checkpoint_every is not None and step - last_saved >= checkpoint_every:
+                save(step)
+                last_saved = step
+    bar.close()
+    if ckpt is not None and step != last_saved or (ckpt is not None and not ckpt.exists()):
+        save(step)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    wall = elapsed + time.perf_counter() - t0
+    history = pd.concat(chunks, ignore_index=True)
+    history["level"] = history["level"].astype("category")
+    history["metric"] = history["metric"].astype("category")
+    return GDResult(model=model, params=p, history=history, steps=int(steps), lr=float(lr),
+                    wall_time_s=wall, device=str(dev))

@@ -1,0 +1,237 @@
+"""ncutils.metrics against exact optima, brute-force d×d formulas, invariances and bad input."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import ortho_group
+
+from ncutils import metrics as m
+from ncutils.theory import frame_distance
+
+
+def simplex_etf(K: int, d: int, rng) -> np.ndarray:
+    """K×d rows of a simplex ETF (unit norm, cos = −1/(K−1)), randomly rotated into R^d."""
+    E = np.eye(K) - 1.0 / K
+    E /= np.linalg.norm(E, axis=1, keepdims=True)
+    Q = ortho_group.rvs(d, random_state=rng)[:K]  # K orthonormal rows
+    return E @ Q
+
+
+def orthogonal_frame(K: int, d: int, rng) -> np.ndarray:
+    return ortho_group.rvs(d, random_state=rng)[:K]
+
+
+def collapsed(means: np.ndarray, n: int, noise: float = 0.0, rng=None):
+    K = means.shape[0]
+    y = np.repeat(np.arange(K), n)
+    H = means[y].copy()
+    if noise:
+        H += noise * rng.standard_normal(H.shape)
+    return H, y
+
+
+def brute_force_nc1(H, y):
+    """(1/K) tr(Σ_W Σ_B^†) with d×d matrices (numpy, float64)."""
+    K = y.max() + 1
+    M = np.stack([H[y == k].mean(0) for k in range(K)])
+    mu_G = M.mean(0)
+    R = H - M[y]
+    Sw = R.T @ R / len(H)
+    Mc = M - mu_G
+    Sb = Mc.T @ Mc / K
+    return np.trace(Sw @ np.linalg.pinv(Sb, rcond=1e-10, hermitian=True)) / K
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("K,d", [(2, 2), (4, 20), (10, 12)])
+def test_simplex_etf_is_optimal(K, d, rng):
+    H, y = collapsed(3.0 * simplex_etf(K, d, rng), n=5)
+    W = 2.0 * H[::5]  # classifier ∝ means (self-duality)
+    assert m.nc1(H, y) < 1e-20
+    assert m.nc2(H, y, "etf") < 1e-12
+    assert m.nc2_equinorm(H, y) < 1e-12
+    assert m.nc2_equiangle(H, y) < 1e-12
+    assert m.nc2_maxangle(H, y) < 1e-12
+    assert m.nc3(W, H, y, "etf") < 1e-12
+    assert m.nc4(H, y, W) == 0.0
+    # the same ETF measured against the orthogonal frame: the known distance √(2 − 2√((K−1)/K))
+    assert m.nc2(H, y, "orthogonal") == pytest.approx(frame_distance(K), rel=1e-12)
+
+
+def test_frame_distance_known_value():
+    assert frame_distance(4) == pytest.approx(0.5176380902, rel=1e-9)  # SPEC §2
+    A = np.eye(4) / 2.0
+    B = (np.eye(4) - 0.25) / math.sqrt(3)
+    assert frame_distance(4) == pytest.approx(np.linalg.norm(A - B), rel=1e-12)
+
+
+@pytest.mark.parametrize("K,d", [(2, 5), (4, 20)])
+def test_orthogonal_frame(K, d, rng):
+    M = 1.5 * orthogonal_frame(K, d, rng)
+    H, y = collapsed(M, n=4)
+    W = 0.3 * M
+    assert m.nc2(H, y, "orthogonal") < 1e-12
+    assert m.nc3(W, H, y, "orthogonal") < 1e-12
+    # centring an orthogonal frame gives a simplex ETF: NC2 to the ETF is 0 too ...
+    assert m.nc2(H, y, "etf") < 1e-12
+    # ... but W ∝ M (uncentred) is not ∝ M̃: NC3 (ETF) is the frame distance
+    assert m.nc3(W, H, y, "etf") == pytest.approx(frame_distance(K), rel=1e-12)
+    assert m.nc3_squared(W, H, y) == pytest.approx(frame_distance(K) ** 2, rel=1e-12)
+
+
+def test_known_non_optimal_values(rng):
+    # Means with unequal norms: equinorm = std/mean (unbiased) of the centred norms.
+    K, d = 3, 6
+    E = simplex_etf(K, d, rng)
+    scales = np.array([1.0, 2.0, 3.0])
+    H, y = collapsed(E * scales[:, None], n=2)
+    Mc = H[::2] - H[::2].mean(0)
+    norms = np.linalg.norm(Mc, axis=1)
+    assert m.nc2_equinorm(H, y) == pytest.approx(norms.std(ddof=1) / norms.mean(), rel=1e-12)
+    # Papyan's weights version
+    assert m.nc2_equinorm_weights(E * scales[:, None]) == pytest.approx(1.0 / 2.0, rel=1e-12)  # std([1,2,3])/2
+    # Two parallel classifiers: cos = 1 ⇒ maxangle |1 + 1/(K−1)| = 2 for K = 2
+    Wm = np.array([[1.0, 0.0], [1.0, 0.0]])
+    assert m.nc2_maxangle_weights(Wm) == pytest.approx(2.0)
+    # NC1 of a known within-class spread: d=1... K=2, means ±1, samples ±1 ± 0.5
+    H1 = np.array([[-1.5], [-0.5], [0.5], [1.5]])
+    y1 = np.array([0, 0, 1, 1])
+    # Σ_W = 0.25, Σ_B = 1 ⇒ nc1 = (1/2)·0.25 = 0.125, nc1_trace = 0.25
+    assert m.nc1(H1, y1) == pytest.approx(0.125, rel=1e-12)
+    assert m.nc1_trace(H1, y1) == pytest.approx(0.25, rel=1e-12)
+    # Equiangularity: centred means (1, 0), (0, 1), (−1, −1) (+ an offset removed by centring)
+    # have pairwise cosines (0, −1/√2, −1/√2)
+    H3 = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]]) + np.array([0.0, 5.0])
+    cos = np.array([0.0, -1 / math.sqrt(2), -1 / math.sqrt(2)])
+    assert m.nc2_equiangle(H3, np.arange(3)) == pytest.approx(cos.std(ddof=1), rel=1e-12)
+    assert m.nc2_maxangle(H3, np.arange(3)) == pytest.approx(np.mean(np.abs(np.r_[cos, cos] + 0.5)), rel=1e-12)
+
+
+@pytest.mark.parametrize("K,d,N", [(2, 3, 40), (4, 20, 200), (10, 64, 500), (5, 3, 60)])
+def test_nc1_matches_brute_force(K, d, N, rng):
+    y = np.concatenate([np.arange(K), rng.integers(0, K, N - K)])
+    H = rng.standard_normal((N, d)) + 2.0 * rng.standard_normal((K, d))[y]
+    assert m.nc1(H, y) == pytest.approx(brute_force_nc1(H, y), rel=1e-10, abs=1e-12)
+    Sw = m.within_class_cov(H, y).numpy()
+    Sb = m.between_class_cov(H, y).numpy()
+    assert m.nc1_trace(H, y) == pytest.approx(np.trace(Sw) / np.trace(Sb), rel=1e-12)
+    assert m.nc1(H, y) >= 0
+
+
+def test_nc1_does_not_form_dxd(rng, monkeypatch):
+    """Flattened-conv sizes: d = 200 000 must work without a d×d matrix (would be 320 GB)."""
+    K, d, N = 3, 200_000, 30
+    y = np.repeat(np.arange(K), N // K)
+    H = torch.randn(N, d, dtype=torch.float64) + torch.randn(K, d, dtype=torch.float64)[y]
+    v = m.nc1(H, y)
+    assert 0 < v < 1e6
+
+
+def test_unbalanced_and_global_mean(rng):
+    K, d = 3, 4
+    counts = [2, 10, 50]
+    y = np.repeat(np.arange(K), counts)
+    H = rng.standard_normal((len(y), d)) + 3 * rng.standard_normal((K, d))[y]
+    M = m.class_means(H, y).numpy()
+    for k in range(K):
+        np.testing.assert_allclose(M[k], H[y == k].mean(0), rtol=1e-12)
+    # μ_G = mean of class means (not the sample mean) in Σ_B
+    Mc = M - M.mean(0)
+    np.testing.assert_allclose(m.between_class_cov(H, y).numpy(), Mc.T @ Mc / K, rtol=1e-12)
+    assert m.nc1(H, y) == pytest.approx(brute_force_nc1(H, y), rel=1e-10)
+
+
+def test_invariances(rng):
+    K, d, N = 4, 10, 80
+    y = rng.integers(0, K, N)
+    y[:K] = np.arange(K)
+    H = rng.standard_normal((N, d)) + rng.standard_normal((K, d))[y]
+    W = rng.standard_normal((K, d))
+    Q = ortho_group.rvs(d, random_state=rng)
+    perm = rng.permutation(N)
+    fns = {
+        "nc1": lambda H, y, W: m.nc1(H, y),
+        "nc1_trace": lambda H, y, W: m.nc1_trace(H, y),
+        "nc2_etf": lambda H, y, W: m.nc2(H, y, "etf"),
+        "nc2_orth": lambda H, y, W: m.nc2(H, y, "orthogonal"),
+        "equinorm": lambda H, y, W: m.nc2_equinorm(H, y),
+        "equiangle": lambda H, y, W: m.nc2_equiangle(H, y),
+        "maxangle": lambda H, y, W: m.nc2_maxangle(H, y),
+        "nc3": lambda H, y, W: m.nc3(W, H, y),
+        "nc3_orth": lambda H, y, W: m.nc3(W, H, y, "orthogonal"),
+        "nc4": lambda H, y, W: m.nc4(H, y, W),
+    }
+    for name, f in fns.items():
+        base = f(H, y, W)
+        assert f(H[perm], y[perm], W) == pytest.approx(base, rel=1e-10, abs=1e-14), name
+        assert f(H @ Q, y, W @ Q) == pytest.approx(base, rel=1e-8, abs=1e-12), name
+        assert f(3.7 * H, y, 0.2 * W) == pytest.approx(base, rel=1e-10, abs=1e-14), name
+
+
+def test_torch_and_numpy_agree_and_return_floats(rng):
+    K, d, N = 3, 5, 30
+    y = np.repeat(np.arange(K), N // K)
+    H = rng.standard_normal((N, d))
+    W = rng.standard_normal((K, d))
+    a = m.nc_metrics(H, y, W)
+    b = m.nc_metrics(torch.tensor(H, dtype=torch.float32), torch.tensor(y), torch.tensor(W))
+    assert all(isinstance(v, float) for v in a.values())
+    for k in a:
+        assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-6), k
+    assert m.nc1(H, y) == pytest.approx(a["nc1"], rel=1e-14)
+
+
+def test_nc4_bias_and_train_means(rng):
+    # one sample, two classes: nearest mean says class 0, classifier with bias says class 1
+    H = np.array([[0.1, 0.0], [1.0, 0.0], [-1.0, 0.0]])
+    y = np.array([0, 0, 1])
+    W = np.array([[1.0, 0.0], [-1.0, 0.0]])
+    means = np.array([[1.0, 0.0], [-1.0, 0.0]])
+    assert m.nc4(H, y, W, means=means) == 0.0
+    assert m.nc4(H, y, W, b=np.array([0.0, 1.0]), means=means) == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize(
+    "H,y,match",
+    [
+        (np.zeros((4, 2)), np.array([0, 0, 0, 0]), "K >= 2"),
+        (np.zeros((4, 2)), np.array([0, 0, 2, 2]), r"class\(es\) \[1\]"),
+        (np.zeros((4, 2)), np.array([0, 1, 0]), "shape"),
+        (np.zeros(4), np.array([0, 1, 0, 1]), "2-D"),
+        (np.array([[np.nan, 0], [0, 0]]), np.array([0, 1]), "NaN"),
+        (np.zeros((2, 2)), np.array([0.0, 1.0]), "integer"),
+        (np.zeros((2, 2)), np.array([-1, 1]), r"\[0, K\)"),
+    ],
+)
+def test_bad_input_raises(H, y, match):
+    with pytest.raises(ValueError, match=match):
+        m.nc1(H, y)
+
+
+def test_bad_frame_and_classifier_shape():
+    H = np.eye(3)
+    y = np.arange(3)
+    with pytest.raises(ValueError, match="frame"):
+        m.nc2(H, y, frame="simplex")
+    with pytest.raises(ValueError, match=r"W must have shape \(K, d\) = \(3, 3\)"):
+        m.nc3(np.zeros((2, 3)), H, y)
+    with pytest.raises(ValueError, match="num_classes|empty|class"):
+        m.nc1(H, y, num_classes=5)
+
+
+def test_batched_cores_match_public(rng):
+    S, K, d, N = 3, 4, 6, 40
+    y = np.repeat(np.arange(K), N // K)
+    Hs = torch.randn(S, N, d, dtype=torch.float64)
+    Ws = torch.randn(S, K, d, dtype=torch.float64)
+    out = m.nc_metrics_t(Hs, torch.tensor(y), K, Ws)
+    for s in range(S):
+        single = m.nc_metrics(Hs[s], y, Ws[s])
+        for k, v in single.items():
+            assert float(out[k][s]) == pytest.approx(v, rel=1e-12, abs=1e-15), k

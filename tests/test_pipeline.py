@@ -1,0 +1,136 @@
+"""Parameters, setup, the papermill runner, figures and the golden notebooks."""
+
+import json
+import subprocess
+import sys
+
+import matplotlib.pyplot as plt
+import nbformat
+import pytest
+
+from ncutils import params, plot, report
+from ncutils import run as runner
+from ncutils.paths import repo_root
+
+NB = "01_ufm_mse"
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"lambda_W": -0.1}, r"lambda_W must be a float in \[0, inf\)"),
+        ({"K": 1}, r"K must be a int in \[2, inf\)"),
+        ({"n": 0}, r"n must be a int in \[1, inf\)"),
+        ({"d": 0}, r"parameter d must"),
+        ({"lr": 0.0}, r"lr must be a float in \(0, inf\)"),
+        ({"steps": 0}, "steps must"),
+        ({"steps": 1.5}, r"steps must be a int .* got 1.5 \(float\)"),
+        ({"K": "4"}, r"K must be a int .* \(str\)"),
+        ({"device": "tpu"}, r"device: device must be 'auto', 'cpu'"),
+        ({"dtype": "half"}, r"dtype must be one of \('float64', 'float32'\)"),
+        ({"bogus": 1}, r"unknown parameter\(s\) \['bogus'\]; valid parameters are"),
+    ],
+)
+def test_bad_parameters_fail_before_any_compute(bad, match, monkeypatch):
+    # the runner validates before a kernel starts: papermill must never be called
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("kernel started"))
+    with pytest.raises(ValueError, match=match):
+        runner.run_notebook(NB, params=bad)
+    if "bogus" not in bad:
+        with pytest.raises(ValueError, match=match):
+            params.setup(NB, **bad)
+
+
+def test_setup_folders_and_assumption_note(tmp_path, capsys):
+    run = params.setup(NB, K=5, d=3, results_dir=str(tmp_path / "res"), figures_dir=str(tmp_path / "fig"))
+    assert run.results_dir.is_dir() and run.figures_dir.is_dir()
+    assert any("d < K" in note for note in run.notes)
+    assert "NOTE: d < K" in capsys.readouterr().out
+    path = run.write_json("summary.json", {"x": 1.0})
+    assert json.loads(path.read_text()) == {"x": 1.0}
+    # relative folders resolve against the repository root, not the cwd
+    run2 = params.setup(NB, results_dir="outputs/test-setup")
+    assert run2.results_dir == repo_root() / "outputs" / "test-setup"
+
+
+def test_unknown_notebook_and_profile():
+    with pytest.raises(ValueError, match="unknown notebook 'nope'; available notebooks are"):
+        runner.run_notebook("nope")
+    with pytest.raises(ValueError, match="unknown profile 'huge'"):
+        runner.run_notebook(NB, profile="huge")
+
+
+def test_every_parameter_is_typed_and_documented():
+    """`papermill --help-notebook` prints a type and help text for every parameter."""
+    import papermill
+
+    info = papermill.inspect_notebook(str(runner.notebook_path(NB)))
+    for name, spec in info.items():
+        assert spec["inferred_type_name"] != "None", name
+        assert spec["help"].strip(), name
+        assert name in params.RULES, f"{name} has no validation rule"
+    out = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(runner.notebook_path(NB))],
+                         capture_output=True, text=True, check=True).stdout
+    for name in info:
+        assert name in out
+
+
+def test_profiles_use_declared_names():
+    for nb in runner.list_notebooks():
+        declared = runner.declared_parameters(nb)
+        for prof in ("paper", "small"):
+            params.validate({**declared, **runner.load_profile(nb, prof)}, declared)
+
+
+def test_golden_code_matches_source():
+    """A golden notebook is the source notebook executed with the small profile: its code
+    cells (minus papermill's injected parameters) must equal the source's. If this fails,
+    run `make golden`."""
+    for src in runner.list_notebooks():
+        gold = repo_root() / "tests" / "golden" / src.name
+        assert gold.exists(), f"missing golden notebook {gold}; run `make golden`"
+        a = [c.source for c in nbformat.read(src, 4).cells if c.cell_type == "code"]
+        b = [c.source for c in nbformat.read(gold, 4).cells
+             if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+        assert a == b, f"{gold.name} drifted from {src.name}; run `make golden`"
+        checked = [c for c in nbformat.read(gold, 4).cells if "# NBVAL_CHECK_OUTPUT" in c.source]
+        assert checked and all(c.outputs for c in checked), f"{gold.name} has no checked outputs"
+
+
+def test_committed_notebooks_carry_outputs_and_no_errors():
+    for src in runner.list_notebooks():
+        nb = nbformat.read(src, 4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(c.execution_count for c in code), f"{src.name} is not fully executed (run `make figures`)"
+        counts = [c.execution_count for c in code]
+        assert counts == sorted(counts), f"{src.name} cells ran out of order"
+        assert not any(o.get("output_type") == "error" for c in code for o in c.outputs)
+        assert any(o.get("output_type") == "display_data" for c in code for o in c.outputs), "no figures"
+
+
+def test_figures_have_stable_bytes(tmp_path):
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    a = plot.save(fig, "x", tmp_path / "a")
+    b = plot.save(fig, "x", tmp_path / "b")
+    for p, q in zip(a, b, strict=True):
+        assert p.read_bytes() == q.read_bytes(), p.suffix
+    plt.close(fig)
+
+
+def test_report_check():
+    c = report.check("f", 1.00001, 1.0, 1e-4)
+    assert c["passed"] and c["rel_err"] == pytest.approx(1e-5)
+    assert not report.check("f", 1.1, 1.0, 1e-4)["passed"]
+    assert report.check("nc1", 1e-9, 0.0, 1e-6, kind="abs")["passed"]
+    with pytest.raises(ValueError, match="kind='abs'"):
+        report.check("nc1", 0.1, 0.0, 1e-6)
+    assert not report.check("f", float("nan"), 1.0, 1e-4)["passed"]
+
+
+def test_source_hash_tracks_code_profile_and_ncutils(tmp_path, monkeypatch):
+    h = runner.source_hash(NB, "paper")
+    assert h == runner.source_hash(NB, "paper")
+    assert h != runner.source_hash(NB, "small")
