@@ -152,7 +152,8 @@ def run_notebook(
             merged["profile"] = profile
     merged.update(params or {})
     checked = validate({**declared, **merged}, declared)
-    merged = {k: checked[k] for k in merged}
+    # inject only what differs from the notebook's defaults (a paper run leaves the notebook untouched)
+    merged = {k: checked[k] for k in merged if checked[k] != declared.get(k, object())}
     out = Path(output) if output is not None else repo_root() / "outputs" / path.stem / (profile or "custom") / path.name
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}", suffix=".ipynb")
@@ -186,6 +187,8 @@ def source_hash(notebook: str | os.PathLike[str], profile: str) -> str:
     h = hashlib.sha256()
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            continue
         h.update(cell.cell_type.encode() + b"\0" + cell.source.encode() + b"\0")
     h.update(yaml.safe_dump(load_profile(path, profile), sort_keys=True).encode())
     root = repo_root()
