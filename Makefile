@@ -27,8 +27,9 @@ venv: $(STAMP)
 figures: venv
 	$(PY) -m ncutils figures
 
-## test: unit tests + nbval regression of the golden notebooks
+## test: lint, unit tests + nbval regression of the golden notebooks
 test: venv
+	$(VENV)/bin/ruff check ncutils tests
 	$(PY) -m pytest -q $(NBVAL) tests
 
 unit: venv

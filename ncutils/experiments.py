@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 
 from . import theory
+from .models import UFM
 from .report import check
 from .solve import GDResult, gradient_descent
-from .models import UFM
 
 __all__ = ["sweep_check", "ufm_checks", "ufm_threshold_sweep"]
 

@@ -87,7 +87,9 @@ def _check_features(
     N = Ht.shape[0]
     yt = y.detach() if isinstance(y, Tensor) else torch.as_tensor(np.asarray(y))
     if yt.ndim != 1 or yt.shape[0] != N:
-        raise ValueError(f"y must have shape (N,) = ({N},) to match H of shape {tuple(Ht.shape)}, got {tuple(yt.shape)}")
+        raise ValueError(
+            f"y must have shape (N,) = ({N},) to match H of shape {tuple(Ht.shape)}, got {tuple(yt.shape)}"
+        )
     if yt.is_floating_point() or yt.is_complex() or yt.dtype == torch.bool:
         raise ValueError(f"y must hold integer class labels, got dtype {yt.dtype}")
     yt = yt.to(device=Ht.device, dtype=torch.int64)

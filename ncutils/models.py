@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .metrics import class_means_t
 
-__all__ = ["FeatureModel", "Level", "UFM", "check_hyperparameter"]
+__all__ = ["UFM", "FeatureModel", "Level", "check_hyperparameter"]
 
 Params = dict[str, Tensor]
 Hyper = float | Sequence[float]

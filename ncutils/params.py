@@ -51,7 +51,8 @@ class Rule:
         return f"a {self.kind.__name__} in {bracket}{lo}, {hi}{']' if self.high is not None else ')'}"
 
     def validate(self, name: str, value: Any) -> Any:
-        ok_type = isinstance(value, self.kind) and not isinstance(value, bool) if self.kind is not bool else isinstance(value, bool)
+        is_bool = isinstance(value, bool)
+        ok_type = is_bool if self.kind is bool else isinstance(value, self.kind) and not is_bool
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
             value, ok_type = float(value), True
         if not ok_type:

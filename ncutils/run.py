@@ -154,7 +154,8 @@ def run_notebook(
     checked = validate({**declared, **merged}, declared)
     # inject only what differs from the notebook's defaults (a paper run leaves the notebook untouched)
     merged = {k: checked[k] for k in merged if checked[k] != declared.get(k, object())}
-    out = Path(output) if output is not None else repo_root() / "outputs" / path.stem / (profile or "custom") / path.name
+    default_out = repo_root() / "outputs" / path.stem / (profile or "custom") / path.name
+    out = Path(output) if output is not None else default_out
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}", suffix=".ipynb")
     os.close(fd)
