@@ -244,7 +244,7 @@ def gradient_descent(
                 save(step)
                 last_saved = step
     bar.close()
-    if (ckpt is not None and step != last_saved) or (ckpt is not None and not ckpt.exists()):
+    if ckpt is not None and (step != last_saved or not ckpt.exists()):
         save(step)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
