@@ -2,13 +2,14 @@
 
 ``import ncutils as nc`` gives the modules (``nc.metrics``, ``nc.theory``, ``nc.models``,
 ``nc.solve``, ``nc.plot``, ``nc.report``, ``nc.experiments``, ``nc.run``) and the
-names a notebook calls most: :func:`setup`, :class:`UFM`, :func:`gradient_descent`.
+names a notebook calls most: :func:`setup`, :class:`UFM`, :class:`DeepUFM`, :func:`extended_ufm`,
+:func:`gradient_descent`.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
 from . import experiments, metrics, models, plot, report, solve, theory
-from .models import UFM, FeatureModel, Level
+from .models import UFM, DeepUFM, FeatureModel, Level, extended_ufm
 from .params import Run, setup
 from .solve import DivergenceError, GDResult, gradient_descent
 
@@ -19,6 +20,7 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 __all__ = [
     "UFM",
+    "DeepUFM",
     "DivergenceError",
     "FeatureModel",
     "GDResult",
@@ -26,6 +28,7 @@ __all__ = [
     "Run",
     "__version__",
     "experiments",
+    "extended_ufm",
     "gradient_descent",
     "metrics",
     "models",

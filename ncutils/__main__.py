@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     f = sub.add_parser("figures", help="run every notebook at paper settings (only what changed)")
     f.add_argument("--force", action="store_true", help="re-run even if nothing changed")
     f.add_argument("--only", nargs="*", help="notebook stems or numbers")
+    f.add_argument("--profile", help="run only this profile (default: paper and every paper_* profile)")
     g = sub.add_parser("golden", help="regenerate tests/golden from the small profile")
     g.add_argument("--only", nargs="*", help="notebook stems or numbers")
     args = ap.parse_args(argv)
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{rec.notebook}: ok in {rec.wall_time_s:.1f} s -> {rec.output}")
             return 0
         if args.cmd == "figures":
-            recs = runner.figures(only=args.only, force=args.force)
+            recs = runner.figures(only=args.only, force=args.force, profile=args.profile)
         else:
             recs = runner.golden(only=args.only)
     except ValueError as err:

@@ -7,13 +7,27 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from . import theory
-from .models import UFM
+from .metrics import class_means_t
+from .models import UFM, DeepUFM
 from .report import check
 from .solve import GDResult, gradient_descent
 
-__all__ = ["sweep_check", "ufm_checks", "ufm_threshold_sweep"]
+__all__ = [
+    "best_run",
+    "class_mean_ranks",
+    "deep_ufm_checks",
+    "dufm_threshold_sweep",
+    "init_scale_study",
+    "level_ratio",
+    "mean_gram_cosines",
+    "seed_table",
+    "sweep_check",
+    "ufm_checks",
+    "ufm_threshold_sweep",
+]
 
 
 def ufm_checks(gd: GDResult, opt: theory.UFMOptimum, tol: float = 1e-4, zero_tol: float = 1e-6,
@@ -89,3 +103,182 @@ def sweep_check(sweep: pd.DataFrame, tol: float = 1e-4) -> dict[str, Any]:
     worst = sweep.loc[sweep.objective_rel_err.idxmax()]
     return check(f"sweep: f at c = {worst.c:.3g} (worst of {len(sweep)})", worst.objective_gd,
                  worst.objective_theory, tol)
+
+
+# --------------------------------------------------------------------------- #
+# multi-layer UFMs (extended / deep UFM)
+# --------------------------------------------------------------------------- #
+def best_run(gd: GDResult) -> int:
+    """Index of the run with the lowest final objective."""
+    return int(np.argmin(gd.final("objective")))
+
+
+def _deep(gd: GDResult) -> DeepUFM:
+    if not isinstance(gd.model, DeepUFM):
+        raise TypeError(f"expected a DeepUFM result, got {type(gd.model).__name__}")
+    return gd.model
+
+
+def deep_ufm_checks(gd: GDResult, opt: theory.DeepUFMOptimum, *, run: int | None = None, label: str = "",
+                    tol: float = 1e-4, zero_tol: float = 1e-6, frame_tol: float = 1e-3,
+                    frame_levels: list[int] | None = None) -> list[dict[str, Any]]:
+    """GD-versus-theory checks of a multi-layer UFM run against its collapsed optimum (SPEC §3–§4).
+
+    Relative errors (``tol``) for f*, the fit s (output means s·I), ‖H₁‖², every ‖W_l‖² and every
+    level's ‖μ_k‖²; absolute errors for NC1 at every level (``zero_tol``) and, at the levels where
+    the theory predicts an orthogonal frame (``frame_levels``; default: all levels of the linear
+    model, levels 2…L of the ReLU model — the pre-ReLU Gram of H₁ is not determined), NC2 to the
+    orthogonal frame and NC3 (``nc3_gram``; ``nc3_orthogonal`` for the classifier), ``frame_tol``.
+    ``run``: which run to check (default :func:`best_run`; the seed table says how many runs got there).
+    """
+    m = _deep(gd)
+    r = best_run(gd) if run is None else run
+    if frame_levels is None:
+        frame_levels = list(range(1 if m.activation == "linear" else 2, m.L + 1))
+    pre = f"{label}: " if label else ""
+
+    def final(metric: str, level: str = "model") -> float:
+        return float(gd.final(metric, level)[r])
+
+    out = [check(f"{pre}objective f*", final("objective"), opt.objective, tol),
+           check(f"{pre}fit s (output means s I)", final("fit"), opt.s, tol),
+           check(f"{pre}||H1||_F^2", final("norm_H1_sq"), opt.norm_H_sq, tol)]
+    out += [check(f"{pre}||W{layer}||_F^2", final(f"norm_W{layer}_sq"), opt.norm_W_sq[layer - 1], tol)
+            for layer in range(1, m.L + 1)]
+    out += [check(f"{pre}||mu_k||^2 at H{layer}", final("mean_norm_sq", f"H{layer}"), opt.mean_norm_sq[layer - 1], tol)
+            for layer in range(1, m.L + 1)]
+    out += [check(f"{pre}NC1 at H{layer}", final("nc1", f"H{layer}"), 0.0, zero_tol, kind="abs")
+            for layer in range(1, m.L + 1)]
+    for layer in frame_levels:
+        out.append(check(f"{pre}NC2 to orthogonal at H{layer}", final("nc2_orthogonal", f"H{layer}"), 0.0,
+                         frame_tol, kind="abs"))
+        nc3 = "nc3_orthogonal" if layer == m.L else "nc3_gram"
+        out.append(check(f"{pre}NC3 ({nc3[4:]}) at H{layer}", final(nc3, f"H{layer}"), 0.0, frame_tol, kind="abs"))
+    return out
+
+
+def class_mean_ranks(gd: GDResult, rel_tol: float = 1e-3) -> pd.DataFrame:
+    """Final singular values of every level's class means, per run and level, normalized by the
+    largest, with the numerical rank (#{σ_k > rel_tol·σ_1}). Columns: ``run, level, k, sv, sv_rel, rank``."""
+    h = gd.history
+    last = h[(h.step == h.step.max()) & h.metric.astype(str).str.startswith("sv_")].copy()
+    last["level"] = last.level.astype(str)
+    last["k"] = last.metric.astype(str).str[3:].astype(int)
+    last = last.rename(columns={"value": "sv"})[["run", "level", "k", "sv"]].sort_values(["run", "level", "k"])
+    top = last.groupby(["run", "level"]).sv.transform("max")
+    last["sv_rel"] = last.sv / top
+    last["rank"] = last.assign(big=last.sv_rel > rel_tol).groupby(["run", "level"]).big.transform("sum")
+    return last.reset_index(drop=True)
+
+
+def seed_table(gd: GDResult, opt: theory.DeepUFMOptimum, reach_tol: float = 1e-3,
+               rank_tol: float = 1e-3) -> pd.DataFrame:
+    """One row per run: final objective, its relative error to f*, whether it got there
+    (``reach_tol``), whether it went *below* f* (a lower, non-collapsed solution), the largest
+    NC1 over levels and the smallest class-mean rank over levels."""
+    m = _deep(gd)
+    f = gd.final("objective")
+    rel = (f - opt.objective) / opt.objective
+    nc1 = np.max([gd.final("nc1", f"H{layer}") for layer in range(1, m.L + 1)], axis=0)
+    ranks = class_mean_ranks(gd, rank_tol).groupby("run")["rank"].min().to_numpy()
+    status = np.where(np.abs(rel) <= reach_tol, "at f*", np.where(rel < 0, "below f*", "above f*"))
+    return pd.DataFrame({"run": np.arange(len(f)), "objective": f, "rel_err": rel, "status": status,
+                         "max_nc1": nc1, "min_rank": ranks})
+
+
+def level_ratio(gd: GDResult, metric: str, upper: str, lower: str, run: int | None = None,
+                floor: float = 1e-20) -> pd.Series:
+    """``metric(upper) / metric(lower)`` along GD (per recorded step, run ``run`` or the median over runs).
+
+    Steps where either value is below ``floor`` are dropped: there both are round-off (NC1 of a
+    collapsed float64 run is ~1e-30) and their ratio means nothing.
+    """
+    h = gd.history
+    sel = h[h.metric == metric]
+    wide = sel.pivot_table(index=["step", "run"], columns="level", values="value", observed=True)
+    wide = wide[(wide[upper] >= floor) & (wide[lower] >= floor)]
+    ratio = (wide[upper] / wide[lower]).rename(f"{metric}({upper})/{metric}({lower})")
+    if run is not None:
+        return ratio.xs(run, level="run")
+    return ratio.groupby(level="step").median()
+
+
+def mean_gram_cosines(gd: GDResult) -> pd.DataFrame:
+    """Final pairwise cosines cos(μ_k, μ_k') of every level's (uncentred) class means, per run.
+
+    Columns ``run, level, pair, cosine`` — e.g. to show that the ReLU EUFM's H₁ Gram is not fixed
+    across seeds (SPEC §3) while H₂'s is the identity.
+    """
+    m = _deep(gd)
+    feats = m.forward(gd.params)[0]
+    y = m.labels(feats[0].device)
+    iu = torch.triu_indices(m.K, m.K, offset=1)
+    rows = []
+    for layer, H in enumerate(feats, start=1):
+        M = class_means_t(H.to(torch.float64), y, m.K)
+        Mn = M / torch.linalg.vector_norm(M, dim=-1, keepdim=True)
+        cos = (Mn @ Mn.transpose(-1, -2))[:, iu[0], iu[1]].cpu().numpy()
+        for r in range(cos.shape[0]):
+            for j in range(cos.shape[1]):
+                rows.append({"run": r, "level": f"H{layer}", "pair": f"{int(iu[0, j]) + 1}-{int(iu[1, j]) + 1}",
+                             "cosine": float(cos[r, j])})
+    return pd.DataFrame(rows)
+
+
+def init_scale_study(model: DeepUFM, scales: list[float] | np.ndarray, *, seeds: int, lr: float, steps: int,
+                     seed: int = 0, device: Any = "auto", dtype: Any = "float64",
+                     record_every: int | None = None) -> tuple[GDResult, pd.DataFrame]:
+    """GD from initializations of several scales × ``seeds`` seeds, as one batched run.
+
+    Run ``i·seeds + j`` starts from scale ``scales[i]`` times the j-th standard-normal draw (the same
+    draws for every scale). Returns the result and a table ``run, init_std, seed``.
+    """
+    sc = np.asarray(scales, dtype=float)
+    if sc.ndim != 1 or sc.size < 1 or not np.all(np.isfinite(sc) & (sc > 0)):
+        raise ValueError(f"scales must be a non-empty list of positive numbers, got {scales!r}")
+    if model.runs() is not None:
+        raise ValueError("init_scale_study needs scalar hyperparameters (the runs are the scales × seeds)")
+    base = model.init(seeds, 1.0, torch.Generator().manual_seed(int(seed)), torch.float64)
+    init = {k: torch.cat([float(x) * v for x in sc]) for k, v in base.items()}
+    gd = gradient_descent(model, lr=lr, steps=steps, runs=len(sc) * seeds, init=init, device=device,
+                          dtype=dtype, record_every=record_every, desc="init scales")
+    table = pd.DataFrame({"run": np.arange(len(sc) * seeds), "init_std": np.repeat(sc, seeds),
+                          "seed": np.tile(np.arange(seeds), len(sc))})
+    return gd, table
+
+
+def dufm_threshold_sweep(
+    K: int, n: int, d: int, ratios: np.ndarray | list[float], *, L: int = 2, activation: str = "relu",
+    lr: float, steps: int, init_std: float, seed: int = 0, device: Any = "auto", dtype: Any = "float64",
+) -> pd.DataFrame:
+    """GD across the existence threshold of the multi-layer UFM, all points as one batched run.
+
+    All λ equal to λ; ``ratios`` = (Km/2)q / threshold (1 = the threshold: K q = 2^{−4/3} for L = 2),
+    so λ = (2 ratio·threshold/(K m))·n^{−1/m}. Returns one row per point: GD and theory (global
+    optimum, and the metastable collapsed branch that survives past the threshold) for f and the
+    last level's ‖μ_k‖².
+    """
+    r = np.asarray(ratios, dtype=float)
+    if r.ndim != 1 or r.size < 1 or not np.all(r > 0):
+        raise ValueError(f"ratios must be a non-empty 1-D list of positive numbers, got {ratios!r}")
+    m_ = L + 1
+    q = 2 * r * theory.dufm_threshold(m_) / (K * m_)
+    lam = tuple(float(x) for x in q / n ** (1 / m_))  # q = (n λ^m)^{1/m} = n^{1/m} λ
+    model = DeepUFM(K=K, n=n, d=d, L=L, activation=activation,  # type: ignore[arg-type]
+                    lambda_W=(lam,) * L, lambda_H=lam)
+    gd = gradient_descent(model, lr=lr, steps=steps, init_std=init_std, seed=seed, device=device,
+                          dtype=dtype, record_every=steps, desc="threshold sweep")
+    rows = []
+    for i, x in enumerate(lam):
+        opt = theory.dufm_optimum(K, n, x, [x] * L)
+        s_meta = theory.dufm_fit(K, opt.q, m_, branch="collapsed")
+        meta = theory.dufm_collapsed_objective(s_meta, K, opt.q, m_) if s_meta > 0 else np.nan
+        T = opt.q * s_meta ** (2 / m_)
+        rows.append({"ratio": r[i], "lambda": x, "objective_theory": opt.objective, "objective_metastable": meta,
+                     "mean_norm_sq_theory": opt.mean_norm_sq[-1],
+                     "mean_norm_sq_metastable": (T / (n * x)) * (T / x) ** (L - 1) if s_meta > 0 else np.nan})
+    df = pd.DataFrame(rows)
+    df["objective_gd"] = gd.final("objective")
+    df["mean_norm_sq_gd"] = gd.final("mean_norm_sq", f"H{L}")
+    df["objective_rel_err"] = (df.objective_gd - df.objective_theory).abs() / df.objective_theory
+    return df

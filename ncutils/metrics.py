@@ -37,6 +37,7 @@ from torch import Tensor
 __all__ = [
     "Frame",
     "between_class_cov",
+    "class_mean_singular_values",
     "class_means",
     "nc1",
     "nc1_trace",
@@ -48,6 +49,7 @@ __all__ = [
     "nc2_maxangle",
     "nc2_maxangle_weights",
     "nc3",
+    "nc3_gram",
     "nc3_squared",
     "nc4",
     "nc_metrics",
@@ -194,6 +196,24 @@ def nc3_from_means_t(W: Tensor, M: Tensor, frame: str) -> Tensor:
     return torch.linalg.matrix_norm(Wn - An)
 
 
+def nc3_gram_t(A: Tensor, M: Tensor) -> Tensor:
+    """‖AᵀA/‖AᵀA‖_F − MᵀM/‖MᵀM‖_F‖_F for a layer ``A (..., d_out, d)`` reading means ``M (..., K, d)``.
+
+    Forms two d×d matrices: O(d²) memory, meant for the weights of unconstrained-features
+    models (d up to a few thousand), not for flattened convolutional features.
+    """
+    P = A.transpose(-1, -2) @ A
+    Q = M.transpose(-1, -2) @ M
+    P = P / torch.linalg.matrix_norm(P).unsqueeze(-1).unsqueeze(-1)
+    Q = Q / torch.linalg.matrix_norm(Q).unsqueeze(-1).unsqueeze(-1)
+    return torch.linalg.matrix_norm(P - Q)
+
+
+def singular_values_t(M: Tensor) -> Tensor:
+    """Singular values of the (uncentred) class-mean matrix ``M (..., K, d)``, descending, ``(..., min(K, d))``."""
+    return torch.linalg.svdvals(M)
+
+
 def _coef_of_variation(x: Tensor) -> Tensor:
     return x.std(dim=-1, correction=1) / x.mean(dim=-1)
 
@@ -235,9 +255,16 @@ def nc4_t(H: Tensor, W: Tensor, b: Tensor | None, M: Tensor) -> Tensor:
 
 
 def nc_metrics_t(
-    H: Tensor, y: Tensor, K: int, W: Tensor | None = None, b: Tensor | None = None
+    H: Tensor, y: Tensor, K: int, W: Tensor | None = None, b: Tensor | None = None,
+    A: Tensor | None = None, spectrum: bool = False,
 ) -> dict[str, Tensor]:
-    """All metrics of one feature level at once, batched; keys as :func:`nc_metrics`."""
+    """All metrics of one feature level at once, batched; keys as :func:`nc_metrics`.
+
+    ``A (..., d_out, d)``: the weight of a (non-classifier) layer reading this level — adds
+    ``nc3_gram`` (:func:`nc3_gram`); with a classifier ``W`` ``nc3_gram`` is computed for ``W``.
+    ``spectrum``: adds ``sv_1 … sv_r``, the singular values of the uncentred class means
+    (r = min(K, d)).
+    """
     M = class_means_t(H, y, K)
     Mc = centred_means_t(M)
     out = {
@@ -248,6 +275,7 @@ def nc_metrics_t(
         "nc2_equinorm": equinorm_t(Mc),
         "nc2_equiangle": equiangle_t(Mc),
         "nc2_maxangle": maxangle_t(Mc),
+        "nc2_equinorm_uncentred": equinorm_t(M),
         "mean_norm_sq": M.square().sum(-1).mean(-1),
         "global_mean_norm": torch.linalg.vector_norm(M.mean(-2), dim=-1),
     }
@@ -256,6 +284,12 @@ def nc_metrics_t(
         out["nc3_orthogonal"] = nc3_from_means_t(W, M, "orthogonal")
         out["nc2_equinorm_weights"] = equinorm_t(W)
         out["nc4"] = nc4_t(H, W, b, M)
+    reader = A if A is not None else W
+    if reader is not None:
+        out["nc3_gram"] = nc3_gram_t(reader, M)
+    if spectrum:
+        sv = singular_values_t(M)
+        out.update({f"sv_{i + 1}": sv[..., i] for i in range(sv.shape[-1])})
     return out
 
 
@@ -377,6 +411,30 @@ def nc3(
     return float(nc3_from_means_t(Wt, class_means_t(Ht, yt, K), frame))
 
 
+def nc3_gram(A: ArrayLike, H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> float:
+    """DNC3 of a hidden layer: ‖AᵀA/‖AᵀA‖_F − MᵀM/‖MᵀM‖_F‖_F (M the (K, d) uncentred class means).
+
+    ``A (d_out, d)`` is the weight of the layer that reads ``H (N, d)``, e.g. W_l of the
+    deep UFM (Súkeník, Mondelli & Lampert 2023, DNC3: the rows of W_l lie in the span
+    of, and are aligned with, the class means of its input). 0 iff the row space of A
+    carries the same Gram as the means; for a classifier ``W ∝ Mᵀ`` it is 0 like
+    ``nc3(frame="orthogonal")``, and unlike that metric it does not need d_out = K.
+    The Gram form is our choice (SPEC §4 leaves the metric open). O(d²) memory.
+    """
+    Ht, yt, K = _check_features(H, y, num_classes)
+    At = _as_float64(A, "A", Ht.device)
+    if At.ndim != 2 or At.shape[1] != Ht.shape[1]:
+        raise ValueError(f"A must have shape (d_out, d) with d = {Ht.shape[1]}, got {tuple(At.shape)}")
+    return float(nc3_gram_t(At, class_means_t(Ht, yt, K)))
+
+
+def class_mean_singular_values(H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> np.ndarray:
+    """Singular values of the uncentred class-mean matrix (K, d), descending — its rank is the
+    number of non-zero ones (the low-rank bias of Súkeník et al. 2024, Fig. 2)."""
+    Ht, yt, K = _check_features(H, y, num_classes)
+    return singular_values_t(class_means_t(Ht, yt, K)).cpu().numpy()
+
+
 def nc3_squared(W: ArrayLike, H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> float:
     """Square of the ETF :func:`nc3`, the quantity of Papyan et al. 2020, Fig. 5."""
     return nc3(W, H, y, "etf", num_classes) ** 2
@@ -421,7 +479,8 @@ def nc_metrics(
     """Every metric of one feature level in one call (one class-mean pass), as floats.
 
     Keys: ``nc1, nc1_trace, nc2_etf, nc2_orthogonal, nc2_equinorm, nc2_equiangle,
-    nc2_maxangle, mean_norm_sq`` (mean ‖μ_k‖²), ``global_mean_norm`` (‖μ_G‖), and with a
+    nc2_maxangle, nc2_equinorm_uncentred`` (std/mean of ‖μ_k‖, the equal norms of an
+    orthogonal frame), ``mean_norm_sq`` (mean ‖μ_k‖²), ``global_mean_norm`` (‖μ_G‖), and with a
     classifier ``W (K, d)``: ``nc3_etf, nc3_orthogonal, nc2_equinorm_weights, nc4``.
     """
     Ht, yt, K = _check_features(H, y, num_classes)

@@ -24,18 +24,25 @@ from torch import Tensor
 
 from .metrics import class_means_t
 
-__all__ = ["UFM", "FeatureModel", "Level", "check_hyperparameter"]
+__all__ = ["UFM", "DeepUFM", "FeatureModel", "Level", "check_hyperparameter", "extended_ufm"]
 
 Params = dict[str, Tensor]
 Hyper = float | Sequence[float]
 
 
 class Level(NamedTuple):
-    """One feature level: features ``(S, N, d)`` and the classifier that reads them (or None)."""
+    """One feature level: features ``(S, N, d)`` and what reads them.
+
+    ``W``/``b``: the classifier ``(S, K, d)`` reading them (or None); ``A``: the weight
+    ``(S, d_out, d)`` of a hidden layer reading them (for ``nc3_gram``); ``spectrum``:
+    record the singular values of the class means.
+    """
 
     H: Tensor
     W: Tensor | None = None
     b: Tensor | None = None
+    A: Tensor | None = None
+    spectrum: bool = False
 
 
 def check_hyperparameter(name: str, value: Hyper, low: float = 0.0, strict: bool = False) -> Hyper:
@@ -205,3 +212,155 @@ class UFM(FeatureModel):
             out["bias_mean"] = p["b"].mean(-1)
             out["bias_spread"] = p["b"].amax(-1) - p["b"].amin(-1)
         return out
+
+
+Activation = Literal["relu", "linear"]
+ACTIVATIONS: tuple[str, ...] = ("relu", "linear")
+
+
+@dataclass(frozen=True)
+class DeepUFM(FeatureModel):
+    """The L-layer unconstrained-features model with MSE loss, no biases (Súkeník et al. 2023, Eq. 1)::
+
+        f = 1/(2N) ‖W_L σ(W_{L−1} σ(⋯ σ(W₁H₁))) − Y‖²_F + Σ_l (λ_{W_l}/2)‖W_l‖²_F + (λ_{H₁}/2)‖H₁‖²_F
+
+    σ = ReLU or identity. ``L = 2`` is the extended UFM of Tirer & Bruna 2022 (Eq. 9;
+    :func:`extended_ufm`), ``L = 1`` the plain UFM. Feature levels (rows): ``H1 (S, N, d_1)``
+    free, ``H{l+1} = σ(H_l W_lᵀ) (S, N, d_{l+1})``; weights ``W{l} (S, d_{l+1}, d_l)`` with
+    ``d_{L+1} = K`` (``W{L}`` is the classifier).
+
+    Parameters
+    ----------
+    K, n : classes and samples per class.
+    d : width of every level (an int), or the L widths ``(d_1, …, d_L)``.
+    L : number of weight matrices (≥ 1).
+    activation : ``"relu"`` or ``"linear"``.
+    lambda_W : weight decay of W₁…W_L: one value for all layers, or L values; each value
+        may itself be one value per run.
+    lambda_H : weight decay of H₁ (a value, or one per run).
+    """
+
+    K: int
+    n: int
+    d: int | tuple[int, ...]
+    L: int = 2
+    activation: Activation = "relu"
+    lambda_W: Hyper | tuple[Hyper, ...] = 5e-3
+    lambda_H: Hyper = 5e-3
+    name: str = field(default="deep_ufm", compare=False)
+
+    def __post_init__(self) -> None:
+        for key, low in (("K", 2), ("n", 1), ("L", 1)):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{key} must be an integer >= {low}, got {v!r}")
+        widths = (self.d,) * self.L if isinstance(self.d, int) else tuple(self.d)
+        if len(widths) != self.L or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+            raise ValueError(f"d must be an integer >= 1 or a sequence of L = {self.L} such integers, got {self.d!r}")
+        object.__setattr__(self, "d", widths if not isinstance(self.d, int) else self.d)
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        lw = self.lambda_W
+        per_layer = [lw] * self.L if isinstance(lw, int | float) else list(lw)  # type: ignore[arg-type]
+        if len(per_layer) != self.L:
+            raise ValueError(f"lambda_W must be one value or L = {self.L} values (one per layer), got {lw!r}")
+        checked = tuple(check_hyperparameter(f"lambda_W[{i + 1}]", v) for i, v in enumerate(per_layer))
+        object.__setattr__(self, "lambda_W", checked)
+        object.__setattr__(self, "lambda_H", check_hyperparameter("lambda_H", self.lambda_H))
+        self.runs()
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """``(d_1, …, d_L)``: the width of each feature level."""
+        return (self.d,) * self.L if isinstance(self.d, int) else tuple(self.d)
+
+    def layer_lambdas(self) -> tuple[Hyper, ...]:
+        """λ_{W_1}, …, λ_{W_L} (each a value or one value per run)."""
+        return self.lambda_W  # type: ignore[return-value]
+
+    def runs(self) -> int | None:
+        sizes = {len(v) for v in (*self.layer_lambdas(), self.lambda_H) if isinstance(v, tuple)}
+        if len(sizes) > 1:
+            raise ValueError(f"per-run hyperparameters have different lengths {sorted(sizes)}")
+        return sizes.pop() if sizes else None
+
+    def init(self, S: int, init_std: float, generator: torch.Generator, dtype: torch.dtype) -> Params:
+        dims = (*self.widths, self.K)
+        p = {"H1": init_std * torch.randn(S, self.N, dims[0], generator=generator, dtype=dtype)}
+        for layer in range(1, self.L + 1):
+            p[f"W{layer}"] = init_std * torch.randn(S, dims[layer], dims[layer - 1], generator=generator, dtype=dtype)
+        return p
+
+    def _sigma(self, Z: Tensor) -> Tensor:
+        return torch.relu(Z) if self.activation == "relu" else Z
+
+    def forward(self, p: Params) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """Feature levels ``[H1, …, HL]``, pre-activations ``[H1 W1ᵀ, …]`` and outputs ``(S, N, K)``."""
+        H = p["H1"]
+        feats, pre = [H], []
+        for layer in range(1, self.L):
+            Z = H @ p[f"W{layer}"].transpose(-1, -2)
+            pre.append(Z)
+            H = self._sigma(Z)
+            feats.append(H)
+        return feats, pre, H @ p[f"W{self.L}"].transpose(-1, -2)
+
+    def _regularizer(self, p: Params) -> Tensor:
+        H1 = p["H1"]
+        S = H1.shape[0]
+        reg = _per_run(self.lambda_H, S, H1).flatten() / 2 * H1.square().sum((-1, -2))
+        for layer, lam in enumerate(self.layer_lambdas(), start=1):
+            W = p[f"W{layer}"]
+            reg = reg + _per_run(lam, S, W).flatten() / 2 * W.square().sum((-1, -2))
+        return reg
+
+    def objective(self, p: Params) -> Tensor:
+        out = self.forward(p)[2]
+        return (out - self.targets(out)).square().sum((-1, -2)) / (2 * self.N) + self._regularizer(p)
+
+    def gradient(self, p: Params) -> Params:
+        """Closed-form backpropagation (rows): G_L = (out − Y)/N, ∇W_l = G_lᵀH_l + λ_l W_l,
+        G_{l−1} = (G_l W_l) ⊙ σ'(Z_{l−1}), ∇H₁ = G₁W₁ + λ_{H₁}H₁."""
+        feats, pre, out = self.forward(p)
+        S = out.shape[0]
+        G = (out - self.targets(out)) / self.N  # ∂(data term)/∂(outputs), (S, N, K)
+        lams = self.layer_lambdas()
+        g: Params = {}
+        for layer in range(self.L, 0, -1):
+            W = p[f"W{layer}"]
+            g[f"W{layer}"] = G.transpose(-1, -2) @ feats[layer - 1] + _per_run(lams[layer - 1], S, W) * W
+            G = G @ W  # ∂/∂H_layer
+            if layer > 1 and self.activation == "relu":
+                G = G * (pre[layer - 2] > 0)
+        g["H1"] = G + _per_run(self.lambda_H, S, p["H1"]) * p["H1"]
+        return {k: g[k] for k in p}
+
+    def levels(self, p: Params) -> dict[str, Level]:
+        feats = self.forward(p)[0]
+        out = {}
+        for layer, H in enumerate(feats, start=1):
+            W = p[f"W{layer}"]
+            last = layer == self.L
+            out[f"H{layer}"] = Level(H, W if last else None, None, None if last else W, spectrum=True)
+        return out
+
+    def extras(self, p: Params) -> dict[str, Tensor]:
+        out = self.forward(p)[2]
+        Z = class_means_t(out, self.labels(out.device), self.K)  # (S, K, K): row k = W_L…σ(W_1 μ_k)
+        off = ~torch.eye(self.K, dtype=torch.bool, device=Z.device)
+        ex = {"norm_H1_sq": p["H1"].square().sum((-1, -2)),
+              "fit": torch.diagonal(Z, dim1=-2, dim2=-1).mean(-1),
+              "fit_offdiag": Z[..., off].abs().amax(-1)}
+        for layer in range(1, self.L + 1):
+            ex[f"norm_W{layer}_sq"] = p[f"W{layer}"].square().sum((-1, -2))
+        return ex
+
+
+def extended_ufm(K: int, n: int, d: int, activation: Activation = "relu", lambda_W1: Hyper = 5e-3,
+                 lambda_W2: Hyper = 5e-3, lambda_H1: Hyper = 5e-3) -> DeepUFM:
+    """The extended UFM of Tirer & Bruna 2022 (§4, Eq. 9): a :class:`DeepUFM` with L = 2::
+
+        f = 1/(2Kn)‖W₂σ(W₁H₁) − Y‖²_F + (λ_{W₂}/2)‖W₂‖² + (λ_{W₁}/2)‖W₁‖² + (λ_{H₁}/2)‖H₁‖²
+    """
+    return DeepUFM(K=K, n=n, d=d, L=2, activation=activation, lambda_W=(lambda_W1, lambda_W2),
+                   lambda_H=lambda_H1, name=f"eufm_{activation}")

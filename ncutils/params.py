@@ -26,7 +26,8 @@ import torch
 from .device import resolve_device, resolve_dtype
 from .paths import resolve_path
 
-__all__ = ["RULES", "Rule", "Run", "setup", "validate"]
+__all__ = ["ASSUMPTIONS", "REQUIREMENTS", "RULES", "Requirement", "Rule", "Run", "check_requirements", "setup",
+           "validate"]
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,29 @@ class Rule:
         return value
 
 
+def _int_list(low: int, what: str) -> Callable[[Any], None]:
+    def check(values: Any) -> None:
+        if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in values):
+            raise ValueError(f"must be a non-empty list of integers >= {low} ({what}), got {values!r}")
+    return check
+
+
+def _positive_list(what: str) -> Callable[[Any], None]:
+    def check(values: Any) -> None:
+        ok = bool(values) and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                                  and v > 0 for v in values)
+        if not ok:
+            raise ValueError(f"must be a non-empty list of finite numbers > 0 ({what}), got {values!r}")
+    return check
+
+
+def _tag(value: str) -> None:
+    if not value or not all(ch.isalnum() or ch in "-_" for ch in value):
+        raise ValueError(f"must be a non-empty name of letters, digits, '-' or '_', got {value!r}")
+
+
 _nonneg = Rule(float, low=0.0)
+_positive = Rule(float, low=0.0, strict_low=True)
 RULES: dict[str, Rule] = {
     "K": Rule(int, low=2),
     "n": Rule(int, low=1),
@@ -93,6 +116,28 @@ RULES: dict[str, Rule] = {
     "results_dir": Rule(str),
     "figures_dir": Rule(str),
     "profile": Rule(str),
+    # multi-layer UFMs (notebooks 02–04)
+    "lambda_W1": _positive,
+    "lambda_W2": _positive,
+    "lambda_H1": _positive,
+    "activation": Rule(str, choices=("relu", "linear")),
+    "seeds": Rule(int, low=1),
+    "studies": Rule(bool),
+    "stall_init_std": _positive,
+    "init_scales": Rule(list, check=_positive_list("initialization stds")),
+    "sweep_ratio_max": _positive,
+    "tag": Rule(str, check=_tag),
+    "width": Rule(int, low=1),
+    "depths": Rule(list, check=_int_list(1, "depths L")),
+    "multi_K": Rule(int, low=2),
+    "multi_n": Rule(int, low=1),
+    "multi_width": Rule(int, low=1),
+    "multi_L": Rule(int, low=1),
+    "multi_steps": Rule(int, low=1),
+    "multi_init_std": _positive,
+    "width_study": Rule(list, check=_int_list(1, "widths")),
+    "lambda_study": Rule(list, check=_positive_list("weight decays")),
+    "study_steps": Rule(int, low=1),
 }
 
 #: Assumptions of the theorem a notebook reproduces: (holds?, message). Runs go on, but say so.
@@ -103,6 +148,40 @@ ASSUMPTIONS: dict[str, list[tuple[Callable[[dict], bool], str]]] = {
          "K dimensions); the run goes on but the closed forms need not apply"),
     ],
 }
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A hard requirement on some parameters (``names``): ``holds(params)`` or the run fails with ``message``."""
+
+    names: tuple[str, ...]
+    holds: Callable[[dict], bool]
+    message: str
+
+
+def _width_at_least_K(width: str, K: str) -> Requirement:
+    return Requirement((width, K), lambda p: min(p[width]) >= p[K] if isinstance(p[width], list) else p[width] >= p[K],
+                       f"parameter {width} must be >= {K} (every level must hold an orthogonal frame of {K} "
+                       "class means for the collapsed optimum to exist)")
+
+
+#: Hard requirements of a notebook's theory: a run whose parameters break one fails before any compute.
+REQUIREMENTS: dict[str, list[Requirement]] = {
+    "02_linear_eufm": [_width_at_least_K("d", "K")],
+    "03_relu_eufm": [_width_at_least_K("d", "K")],
+    "04_deep_ufm": [_width_at_least_K("width", "K"), _width_at_least_K("multi_width", "multi_K"),
+                    _width_at_least_K("width_study", "multi_K")],
+}
+
+
+def check_requirements(notebook: str, params: dict[str, Any]) -> None:
+    """Raise ``ValueError`` for the first :data:`REQUIREMENTS` entry of ``notebook`` that ``params`` break
+    (requirements on parameters that are not given are skipped)."""
+    for req in REQUIREMENTS.get(notebook, []):
+        if not all(name in params for name in req.names):
+            continue
+        if not req.holds(params):
+            raise ValueError(f"{req.message}; got {({name: params[name] for name in req.names})}")
 
 
 def validate(params: dict[str, Any], declared: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -167,6 +246,7 @@ def setup(notebook: str, **params: Any) -> Run:
     root; relative folders are resolved against the repository root, never the cwd.
     """
     p = validate(params)
+    check_requirements(notebook, p)
     seed = p.get("seed", 0)
     random.seed(seed)
     np.random.seed(seed)

@@ -14,11 +14,25 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-__all__ = ["PANELS", "nc_panels", "save", "style", "threshold_sweep"]
+__all__ = [
+    "LEVEL_PANELS",
+    "PANELS",
+    "class_mean_spectra",
+    "dufm_threshold_sweep",
+    "gram_cosines",
+    "init_scales",
+    "level_panels",
+    "nc_panels",
+    "rank_studies",
+    "save",
+    "style",
+    "threshold_sweep",
+]
 
 #: Panels of the standard NC figure: title → (metric, label) pairs.
 PANELS: dict[str, list[tuple[str, str]]] = {
@@ -85,6 +99,178 @@ def nc_panels(
         ax.set_xlabel("GD step")
         if logy:
             ax.set_yscale("log")
+        ax.legend(fontsize="x-small")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+#: Per-level panels: title → metrics in order of preference (the first one a level has is drawn).
+LEVEL_PANELS: dict[str, list[str]] = {
+    "NC1": ["nc1"],
+    "NC2 (orthogonal frame)": ["nc2_orthogonal"],
+    "NC3 (W vs means)": ["nc3_orthogonal", "nc3_gram"],
+}
+
+
+def level_panels(
+    results: Mapping[str, Any],
+    *,
+    panels: Mapping[str, Sequence[str]] = LEVEL_PANELS,
+    theory: Mapping[str, float] | None = None,
+    title: str | None = None,
+    alpha: float = 0.45,
+) -> Figure:
+    """One row per model (``{label: GDResult}``): objective | one panel per metric, one colour per
+    feature level (H1, H2, …), one thin line per run (so stalled seeds stay visible).
+
+    ``panels``: title → metric names in order of preference; for the classifier level
+    ``nc3_orthogonal`` is drawn, for hidden levels ``nc3_gram``. ``theory``: f* per label (dashed).
+    """
+    style()
+    ncol = 1 + len(panels)
+    fig, axes = plt.subplots(len(results), ncol, figsize=(3.4 * ncol, 2.9 * len(results)),
+                             constrained_layout=True, squeeze=False)
+    for row, (label, res) in zip(axes, results.items(), strict=True):
+        h = res.history
+        levels = [lv for lv in dict.fromkeys(h.level.astype(str)) if lv != "model"]
+        colors = dict(zip(levels, sns.color_palette("colorblind", len(levels)), strict=True))
+        obj = h[h.metric == "objective"].pivot_table(index="step", columns="run", values="value", observed=True)
+        row[0].plot(obj.index, obj.to_numpy(), color="0.2", lw=0.9, alpha=alpha)
+        if theory is not None and label in theory:
+            row[0].axhline(theory[label], color="C3", ls="--", lw=1.2, label="f* (theory)")
+            row[0].legend(fontsize="x-small")
+        row[0].set_title(f"{label}: objective")
+        for ax, (panel, prefs) in zip(row[1:], panels.items(), strict=True):
+            for lv in levels:
+                have = set(h[h.level == lv].metric.astype(str))
+                metric = next((mt for mt in prefs if mt in have), None)
+                if metric is None:
+                    continue
+                sel = h[(h.level == lv) & (h.metric == metric)]
+                wide = sel.pivot_table(index="step", columns="run", values="value", observed=True)
+                lines = ax.plot(wide.index, wide.to_numpy(), color=colors[lv], lw=0.9, alpha=alpha)
+                lines[0].set_label(lv)
+            ax.set_title(panel)
+            ax.legend(fontsize="x-small")
+        for ax in row:
+            ax.set_yscale("log")
+            ax.set_xlabel("GD step")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def gram_cosines(df: pd.DataFrame, title: str | None = None) -> Figure:
+    """Pairwise cosines of class means per level, one dot per run and pair (``df`` from
+    :func:`ncutils.experiments.mean_gram_cosines`); 0 (orthogonal frame) dashed."""
+    style()
+    fig, ax = plt.subplots(figsize=(1.2 + 1.6 * df.level.nunique(), 3.2), constrained_layout=True)
+    sns.stripplot(data=df, x="level", y="cosine", hue="pair", dodge=True, ax=ax, size=4, jitter=0.15)
+    ax.axhline(0.0, color="0.4", ls="--", lw=1)
+    ax.set_ylabel("cos(μ_k, μ_k')")
+    ax.legend(title="classes", fontsize="x-small", ncol=2)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def init_scales(study: Any, table: pd.DataFrame, f_star: float, title: str | None = None) -> Figure:
+    """The initialization-scale study (:func:`ncutils.experiments.init_scale_study`): objective along GD,
+    one line per run coloured by init std (left), and the final |f/f* − 1| per seed (right). The
+    dotted line is the trivial stationary point f = 1/2 (H = 0) where a too-small initialization stalls."""
+    style()
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(8.4, 3.3), constrained_layout=True)
+    h = study.history
+    obj = h[h.metric == "objective"].pivot_table(index="step", columns="run", values="value", observed=True)
+    scales = list(dict.fromkeys(table.init_std))
+    colors = dict(zip(scales, sns.color_palette("viridis", len(scales)), strict=True))
+    for std in scales:
+        runs = table.run[table.init_std == std].tolist()
+        lines = ax0.plot(obj.index, obj[runs].to_numpy(), color=colors[std], lw=0.9, alpha=0.6)
+        lines[0].set_label(f"init std {std:g}")
+    ax0.axhline(f_star, color="C3", ls="--", lw=1.2, label="f* (theory)")
+    ax0.axhline(0.5, color="0.4", ls=":", lw=1, label="f = 1/2 (H = 0)")
+    ax0.set_yscale("log")
+    ax0.set_xlabel("GD step")
+    ax0.set_title("objective")
+    ax0.legend(fontsize="x-small")
+    err = (study.final("objective")[table.run] / f_star - 1)
+    ax1.scatter(table.init_std, np.clip(np.abs(err), 1e-16, None), s=18, facecolors="none", edgecolors="C0")
+    ax1.axhline(0.5 / f_star - 1, color="0.4", ls=":", lw=1, label="stall at H = 0 (f = 1/2)")
+    ax1.set_xscale("log")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("init std")
+    ax1.set_title("final |f / f* − 1| per seed")
+    ax1.legend(fontsize="x-small")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def class_mean_spectra(ranks: pd.DataFrame, hue: str = "run", title: str | None = None) -> Figure:
+    """Normalized singular values σ_k/σ_1 of every level's class means (``ranks`` from
+    :func:`ncutils.experiments.class_mean_ranks`, optionally with another ``hue`` column), one panel per level."""
+    style()
+    levels = list(dict.fromkeys(ranks.level))
+    fig, axes = plt.subplots(1, len(levels), figsize=(2.9 * len(levels), 3.0), constrained_layout=True,
+                             sharey=True, squeeze=False)
+    for ax, lv in zip(axes[0], levels, strict=True):
+        part = ranks[ranks.level == lv]
+        sns.lineplot(data=part, x="k", y="sv_rel", hue=hue, units="run", estimator=None, ax=ax, lw=0.9,
+                     marker="o", ms=3, palette="colorblind" if part[hue].nunique() <= 10 else "viridis",
+                     legend=ax is axes[0][-1])
+        ax.set_yscale("log")
+        ax.set_title(f"{lv}: σ_k / σ_1")
+        ax.set_xlabel("k")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def rank_studies(width_table: pd.DataFrame, lambda_ranks: pd.DataFrame, K: int, title: str | None = None) -> Figure:
+    """Left: how many seeds end at f_DNC / below / above per width (``width_table``: ``width, status``
+    from :func:`ncutils.experiments.seed_table`). Right: mean numerical rank of each level's class means
+    against λ (``lambda_ranks``: ``lambda, level, run, rank`` from :func:`ncutils.experiments.class_mean_ranks`)."""
+    style()
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(8.6, 3.3), constrained_layout=True)
+    counts = width_table.groupby(["width", "status"]).size().unstack(fill_value=0)
+    for status in ("at f*", "below f*", "above f*"):
+        if status not in counts:
+            counts[status] = 0
+    counts = counts[["at f*", "below f*", "above f*"]]
+    counts.index = counts.index.astype(str)
+    counts.plot.bar(stacked=True, ax=ax0, color=["C2", "C0", "C7"], rot=0)
+    ax0.set_xlabel("width")
+    ax0.set_ylabel("seeds")
+    ax0.set_title("GD outcome vs width (at f* = DNC)")
+    ax0.legend(fontsize="x-small")
+    per = lambda_ranks.drop_duplicates(["run", "level"]).groupby(["lambda", "level"])["rank"].mean().reset_index()
+    sns.lineplot(data=per, x="lambda", y="rank", hue="level", marker="o", ax=ax1, palette="colorblind")
+    ax1.axhline(K, color="0.4", ls="--", lw=1, label=f"K = {K}")
+    ax1.set_xscale("log")
+    ax1.set_title("mean rank of the class means vs λ")
+    ax1.legend(fontsize="x-small")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def dufm_threshold_sweep(df: pd.DataFrame, level_label: str = "last level", title: str | None = None) -> Figure:
+    """f and ‖μ_k‖² against (Km/2)q / threshold (``df`` from :func:`ncutils.experiments.dufm_threshold_sweep`):
+    global optimum (line, with its jump at 1), metastable collapsed branch (dotted), GD (markers)."""
+    style()
+    fig, axes = plt.subplots(1, 2, figsize=(7.8, 3.2), constrained_layout=True)
+    for ax, (key, label) in zip(axes, [("mean_norm_sq", f"‖μ_k‖², {level_label}"), ("objective", "objective f")],
+                                strict=True):
+        for side in (df.ratio <= 1, df.ratio > 1):
+            ax.plot(df.ratio[side], df[f"{key}_theory"][side], color="C0",
+                    label="theory (global)" if side.iloc[0] else None)
+        ax.plot(df.ratio, df[f"{key}_metastable"], color="C2", ls=":", label="collapsed branch (local)")
+        ax.plot(df.ratio, df[f"{key}_gd"], "o", color="C1", ms=5, mfc="none", label="GD")
+        ax.axvline(1.0, color="0.4", ls="--", lw=1, label="threshold")
+        ax.set_xlabel("(K m / 2) q / threshold")
+        ax.set_title(label)
         ax.legend(fontsize="x-small")
     if title:
         fig.suptitle(title)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["FLOOR", "check", "checks_table", "summary"]
+__all__ = ["FLOOR", "check", "checks_table", "seeds_table", "summary"]
 
 FLOOR = 1e-8
 
@@ -17,13 +17,20 @@ def check(name: str, gd: float, theory: float, tol: float, kind: str = "rel") ->
 
     ``kind="rel"``: error |gd − theory| / |theory| (theory ≠ 0); ``kind="abs"``:
     |gd − theory| (for quantities predicted to be 0, such as NC1). ``passed`` is
-    ``error <= tol`` (False for non-finite values).
+    ``error <= tol`` (False for non-finite values). ``kind="below"``: the claim is that GD goes
+    *below* the theory value (e.g. a loss below f_DNC); error (gd − theory)/|theory|, passed iff
+    it is < −tol.
     """
     gd, theory = float(gd), float(theory)
-    if kind not in ("rel", "abs"):
-        raise ValueError(f"kind must be 'rel' or 'abs', got {kind!r}")
-    if kind == "rel" and theory == 0:
+    if kind not in ("rel", "abs", "below"):
+        raise ValueError(f"kind must be 'rel', 'abs' or 'below', got {kind!r}")
+    if kind in ("rel", "below") and theory == 0:
         raise ValueError(f"check {name!r}: a relative error needs a non-zero theory value; use kind='abs'")
+    if kind == "below":
+        err = (gd - theory) / abs(theory)
+        passed = math.isfinite(err) and err < -tol
+        return {"name": name, "gd": gd, "theory": theory, "rel_diff": err, "kind": kind, "tol": tol,
+                "passed": passed}
     err = abs(gd - theory) / (abs(theory) if kind == "rel" else 1.0)
     passed = math.isfinite(err) and err <= tol
     return {"name": name, "gd": gd, "theory": theory, "rel_err" if kind == "rel" else "abs_err": err,
@@ -46,11 +53,30 @@ def checks_table(checks: list[dict[str, Any]], digits: int = 4) -> pd.DataFrame:
 
     rows = []
     for c in checks:
-        err = c.get("rel_err", c.get("abs_err"))
+        if c["kind"] == "below":
+            error = f"below {c['rel_diff']:+.1e}"
+        else:
+            error = f"{c['kind']} {order(c.get('rel_err', c.get('abs_err')))}"
         rows.append({"quantity": c["name"], "GD": sig(c["gd"]), "theory": sig(c["theory"]),
-                     "error": f"{c['kind']} {order(err)}", "tol": f"{c['tol']:g}",
+                     "error": error, "tol": f"{c['tol']:g}",
                      "ok": "PASS" if c["passed"] else "FAIL"})
     return pd.DataFrame(rows).set_index("quantity")
+
+
+def seeds_table(table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """A printable, nbval-stable version of :func:`ncutils.experiments.seed_table`: objective to
+    ``digits`` digits, relative error and NC1 as orders of magnitude (values below ``FLOOR`` as ``<1e-08``)."""
+
+    def order(e: float) -> str:
+        e = abs(e)
+        if not math.isfinite(e):
+            return str(e)
+        return f"<{FLOOR:.0e}" if e < FLOOR else f"<1e{math.floor(math.log10(e)) + 1}"
+
+    out = pd.DataFrame({"run": table.run, "objective": [f"{x:.{digits}g}" for x in table.objective],
+                        "|rel_err|": [order(x) for x in table.rel_err], "status": table.status,
+                        "max NC1": [order(x) for x in table.max_nc1], "min rank": table.min_rank})
+    return out.set_index("run")
 
 
 def summary(params: dict[str, Any], checks: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:

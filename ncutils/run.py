@@ -30,12 +30,13 @@ from typing import Any
 import nbformat
 import yaml
 
-from .params import validate
+from .params import check_requirements, validate
 from .paths import repo_root
 
 __all__ = [
     "RunRecord",
     "declared_parameters",
+    "figure_profiles",
     "figures",
     "golden",
     "list_notebooks",
@@ -152,6 +153,7 @@ def run_notebook(
             merged["profile"] = profile
     merged.update(params or {})
     checked = validate({**declared, **merged}, declared)
+    check_requirements(path.stem, checked)
     # inject only what differs from the notebook's defaults (a paper run leaves the notebook untouched)
     merged = {k: checked[k] for k in merged if checked[k] != declared.get(k, object())}
     default_out = repo_root() / "outputs" / path.stem / (profile or "custom") / path.name
@@ -201,34 +203,53 @@ def source_hash(notebook: str | os.PathLike[str], profile: str) -> str:
     return h.hexdigest()
 
 
-def figures(only: list[str] | None = None, force: bool = False, profile: str = "paper") -> list[RunRecord]:
-    """Run every notebook at paper settings in place (``notebooks/NN_*.ipynb`` gets the
-    outputs a GitHub reader sees), refreshing ``figures/``. Skips notebooks whose
-    :func:`source_hash` matches the stamp of their last successful run."""
+def figure_profiles(notebook: str | os.PathLike[str]) -> list[str]:
+    """The profiles ``make figures`` runs: ``paper`` first, then every other profile of
+    ``profiles/<stem>.yaml`` except ``small`` (the CI profile) — e.g. a second paper figure's
+    settings or SPEC's check settings — in file order."""
+    stem = notebook_path(notebook).stem
+    path = repo_root() / "profiles" / f"{stem}.yaml"
+    names = list((yaml.safe_load(path.read_text()) or {}) if path.exists() else {})
+    return ["paper", *[p for p in names if p not in ("paper", "small")]]
+
+
+def figures(only: list[str] | None = None, force: bool = False, profile: str | None = None) -> list[RunRecord]:
+    """Run every notebook at paper settings, refreshing ``figures/``.
+
+    The ``paper`` profile runs in place (``notebooks/NN_*.ipynb`` gets the outputs a GitHub
+    reader sees); the other profiles (:func:`figure_profiles`) write their notebook to
+    ``outputs/<stem>/<profile>/``. ``profile`` runs that one profile only. Skips
+    runs whose :func:`source_hash` matches the stamp of their last successful run.
+    """
     stamps = repo_root() / "outputs" / "stamps"
     stamps.mkdir(parents=True, exist_ok=True)
     records = []
     for path in list_notebooks():
         if only and path.stem not in only and path.stem[:2] not in only:
             continue
-        digest = source_hash(path, profile)
-        stamp = stamps / f"{path.stem}.{profile}.sha256"
-        if not force and stamp.exists() and stamp.read_text().strip() == digest:
-            records.append(RunRecord(path.stem, profile, path, True, 0.0, skipped=True))
-            print(f"[ncutils] {path.stem}: up to date, skipped", flush=True)
-            continue
-        print(f"[ncutils] {path.stem}: running profile {profile} ...", flush=True)
-        tmp_out = repo_root() / "outputs" / path.stem / profile / path.name
-        rec = run_notebook(path, profile=profile, output=tmp_out, raise_on_error=False)
-        if rec.ok:
-            shutil.copyfile(tmp_out, path)
-            stamp.write_text(digest + "\n")
-            rec.output = path
-            print(f"[ncutils] {path.stem}: done in {rec.wall_time_s:.1f} s", flush=True)
-        else:
-            print(f"[ncutils] {path.stem}: FAILED: {rec.error}", file=sys.stderr, flush=True)
-        records.append(rec)
+        for prof in [profile] if profile else figure_profiles(path):
+            records.append(_figure_run(path, prof, stamps, force))
     return records
+
+
+def _figure_run(path: Path, profile: str, stamps: Path, force: bool) -> RunRecord:
+    digest = source_hash(path, profile)
+    stamp = stamps / f"{path.stem}.{profile}.sha256"
+    if not force and stamp.exists() and stamp.read_text().strip() == digest:
+        print(f"[ncutils] {path.stem} ({profile}): up to date, skipped", flush=True)
+        return RunRecord(path.stem, profile, path, True, 0.0, skipped=True)
+    print(f"[ncutils] {path.stem}: running profile {profile} ...", flush=True)
+    tmp_out = repo_root() / "outputs" / path.stem / profile / path.name
+    rec = run_notebook(path, profile=profile, output=tmp_out, raise_on_error=False)
+    if rec.ok:
+        if profile == "paper":
+            shutil.copyfile(tmp_out, path)
+            rec.output = path
+        stamp.write_text(digest + "\n")
+        print(f"[ncutils] {path.stem} ({profile}): done in {rec.wall_time_s:.1f} s", flush=True)
+    else:
+        print(f"[ncutils] {path.stem} ({profile}): FAILED: {rec.error}", file=sys.stderr, flush=True)
+    return rec
 
 
 def golden(only: list[str] | None = None, profile: str = "small") -> list[RunRecord]:

@@ -119,9 +119,8 @@ def _record(model: FeatureModel, p: Params, y: Tensor, step: int, objective: Ten
 
     add("model", {"objective": objective, **model.extras(p)})
     for name, lev in model.levels(p).items():
-        add(name, nc_metrics_t(lev.H.to(torch.float64), y, model.K,
-                               None if lev.W is None else lev.W.to(torch.float64),
-                               None if lev.b is None else lev.b.to(torch.float64)))
+        W, b, A = (None if t is None else t.to(torch.float64) for t in (lev.W, lev.b, lev.A))
+        add(name, nc_metrics_t(lev.H.to(torch.float64), y, model.K, W, b, A, lev.spectrum))
     return chunks
 
 

@@ -1,4 +1,4 @@
-"""Closed-form predictions for the unconstrained-features models (SPEC §2).
+"""Closed-form predictions for the unconstrained-features models (SPEC §2–§4).
 
 Notation of Tirer & Bruna (ICML 2022), bias-free MSE UFM
 
@@ -14,10 +14,21 @@ unit tests confirm against gradient descent (``tests/test_theory.py``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 __all__ = [
+    "DeepUFMOptimum",
     "UFMOptimum",
+    "dufm_collapsed_objective",
+    "dufm_fit",
+    "dufm_optimum",
+    "dufm_q",
+    "dufm_threshold",
+    "eufm_optimum",
+    "eufm_threshold",
     "frame_distance",
     "ufm_ce_optimum",
     "ufm_fit",
@@ -157,3 +168,150 @@ def frame_distance(K: int) -> float:
     if int(K) != K or K < 2:
         raise ValueError(f"K must be an integer >= 2, got {K}")
     return math.sqrt(2.0 - 2.0 * math.sqrt((K - 1) / K))
+
+
+# --------------------------------------------------------------------------- #
+# Extended (L = 2) and deep UFM: the collapsed branch (SPEC §3–§4, derived)
+# --------------------------------------------------------------------------- #
+def _check_lambdas(n: int, lambda_H: float, lambda_W: Sequence[float]) -> tuple[float, ...]:
+    if int(n) != n or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n}")
+    lams = tuple(float(x) for x in lambda_W)
+    if not lams:
+        raise ValueError("lambda_W must hold one value per layer (L >= 1), got an empty sequence")
+    for name, lam in (("lambda_H", float(lambda_H)), *((f"lambda_W[{i + 1}]", x) for i, x in enumerate(lams))):
+        if not math.isfinite(lam) or lam <= 0:
+            raise ValueError(f"{name} must be finite and in (0, inf), got {lam}")
+    return lams
+
+
+def dufm_q(n: int, lambda_H: float, lambda_W: Sequence[float]) -> float:
+    """q = (n λ_{H₁} Π_l λ_{W_l})^{1/m}, m = L + 1 (SPEC §3–§4; the EUFM's q for L = 2)."""
+    lams = _check_lambdas(n, lambda_H, lambda_W)
+    m = len(lams) + 1
+    return math.exp((math.log(n) + math.log(lambda_H) + sum(math.log(x) for x in lams)) / m)
+
+
+def dufm_collapsed_objective(s: float, K: int, q: float, m: int) -> float:
+    """g(s) = (s − 1)²/2 + (K m/2) q s^{2/m}: the objective of the collapsed branch whose output
+    class means are s·I (SPEC §4, derived: the regularizer of m balanced factors by AM–GM)."""
+    return (s - 1.0) ** 2 / 2 + K * m / 2 * q * s ** (2.0 / m)
+
+
+def dufm_threshold(m: int) -> float:
+    """Largest (K m/2)·q with a non-zero collapsed minimizer: ((m−2)/(m−1))^{(m−2)/m} · m/(2(m−1)).
+
+    For m = 3 (the extended UFM) this is K·q ≤ 2^{−4/3}; for m = 2 (plain UFM) c = Kq ≤ 1 (SPEC §3–§4,
+    derived). At the threshold the minimizing s jumps from (m−2)/(m−1) to 0.
+    """
+    if int(m) != m or m < 2:
+        raise ValueError(f"m = L + 1 must be an integer >= 2, got {m}")
+    return ((m - 2) / (m - 1)) ** ((m - 2) / m) * m / (2 * (m - 1))
+
+
+def eufm_threshold() -> float:
+    """2^{−4/3} ≈ 0.3969: the extended UFM has a non-zero minimizer iff K·q ≤ 2^{−4/3} (SPEC §3)."""
+    return 2.0 ** (-4.0 / 3.0)
+
+
+def dufm_fit(K: int, q: float, m: int, branch: str = "global") -> float:
+    """s* = argmin_{s ∈ [0, 1]} g(s) (:func:`dufm_collapsed_objective`), solved to machine precision.
+
+    For m = 2, s* = max(1 − Kq, 0). For m > 2 the stationary points solve
+    s − 1 + K q s^{2/m − 1} = 0; the local minimum is the larger root, found by Brent's method
+    (SciPy) on [s₀, 1] with s₀ the minimizer of the left-hand side; s* = 0 when g there is not
+    below g(0) = 1/2 (ties at the threshold go to the collapsed branch).
+    ``branch="collapsed"`` returns the local minimum s > 0 even past the threshold, where it
+    is a *metastable* collapsed solution GD can still converge to (0 once it has disappeared).
+    """
+    if branch not in ("global", "collapsed"):
+        raise ValueError(f"branch must be 'global' or 'collapsed', got {branch!r}")
+    if int(K) != K or K < 2:
+        raise ValueError(f"K must be an integer >= 2, got {K}")
+    if int(m) != m or m < 2:
+        raise ValueError(f"m = L + 1 must be an integer >= 2, got {m}")
+    if not math.isfinite(q) or q < 0:
+        raise ValueError(f"q must be finite and in [0, inf), got {q}")
+    if m == 2:  # g is convex: no metastable branch
+        return max(1.0 - K * q, 0.0)
+    if q == 0:
+        return 1.0
+    from scipy.optimize import brentq
+
+    B, e = K * q, 2.0 / m - 1.0  # h(s) = s − 1 + B s^e, e ∈ (−1, 0)
+    s0 = (B * (1.0 - 2.0 / m)) ** (1.0 / (1.0 - e))  # h'(s0) = 0
+    if s0 >= 1.0 or s0 - 1.0 + B * s0**e > 0:
+        return 0.0
+    s = brentq(lambda x: x - 1.0 + B * x**e, s0, 1.0, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=200)
+    return s if branch == "collapsed" or dufm_collapsed_objective(s, K, q, m) <= 0.5 else 0.0
+
+
+@dataclass(frozen=True)
+class DeepUFMOptimum:
+    """The collapsed minimizer of the L-layer UFM (:class:`ncutils.models.DeepUFM`), SPEC §3–§4 (derived).
+
+    Every factor carries the same share T = q s^{2/m} of the regularizer (balancedness
+    λ_{H₁}‖H₁‖² = λ_{W_l}‖W_l‖² = K T), the output class means are s·I, the levels' class
+    means have equal norms a_l and, where the theory says so, form orthogonal frames.
+
+    Attributes
+    ----------
+    L, m : layers and number of factors m = L + 1.
+    q, s, T : q = (nλ_{H₁}Πλ_{W_l})^{1/m}, the fit s (output means s·I), T = q s^{2/m}.
+    objective : f* of the collapsed branch (f_DNC of Súkeník et al.); 1/2 when s = 0.
+    mean_norm_sq : a_l² = ‖μ_k‖² at levels H1 … HL: a₁² = T/(nλ_{H₁}), a_{l+1}² = a_l² T/λ_{W_l}.
+    norm_W_sq : ‖W_l‖²_F = K T/λ_{W_l}, l = 1 … L.
+    norm_H_sq : ‖H₁‖²_F = K T/λ_{H₁}.
+    threshold, threshold_max : (K m/2)·q and its largest value with a non-zero minimizer.
+    collapsed : s > 0.
+    """
+
+    L: int
+    m: int
+    q: float
+    s: float
+    T: float
+    objective: float
+    mean_norm_sq: tuple[float, ...]
+    norm_W_sq: tuple[float, ...]
+    norm_H_sq: float
+    threshold: float
+    threshold_max: float
+    collapsed: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def dufm_optimum(K: int, n: int, lambda_H: float, lambda_W: Sequence[float]) -> DeepUFMOptimum:
+    """Collapsed-branch optimum of the L-layer UFM with λ_{H₁} = ``lambda_H`` and λ_{W_1..W_L} = ``lambda_W``.
+
+    SPEC §4 (derived): f_DNC = min_{s∈[0,1]} (s−1)²/2 + (Km/2) q s^{2/m}. It is the global optimum
+    of the linear model and, for K = 2, of the ReLU model (Súkeník et al. 2023, Thm 3); for K > 2,
+    L ≥ 3 ReLU models reach lower, low-rank solutions (Súkeník et al. 2024). L = 1 is the plain UFM.
+    """
+    if int(K) != K or K < 2:
+        raise ValueError(f"K must be an integer >= 2, got {K}")
+    lams = _check_lambdas(n, lambda_H, lambda_W)
+    L, m = len(lams), len(lams) + 1
+    q = dufm_q(n, lambda_H, lams)
+    s = dufm_fit(K, q, m)
+    T = q * s ** (2.0 / m)
+    norms = [T / (n * lambda_H)]
+    for lam in lams[:-1]:
+        norms.append(norms[-1] * T / lam)
+    return DeepUFMOptimum(
+        L=L, m=m, q=q, s=s, T=T, objective=dufm_collapsed_objective(s, K, q, m),
+        mean_norm_sq=tuple(norms), norm_W_sq=tuple(K * T / lam for lam in lams),
+        norm_H_sq=K * T / lambda_H, threshold=K * m / 2 * q, threshold_max=dufm_threshold(m),
+        collapsed=s > 0,
+    )
+
+
+def eufm_optimum(K: int, n: int, lambda_W1: float, lambda_W2: float, lambda_H1: float) -> DeepUFMOptimum:
+    """The extended UFM (Tirer & Bruna 2022, §4), linear or ReLU: :func:`dufm_optimum` with L = 2.
+
+    SPEC §3 (derived): q = (nλ_{H₁}λ_{W₁}λ_{W₂})^{1/3}, f* = min_s (s−1)²/2 + (3K/2) q s^{2/3},
+    non-zero iff K q ≤ 2^{−4/3}; ‖μ₁‖² = T/(nλ_{H₁}), ‖μ₂‖² = ‖μ₁‖² T/λ_{W₁}, M₂ᵀM₂ = ‖μ₂‖² I.
+    """
+    return dufm_optimum(K, n, lambda_H1, (lambda_W1, lambda_W2))

@@ -62,16 +62,17 @@ def test_unknown_notebook_and_profile():
         runner.run_notebook(NB, profile="huge")
 
 
-def test_every_parameter_is_typed_and_documented():
+@pytest.mark.parametrize("nb", [p.stem for p in runner.list_notebooks()])
+def test_every_parameter_is_typed_and_documented(nb):
     """`papermill --help-notebook` prints a type and help text for every parameter."""
     import papermill
 
-    info = papermill.inspect_notebook(str(runner.notebook_path(NB)))
+    info = papermill.inspect_notebook(str(runner.notebook_path(nb)))
     for name, spec in info.items():
         assert spec["inferred_type_name"] != "None", name
         assert spec["help"].strip(), name
         assert name in params.RULES, f"{name} has no validation rule"
-    out = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(runner.notebook_path(NB))],
+    out = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(runner.notebook_path(nb))],
                          capture_output=True, text=True, check=True).stdout
     for name in info:
         assert name in out
@@ -80,8 +81,40 @@ def test_every_parameter_is_typed_and_documented():
 def test_profiles_use_declared_names():
     for nb in runner.list_notebooks():
         declared = runner.declared_parameters(nb)
-        for prof in ("paper", "small"):
-            params.validate({**declared, **runner.load_profile(nb, prof)}, declared)
+        for prof in ["small", *runner.figure_profiles(nb)]:
+            checked = params.validate({**declared, **runner.load_profile(nb, prof)}, declared)
+            params.check_requirements(nb.stem, checked)
+
+
+def test_figure_profiles():
+    assert runner.figure_profiles("01") == ["paper"]
+    assert runner.figure_profiles("02") == ["paper", "fig8", "check"]
+    assert runner.figure_profiles("03") == ["paper", "fig9", "check"]
+
+
+@pytest.mark.parametrize(
+    "nb,bad,match",
+    [
+        ("02", {"lambda_W1": -0.005}, r"parameter lambda_W1 must be a float in \(0, inf\), got -0.005"),
+        ("03", {"lambda_H1": -1.0}, r"parameter lambda_H1 must be a float in \(0, inf\)"),
+        ("04", {"lambda_W": -0.004}, r"parameter lambda_W must be a float in \[0, inf\)"),
+        ("04", {"depths": [2, 0]}, r"parameter depths: must be a non-empty list of integers >= 1 \(depths L\)"),
+        ("04", {"depths": []}, r"parameter depths: must be a non-empty list"),
+        ("04", {"multi_L": 0}, r"parameter multi_L must be a int in \[1, inf\)"),
+        ("04", {"activation": "tanh"}, r"parameter activation must be one of \('relu', 'linear'\), got 'tanh'"),
+        ("04", {"width": 1}, r"parameter width must be >= K .* got \{'width': 1, 'K': 2\}"),
+        ("04", {"width_study": [30, 5]}, r"parameter width_study must be >= multi_K"),
+        ("02", {"d": 3}, r"parameter d must be >= K .* got \{'d': 3, 'K': 4\}"),
+        ("03", {"init_scales": [0.1, -1]}, r"parameter init_scales: must be a non-empty list of finite numbers > 0"),
+        ("03", {"tag": "a/b"}, r"parameter tag: must be a non-empty name"),
+    ],
+)
+def test_bad_parameters_of_the_multilayer_notebooks(nb, bad, match, monkeypatch):
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("kernel started"))
+    with pytest.raises(ValueError, match=match):
+        runner.run_notebook(nb, params=bad)
 
 
 def test_golden_code_matches_source():
@@ -128,6 +161,10 @@ def test_report_check():
     with pytest.raises(ValueError, match="kind='abs'"):
         report.check("nc1", 0.1, 0.0, 1e-6)
     assert not report.check("f", float("nan"), 1.0, 1e-4)["passed"]
+    below = report.check("f", 0.9, 1.0, 0.0, kind="below")
+    assert below["passed"] and below["rel_diff"] == pytest.approx(-0.1)
+    assert not report.check("f", 1.0, 1.0, 0.0, kind="below")["passed"]
+    assert "below -1.0e-01" in report.checks_table([below]).to_string()
 
 
 def test_source_hash_tracks_code_profile_and_ncutils(tmp_path, monkeypatch):

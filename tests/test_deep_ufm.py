@@ -1,0 +1,193 @@
+"""Multi-layer UFMs (extended / deep UFM): closed forms, gradient, GD against theory, new metrics."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize_scalar
+from scipy.stats import ortho_group
+
+from ncutils import metrics as m
+from ncutils import theory
+from ncutils.models import UFM, DeepUFM, FeatureModel, extended_ufm
+from ncutils.solve import gradient_descent
+
+
+def test_spec_check_numbers_eufm():
+    """SPEC §3: K=4, n=20, d=20, all λ=0.005 → f* = 0.079931, M₂ᵀM₂ = 0.3415 I, ‖μ₁‖² = 0.1307."""
+    o = theory.eufm_optimum(4, 20, 0.005, 0.005, 0.005)
+    assert o.objective == pytest.approx(0.079931, abs=1e-6)
+    assert o.mean_norm_sq[1] == pytest.approx(0.3415, abs=1e-4)
+    assert o.mean_norm_sq[0] == pytest.approx(0.1307, abs=1e-4)
+    assert o.collapsed and o.L == 2 and o.m == 3
+    # balancedness: λ_{H₁}‖H₁‖² = λ_{W_l}‖W_l‖² = K T
+    assert 0.005 * o.norm_H_sq == pytest.approx(4 * o.T)
+    assert all(0.005 * w == pytest.approx(4 * o.T) for w in o.norm_W_sq)
+
+
+@pytest.mark.parametrize("L,f", [(2, 0.0437697), (3, 0.0423176), (4, 0.0435800)])
+def test_spec_check_numbers_dufm(L, f):
+    """SPEC §4: K=2, n=50, all λ=0.004 → f_DNC = 0.0437697 (L=2), 0.0423176 (L=3), 0.0435800 (L=4)."""
+    assert theory.dufm_optimum(2, 50, 0.004, [0.004] * L).objective == pytest.approx(f, abs=5e-7)
+
+
+def test_one_layer_is_the_plain_ufm():
+    d = theory.dufm_optimum(4, 50, 0.005, [0.003])
+    u = theory.ufm_mse_optimum(4, 50, 0.003, 0.005)
+    assert d.objective == pytest.approx(u.objective, rel=1e-13)
+    assert d.s == pytest.approx(u.fit, rel=1e-13)
+    assert d.mean_norm_sq[0] == pytest.approx(u.mean_norm_sq, rel=1e-13)
+    assert d.norm_W_sq[0] == pytest.approx(u.norm_W_sq, rel=1e-13)
+    assert theory.dufm_threshold(2) == 1.0
+
+
+@pytest.mark.parametrize("m_", [3, 4, 5, 6])
+def test_fit_is_the_global_minimizer_of_g(m_):
+    """dufm_fit agrees with a brute-force grid + bounded scalar minimization of g on [0, 1]."""
+    for A in np.linspace(0.05, 1.2, 13) * theory.dufm_threshold(m_):
+        K = 3
+        q = 2 * A / (K * m_)
+        s = theory.dufm_fit(K, q, m_)
+        grid = np.linspace(0, 1, 20001)
+        g = [theory.dufm_collapsed_objective(x, K, q, m_) for x in grid]
+        best = grid[int(np.argmin(g))]
+        res = minimize_scalar(theory.dufm_collapsed_objective, args=(K, q, m_),
+                              bounds=(max(best - 1e-3, 0), min(best + 1e-3, 1)), method="bounded",
+                              options={"xatol": 1e-12})
+        ref = res.x if res.fun < 0.5 else 0.0
+        assert s == pytest.approx(ref, abs=1e-6)
+        assert theory.dufm_collapsed_objective(s, K, q, m_) <= min(g) + 1e-12
+
+
+@pytest.mark.parametrize("m_", [3, 4, 5])
+def test_threshold_is_a_discontinuous_jump(m_):
+    K = 2
+    q_star = 2 * theory.dufm_threshold(m_) / (K * m_)
+    below = theory.dufm_fit(K, q_star * (1 - 1e-9), m_)
+    above = theory.dufm_fit(K, q_star * (1 + 1e-9), m_)
+    assert below == pytest.approx((m_ - 2) / (m_ - 1), abs=1e-3)  # s jumps from (m−2)/(m−1) ...
+    assert above == 0.0  # ... to 0
+    # at the threshold g(s*) = g(0) = 1/2
+    assert theory.dufm_collapsed_objective((m_ - 2) / (m_ - 1), K, q_star, m_) == pytest.approx(0.5, rel=1e-12)
+    assert theory.eufm_threshold() == pytest.approx(2 * theory.dufm_threshold(3) / 3, rel=1e-14)  # K q ≤ 2^{−4/3}
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(lambda_H=-1.0), r"lambda_H must be finite and in \(0, inf\)"),
+    (dict(lambda_W=[0.1, 0.0]), r"lambda_W\[2\] must be finite"),
+    (dict(lambda_W=[]), "one value per layer"),
+    (dict(n=0), "n must be an integer"),
+    (dict(K=1), "K must be an integer"),
+])
+def test_theory_bad_arguments(kw, match):
+    args = dict(K=3, n=5, lambda_H=0.01, lambda_W=[0.01, 0.01]) | kw
+    with pytest.raises(ValueError, match=match):
+        theory.dufm_optimum(**args)
+
+
+@pytest.mark.parametrize("activation", ["relu", "linear"])
+def test_backprop_matches_autograd(activation):
+    model = DeepUFM(K=3, n=4, d=(5, 6, 7), L=3, activation=activation, lambda_W=(0.01, (0.02, 0.03), 0.04),
+                    lambda_H=(0.03, 0.05))
+    p = model.init(2, 0.7, torch.Generator().manual_seed(0), torch.float64)
+    analytic = model.gradient(p)
+    auto = FeatureModel.gradient(model, p)
+    assert list(analytic) == list(p)
+    for k in p:
+        torch.testing.assert_close(analytic[k], auto[k], rtol=1e-12, atol=1e-14)
+
+
+def test_one_layer_deep_ufm_is_the_ufm():
+    deep = DeepUFM(K=3, n=4, d=5, L=1, lambda_W=0.02, lambda_H=0.01)
+    ufm = UFM(K=3, n=4, d=5, lambda_W=0.02, lambda_H=0.01)
+    p = deep.init(2, 0.5, torch.Generator().manual_seed(0), torch.float64)
+    q = {"W": p["W1"], "H": p["H1"]}
+    torch.testing.assert_close(deep.objective(p), ufm.objective(q), rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(L=0), "L must be an integer >= 1"),
+    (dict(activation="tanh"), r"activation must be one of \('relu', 'linear'\)"),
+    (dict(lambda_W=-0.1), r"lambda_W\[1\] must be finite and in \[0"),
+    (dict(lambda_W=(0.1, 0.1, 0.1)), "L = 2 values"),
+    (dict(lambda_H=float("nan")), "lambda_H must be finite"),
+    (dict(d=(5,)), "sequence of L = 2"),
+    (dict(lambda_W=((0.1, 0.2), (0.1, 0.2, 0.3))), "different lengths"),
+])
+def test_model_bad_arguments(kw, match):
+    with pytest.raises(ValueError, match=match):
+        DeepUFM(**(dict(K=3, n=4, d=5, L=2) | kw))
+
+
+@pytest.mark.parametrize("activation", ["linear", "relu"])
+def test_gd_reaches_the_eufm_closed_form(activation):
+    """GD (float64) on a small extended UFM lands on eufm_optimum: f*, norms of every level and weight."""
+    K, n, d, lw1, lw2, lh = 3, 5, 8, 0.01, 0.02, 0.015
+    model = extended_ufm(K, n, d, activation, lw1, lw2, lh)
+    gd = gradient_descent(model, lr=0.5, steps=30000, runs=4, init_std=0.3, record_every=30000, seed=1,
+                          device="cpu", progress=False)
+    o = theory.eufm_optimum(K, n, lw1, lw2, lh)
+    best = int(np.argmin(gd.final("objective")))
+    assert gd.final("objective")[best] == pytest.approx(o.objective, rel=1e-8)
+    assert gd.final("fit")[best] == pytest.approx(o.s, rel=1e-5)
+    assert gd.final("norm_H1_sq")[best] == pytest.approx(o.norm_H_sq, rel=1e-5)
+    for layer in (1, 2):
+        assert gd.final(f"norm_W{layer}_sq")[best] == pytest.approx(o.norm_W_sq[layer - 1], rel=1e-5)
+        assert gd.final("mean_norm_sq", f"H{layer}")[best] == pytest.approx(o.mean_norm_sq[layer - 1], rel=1e-5)
+        assert gd.final("nc1", f"H{layer}")[best] < 1e-12
+    assert gd.final("nc2_orthogonal", "H2")[best] < 1e-3
+    assert gd.final("nc3_orthogonal", "H2")[best] < 1e-3
+    if activation == "linear":  # both levels are orthogonal frames at once
+        assert gd.final("nc2_orthogonal", "H1")[best] < 1e-3
+
+
+def test_past_the_eufm_threshold_gd_goes_to_zero():
+    K, n = 3, 5
+    lam = 1.2 * theory.eufm_threshold() / (K * n ** (1 / 3))  # all λ equal: K q = K n^{1/3} λ = 1.2·2^{−4/3}
+    o = theory.eufm_optimum(K, n, lam, lam, lam)
+    assert not o.collapsed and o.objective == 0.5
+    gd = gradient_descent(extended_ufm(K, n, 6, "linear", lam, lam, lam), lr=0.5, steps=5000, runs=2,
+                          init_std=0.3, device="cpu", progress=False)
+    assert np.all(gd.final("objective") < 0.5 + 1e-9)
+    assert np.all(gd.final("objective") > 0.5 - 1e-9)
+
+
+def test_nc3_gram_and_spectrum():
+    rng = np.random.default_rng(0)
+    K, d, n = 4, 9, 3
+    Mo = ortho_group.rvs(d, random_state=rng)[:K] * 2.0  # orthogonal frame, (K, d)
+    y = np.repeat(np.arange(K), n)
+    H = Mo[y]
+    # a layer whose row space carries the means' Gram: A = Q M with Q orthonormal columns
+    Q = ortho_group.rvs(6, random_state=rng)[:, :K]
+    A = 0.7 * Q @ Mo
+    assert m.nc3_gram(A, H, y) < 1e-12
+    assert m.nc3_gram(3.0 * Mo, H, y) < 1e-12  # a classifier W ∝ Mᵀ
+    assert m.nc3_gram(rng.standard_normal((6, d)), H, y) > 0.3
+    # brute force on a random layer
+    B = rng.standard_normal((5, d))
+    P, G = B.T @ B, Mo.T @ Mo
+    ref = np.linalg.norm(P / np.linalg.norm(P) - G / np.linalg.norm(G))
+    assert m.nc3_gram(B, H, y) == pytest.approx(ref, rel=1e-12)
+    with pytest.raises(ValueError, match=r"A must have shape \(d_out, d\) with d = 9"):
+        m.nc3_gram(B[:, :4], H, y)
+    sv = m.class_mean_singular_values(H, y)
+    np.testing.assert_allclose(sv, [2.0] * K, rtol=1e-12)
+    low = Mo.copy()
+    low[3] = low[0]  # rank 3
+    sv = m.class_mean_singular_values(low[y], y)
+    assert sv[2] > 1 and sv[3] < 1e-12
+    # the batched metrics carry them per level
+    out = m.nc_metrics_t(torch.as_tensor(H), torch.as_tensor(y), K, A=torch.as_tensor(A), spectrum=True)
+    assert float(out["nc3_gram"]) < 1e-12 and math.isclose(float(out["sv_1"]), 2.0, rel_tol=1e-12)
+
+
+def test_deep_ufm_levels_record_every_layer():
+    model = DeepUFM(K=2, n=3, d=4, L=3)
+    gd = gradient_descent(model, lr=0.1, steps=5, runs=2, device="cpu", progress=False)
+    levels = set(gd.history.level.astype(str))
+    assert levels == {"model", "H1", "H2", "H3"}
+    h = gd.history
+    assert {"nc3_gram", "sv_1", "sv_2"} <= set(h[h.level == "H1"].metric.astype(str))
+    assert {"nc3_orthogonal", "nc4", "nc3_gram"} <= set(h[h.level == "H3"].metric.astype(str))
