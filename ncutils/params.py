@@ -126,6 +126,7 @@ RULES: dict[str, Rule] = {
     "stall_init_std": _positive,
     "init_scales": Rule(list, check=_positive_list("initialization stds")),
     "sweep_ratio_max": _positive,
+    "sweep_seeds": Rule(int, low=1),
     "tag": Rule(str, check=_tag),
     "width": Rule(int, low=1),
     "depths": Rule(list, check=_int_list(1, "depths L")),

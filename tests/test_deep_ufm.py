@@ -8,6 +8,7 @@ import torch
 from scipy.optimize import minimize_scalar
 from scipy.stats import ortho_group
 
+from ncutils import experiments as ex
 from ncutils import metrics as m
 from ncutils import theory
 from ncutils.models import UFM, DeepUFM, FeatureModel, extended_ufm
@@ -191,3 +192,54 @@ def test_deep_ufm_levels_record_every_layer():
     h = gd.history
     assert {"nc3_gram", "sv_1", "sv_2"} <= set(h[h.level == "H1"].metric.astype(str))
     assert {"nc3_orthogonal", "nc4", "nc3_gram"} <= set(h[h.level == "H3"].metric.astype(str))
+
+
+def test_metastable_collapsed_branch():
+    K, m_ = 3, 3
+    q_star = 2 * theory.dufm_threshold(m_) / (K * m_)
+    s_meta = theory.dufm_fit(K, 1.05 * q_star, m_, branch="collapsed")
+    assert s_meta > 0 and theory.dufm_fit(K, 1.05 * q_star, m_) == 0.0
+    assert theory.dufm_collapsed_objective(s_meta, K, 1.05 * q_star, m_) > 0.5  # a local, not global, minimum
+    assert theory.dufm_fit(K, 3 * q_star, m_, branch="collapsed") == 0.0  # the branch has disappeared
+    with pytest.raises(ValueError, match="branch must be"):
+        theory.dufm_fit(K, q_star, m_, branch="local")
+
+
+def test_threshold_sweep_lands_on_theory():
+    df = ex.dufm_threshold_sweep(3, 3, 6, [0.3, 2.0], L=2, activation="linear", lr=0.5, steps=4000, init_std=0.4,
+                                 device="cpu")
+    assert df.objective_rel_err[0] < 1e-8
+    assert df.objective_gd[1] == pytest.approx(0.5, abs=1e-8)
+    assert np.isnan(df.objective_metastable[1])
+    # K q = ratio · 2^{−4/3} with all λ equal
+    assert 3 * theory.dufm_q(3, df["lambda"][0], [df["lambda"][0]] * 2) == pytest.approx(0.3 * theory.eufm_threshold())
+
+
+def test_init_scale_study_is_batched_rescaled_draws():
+    model = extended_ufm(3, 2, 4, "relu", 0.01, 0.01, 0.01)
+    gd, table = ex.init_scale_study(model, [0.1, 1.0], seeds=2, lr=0.1, steps=3, seed=5, device="cpu")
+    assert table.init_std.tolist() == [0.1, 0.1, 1.0, 1.0] and table.seed.tolist() == [0, 1, 0, 1]
+    base = model.init(2, 1.0, torch.Generator().manual_seed(5), torch.float64)
+    ref = gradient_descent(model, lr=0.1, steps=3, runs=1, device="cpu",
+                           init={k: 1.0 * v[1:2] for k, v in base.items()})
+    assert gd.final("objective")[3] == pytest.approx(ref.final("objective")[0], rel=1e-13)
+    with pytest.raises(ValueError, match="scales must be"):
+        ex.init_scale_study(model, [0.0], seeds=1, lr=0.1, steps=1)
+
+
+def test_seed_table_ranks_and_level_ratio():
+    model = extended_ufm(3, 4, 6, "linear", 0.01, 0.01, 0.01)
+    gd = gradient_descent(model, lr=0.5, steps=6000, runs=2, init_std=0.3, record_every=500, device="cpu")
+    opt = theory.eufm_optimum(3, 4, 0.01, 0.01, 0.01)
+    t = ex.seed_table(gd, opt)
+    assert t.status.tolist() == ["at f*", "at f*"] and t.min_rank.tolist() == [3, 3]
+    ranks = ex.class_mean_ranks(gd)
+    assert set(ranks.level) == {"H1", "H2"} and (ranks["rank"] == 3).all()
+    assert np.allclose(ranks.groupby(["run", "level"]).sv_rel.max(), 1.0)
+    ratio = ex.level_ratio(gd, "nc1", "H2", "H1")
+    assert len(ratio) >= 3 and (ratio > 0).all() and ratio.index[0] == 0
+    cos = ex.mean_gram_cosines(gd)
+    assert len(cos) == 2 * 2 * 3 and cos.cosine.abs().max() < 1e-6  # both levels orthogonal frames (linear)
+    checks = ex.deep_ufm_checks(gd, opt, label="t")
+    assert all(c["passed"] for c in checks), [c for c in checks if not c["passed"]]
+
