@@ -211,6 +211,9 @@ def test_threshold_sweep_lands_on_theory():
     assert df.objective_rel_err[0] < 1e-8
     assert df.objective_gd[1] == pytest.approx(0.5, abs=1e-8)
     assert np.isnan(df.objective_metastable[1])
+    assert all(c["passed"] for c in ex.dufm_sweep_checks(df))
+    bad = df.assign(objective_gd=df.objective_theory * 0.9)  # GD below the global optimum: impossible
+    assert not ex.dufm_sweep_checks(bad)[0]["passed"]
     # K q = ratio · 2^{−4/3} with all λ equal
     assert 3 * theory.dufm_q(3, df["lambda"][0], [df["lambda"][0]] * 2) == pytest.approx(0.3 * theory.eufm_threshold())
 
