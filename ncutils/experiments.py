@@ -277,12 +277,11 @@ def dufm_threshold_sweep(
     rows = []
     for i, x in enumerate(lam):
         opt = theory.dufm_optimum(K, n, x, [x] * L)
-        s_meta = theory.dufm_fit(K, opt.q, m_, branch="collapsed")
-        meta = theory.dufm_collapsed_objective(s_meta, K, opt.q, m_) if s_meta > 0 else np.nan
-        T = opt.q * s_meta ** (2 / m_)
-        rows.append({"ratio": r[i], "lambda": x, "objective_theory": opt.objective, "objective_metastable": meta,
+        meta = theory.dufm_optimum(K, n, x, [x] * L, branch="collapsed")
+        rows.append({"ratio": r[i], "lambda": x, "objective_theory": opt.objective,
+                     "objective_metastable": meta.objective if meta.collapsed else np.nan,
                      "mean_norm_sq_theory": opt.mean_norm_sq[-1],
-                     "mean_norm_sq_metastable": (T / (n * x)) * (T / x) ** (L - 1) if s_meta > 0 else np.nan})
+                     "mean_norm_sq_metastable": meta.mean_norm_sq[-1] if meta.collapsed else np.nan})
     df = pd.DataFrame(rows)
     f = gd.final("objective").reshape(len(lam), seeds)
     best = f.argmin(axis=1)

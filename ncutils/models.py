@@ -60,6 +60,14 @@ def check_hyperparameter(name: str, value: Hyper, low: float = 0.0, strict: bool
     return value if isinstance(value, int | float) else tuple(float(v) for v in vals)
 
 
+def check_integers(obj: object, spec: tuple[tuple[str, int], ...]) -> None:
+    """Raise ``ValueError`` unless every attribute ``name`` of ``obj`` is an integer ≥ ``low``."""
+    for key, low in spec:
+        v = getattr(obj, key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"{key} must be an integer >= {low}, got {v!r}")
+
+
 def _per_run(value: Hyper, S: int, like: Tensor) -> Tensor:
     """A hyperparameter as a tensor broadcasting against ``(S, ·, ·)`` parameters."""
     t = torch.as_tensor(value, dtype=like.dtype, device=like.device).reshape(-1)
@@ -143,10 +151,7 @@ class UFM(FeatureModel):
     name: str = field(default="ufm", compare=False)
 
     def __post_init__(self) -> None:
-        for key, low in (("K", 2), ("n", 1), ("d", 1)):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"{key} must be an integer >= {low}, got {v!r}")
+        check_integers(self, (("K", 2), ("n", 1), ("d", 1)))
         object.__setattr__(self, "lambda_W", check_hyperparameter("lambda_W", self.lambda_W))
         object.__setattr__(self, "lambda_H", check_hyperparameter("lambda_H", self.lambda_H))
         if self.loss not in ("mse", "ce"):
@@ -250,14 +255,12 @@ class DeepUFM(FeatureModel):
     name: str = field(default="deep_ufm", compare=False)
 
     def __post_init__(self) -> None:
-        for key, low in (("K", 2), ("n", 1), ("L", 1)):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"{key} must be an integer >= {low}, got {v!r}")
-        widths = (self.d,) * self.L if isinstance(self.d, int) else tuple(self.d)
+        check_integers(self, (("K", 2), ("n", 1), ("L", 1)))
+        if not isinstance(self.d, int):
+            object.__setattr__(self, "d", tuple(self.d))
+        widths = self.widths
         if len(widths) != self.L or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
             raise ValueError(f"d must be an integer >= 1 or a sequence of L = {self.L} such integers, got {self.d!r}")
-        object.__setattr__(self, "d", widths if not isinstance(self.d, int) else self.d)
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         lw = self.lambda_W

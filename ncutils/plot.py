@@ -44,6 +44,17 @@ PANELS: dict[str, list[tuple[str, str]]] = {
 _DASHES = ["", (4, 2), (1, 1), (3, 1, 1, 1)]
 
 
+def _finish(ax: Any, title: str, xlabel: str, xlog: bool = False, ylog: bool = False) -> None:
+    """Title, x label, log scales and the small legend shared by every panel."""
+    if xlog:
+        ax.set_xscale("log")
+    if ylog:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.legend(fontsize="x-small")
+
+
 def style() -> None:
     """The shared style: seaborn ``ticks`` with grid, colour-blind palette, TrueType fonts in PDFs."""
     sns.set_theme(context="notebook", style="ticks", palette="colorblind",
@@ -191,18 +202,11 @@ def init_scales(study: Any, table: pd.DataFrame, f_star: float, title: str | Non
         lines[0].set_label(f"init std {std:g}")
     ax0.axhline(f_star, color="C3", ls="--", lw=1.2, label="f* (theory)")
     ax0.axhline(0.5, color="0.4", ls=":", lw=1, label="f = 1/2 (H = 0)")
-    ax0.set_yscale("log")
-    ax0.set_xlabel("GD step")
-    ax0.set_title("objective")
-    ax0.legend(fontsize="x-small")
-    err = (study.final("objective")[table.run] / f_star - 1)
+    _finish(ax0, "objective", "GD step", ylog=True)
+    err = study.final("objective")[table.run] / f_star - 1
     ax1.scatter(table.init_std, np.clip(np.abs(err), 1e-16, None), s=18, facecolors="none", edgecolors="C0")
     ax1.axhline(0.5 / f_star - 1, color="0.4", ls=":", lw=1, label="stall at H = 0 (f = 1/2)")
-    ax1.set_xscale("log")
-    ax1.set_yscale("log")
-    ax1.set_xlabel("init std")
-    ax1.set_title("final |f / f* − 1| per seed")
-    ax1.legend(fontsize="x-small")
+    _finish(ax1, "final |f / f* − 1| per seed", "init std", xlog=True, ylog=True)
     if title:
         fig.suptitle(title)
     return fig
@@ -241,16 +245,12 @@ def rank_studies(width_table: pd.DataFrame, lambda_ranks: pd.DataFrame, K: int, 
     counts = counts[["at f*", "below f*", "above f*"]]
     counts.index = counts.index.astype(str)
     counts.plot.bar(stacked=True, ax=ax0, color=["C2", "C0", "C7"], rot=0)
-    ax0.set_xlabel("width")
     ax0.set_ylabel("seeds")
-    ax0.set_title("GD outcome vs width (at f* = DNC)")
-    ax0.legend(fontsize="x-small")
+    _finish(ax0, "GD outcome vs width (at f* = DNC)", "width")
     per = lambda_ranks.drop_duplicates(["run", "level"]).groupby(["lambda", "level"])["rank"].mean().reset_index()
     sns.lineplot(data=per, x="lambda", y="rank", hue="level", marker="o", ax=ax1, palette="colorblind")
     ax1.axhline(K, color="0.4", ls="--", lw=1, label=f"K = {K}")
-    ax1.set_xscale("log")
-    ax1.set_title("mean rank of the class means vs λ")
-    ax1.legend(fontsize="x-small")
+    _finish(ax1, "mean rank of the class means vs λ", "lambda", xlog=True)
     if title:
         fig.suptitle(title)
     return fig

@@ -12,6 +12,14 @@ __all__ = ["FLOOR", "check", "checks_table", "seeds_table", "summary"]
 FLOOR = 1e-8
 
 
+def _order(e: float) -> str:
+    """An error as its order of magnitude (``<1e-3``), ``<1e-08`` below :data:`FLOOR`."""
+    e = abs(e)
+    if not math.isfinite(e):
+        return str(e)
+    return f"<{FLOOR:.0e}" if e < FLOOR else f"<1e{math.floor(math.log10(e)) + 1}"
+
+
 def check(name: str, gd: float, theory: float, tol: float, kind: str = "rel") -> dict[str, Any]:
     """Compare a GD value with its theoretical prediction.
 
@@ -46,17 +54,12 @@ def checks_table(checks: list[dict[str, Any]], digits: int = 4) -> pd.DataFrame:
     def sig(x: float) -> str:
         return "0" if x == 0 else f"<{FLOOR:.0e}" if abs(x) < FLOOR else f"{x:.{digits}g}"
 
-    def order(e: float) -> str:
-        if not math.isfinite(e):
-            return str(e)
-        return f"<{FLOOR:.0e}" if e < FLOOR else f"<1e{math.floor(math.log10(e)) + 1}"
-
     rows = []
     for c in checks:
         if c["kind"] == "below":
             error = f"below {c['rel_diff']:+.1e}"
         else:
-            error = f"{c['kind']} {order(c.get('rel_err', c.get('abs_err')))}"
+            error = f"{c['kind']} {_order(c.get('rel_err', c.get('abs_err')))}"
         rows.append({"quantity": c["name"], "GD": sig(c["gd"]), "theory": sig(c["theory"]),
                      "error": error, "tol": f"{c['tol']:g}",
                      "ok": "PASS" if c["passed"] else "FAIL"})
@@ -67,15 +70,9 @@ def seeds_table(table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
     """A printable, nbval-stable version of :func:`ncutils.experiments.seed_table`: objective to
     ``digits`` digits, relative error and NC1 as orders of magnitude (values below ``FLOOR`` as ``<1e-08``)."""
 
-    def order(e: float) -> str:
-        e = abs(e)
-        if not math.isfinite(e):
-            return str(e)
-        return f"<{FLOOR:.0e}" if e < FLOOR else f"<1e{math.floor(math.log10(e)) + 1}"
-
     out = pd.DataFrame({"run": table.run, "objective": [f"{x:.{digits}g}" for x in table.objective],
-                        "|rel_err|": [order(x) for x in table.rel_err], "status": table.status,
-                        "max NC1": [order(x) for x in table.max_nc1], "min rank": table.min_rank})
+                        "|rel_err|": [_order(x) for x in table.rel_err], "status": table.status,
+                        "max NC1": [_order(x) for x in table.max_nc1], "min rank": table.min_rank})
     return out.set_index("run")
 
 

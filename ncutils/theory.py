@@ -283,8 +283,11 @@ class DeepUFMOptimum:
         return asdict(self)
 
 
-def dufm_optimum(K: int, n: int, lambda_H: float, lambda_W: Sequence[float]) -> DeepUFMOptimum:
+def dufm_optimum(K: int, n: int, lambda_H: float, lambda_W: Sequence[float], branch: str = "global") -> DeepUFMOptimum:
     """Collapsed-branch optimum of the L-layer UFM with λ_{H₁} = ``lambda_H`` and λ_{W_1..W_L} = ``lambda_W``.
+
+    ``branch="collapsed"``: the metastable collapsed local minimum past the threshold instead
+    (see :func:`dufm_fit`); ``collapsed`` is False once it has disappeared.
 
     SPEC §4 (derived): f_DNC = min_{s∈[0,1]} (s−1)²/2 + (Km/2) q s^{2/m}. It is the global optimum
     of the linear model and, for K = 2, of the ReLU model (Súkeník et al. 2023, Thm 3); for K > 2,
@@ -295,7 +298,7 @@ def dufm_optimum(K: int, n: int, lambda_H: float, lambda_W: Sequence[float]) -> 
     lams = _check_lambdas(n, lambda_H, lambda_W)
     L, m = len(lams), len(lams) + 1
     q = dufm_q(n, lambda_H, lams)
-    s = dufm_fit(K, q, m)
+    s = dufm_fit(K, q, m, branch)
     T = q * s ** (2.0 / m)
     norms = [T / (n * lambda_H)]
     for lam in lams[:-1]:

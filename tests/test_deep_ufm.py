@@ -201,6 +201,13 @@ def test_metastable_collapsed_branch():
     assert s_meta > 0 and theory.dufm_fit(K, 1.05 * q_star, m_) == 0.0
     assert theory.dufm_collapsed_objective(s_meta, K, 1.05 * q_star, m_) > 0.5  # a local, not global, minimum
     assert theory.dufm_fit(K, 3 * q_star, m_, branch="collapsed") == 0.0  # the branch has disappeared
+    # the same branch as a whole optimum: all λ = x with K q = 1.05 · 2^{−4/3}, i.e. q = n^{1/3} x
+    n = 4
+    x = 1.05 * q_star / n ** (1 / 3)
+    meta = theory.dufm_optimum(K, n, x, [x, x], branch="collapsed")
+    assert meta.collapsed and meta.s == pytest.approx(s_meta, rel=1e-12) and meta.objective > 0.5
+    assert x * meta.norm_H_sq == pytest.approx(K * meta.T) and meta.mean_norm_sq[0] == pytest.approx(meta.T / (n * x))
+    assert not theory.dufm_optimum(K, n, x, [x, x]).collapsed
     with pytest.raises(ValueError, match="branch must be"):
         theory.dufm_fit(K, q_star, m_, branch="local")
 
