@@ -9,6 +9,8 @@ PY     := $(VENV)/bin/python
 # The environment is rebuilt whenever the lock file or pyproject.toml change (content hash, not mtime).
 ENV_HASH := $(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 STAMP  := $(VENV)/.ncutils-env-$(ENV_HASH)
+# Where notebooks that read real datasets look for them (torchvision layout); e.g. DATA_ROOT=../shared/data
+DATA_ROOT ?=
 NBVAL  := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/golden/sanitize.cfg
 
 all: figures
@@ -25,7 +27,7 @@ venv: $(STAMP)
 
 ## figures: run every notebook at paper settings (only those whose code, profile or ncutils changed)
 figures: venv
-	$(PY) -m ncutils figures
+	NCUTILS_DATA_ROOT="$(DATA_ROOT)" $(PY) -m ncutils figures
 
 ## test: lint, unit tests + nbval regression of the golden notebooks
 test: venv

@@ -8,7 +8,7 @@ names a notebook calls most: :func:`setup`, :class:`UFM`, :class:`DeepUFM`, :fun
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import experiments, metrics, models, plot, report, solve, theory
+from . import data, experiments, metrics, models, perturbation, plot, report, solve, theory, train, ulpm
 from .models import UFM, DeepUFM, FeatureModel, Level, extended_ufm
 from .params import Run, setup
 from .solve import DivergenceError, GDResult, gradient_descent
@@ -27,14 +27,18 @@ __all__ = [
     "Level",
     "Run",
     "__version__",
+    "data",
     "experiments",
     "extended_ufm",
     "gradient_descent",
     "metrics",
     "models",
+    "perturbation",
     "plot",
     "report",
     "setup",
     "solve",
     "theory",
+    "train",
+    "ulpm",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -10,24 +11,35 @@ import pandas as pd
 import torch
 
 from . import theory
-from .metrics import class_means_t
+from .metrics import class_means_t, nc1_t, nc1_trace_t
 from .models import UFM, DeepUFM
+from .perturbation import FlowResult, PerturbationModel, jacobian_blocks, layerwise_chain, monotonicity_checks
 from .report import check
 from .solve import GDResult, gradient_descent
+from .ulpm import MaxMarginSolution
 
 __all__ = [
     "best_run",
+    "beta_sweep",
+    "chain_checks",
     "class_mean_ranks",
     "deep_ufm_checks",
     "dufm_sweep_checks",
     "dufm_threshold_sweep",
+    "flow_checks",
     "init_scale_study",
+    "jacobian_checks",
+    "jacobian_study",
     "level_ratio",
+    "loglog_slope",
     "mean_gram_cosines",
+    "mnist_chain",
+    "random_features",
     "seed_table",
     "sweep_check",
     "ufm_checks",
     "ufm_threshold_sweep",
+    "ulpm_checks",
 ]
 
 
@@ -308,3 +320,154 @@ def dufm_sweep_checks(sweep: pd.DataFrame, tol: float = 1e-4) -> list[dict[str, 
         check(f"sweep: f at ratio {first.ratio:.3g} (collapsed)", first.objective_gd, first.objective_theory, tol),
         check(f"sweep: f at ratio {last.ratio:.3g} (H = 0)", last.objective_gd, last.objective_theory, tol),
     ]
+
+
+# --------------------------------------------------------------------------- #
+# §5 perturbation model (notebook 05)
+# --------------------------------------------------------------------------- #
+def random_features(K: int, n: int, d: int, std: float = 1.0, seed: int = 0) -> torch.Tensor:
+    """A generic non-collapsed H₀ ``(Kn, d)``: i.i.d. N(0, std²) rows, class-major (float64)."""
+    gen = torch.Generator().manual_seed(seed)
+    return std * torch.randn(K * n, d, generator=gen, dtype=torch.float64)
+
+
+def flow_checks(model: PerturbationModel, flow: FlowResult, tol: float = 1e-6) -> list[dict[str, Any]]:
+    """Theorem 3.1 at every recorded time (one check per claim: the number of violations, 0 expected)
+    and the end of the flow vs the β-free optimum f* = c − c²/2, c = √(λ_Hλ_W) (TB normalization)."""
+    mono = monotonicity_checks(flow.table)
+    out = [check(f"Thm 3.1: {r.claim} (violations in {r.steps} steps)", r.violations, 0, 0, kind="abs")
+           for r in mono.itertuples()]
+    lw, lh = model.ufm_lambdas()
+    f_star = theory.ufm_objective_star(model.K, model.n, lw, lh)
+    out.append(check("flow end: L(H_T) vs f* (their lambdas mapped to TB)", flow.table.L.iloc[-1], f_star, tol))
+    return out
+
+
+def beta_sweep(model: PerturbationModel, H0: torch.Tensor, betas: list[float] | np.ndarray) -> pd.DataFrame:
+    """Corollary 3.2: the minimizer H_{1/β} of f(·; H₀) for each β — its nc1, nc1_trace and the solver's
+    gradient norm, next to nc1_trace(H₀) (column ``nc1_trace_H0``)."""
+    y = model.labels()
+    base = float(nc1_trace_t(H0, y, model.K))
+    rows = []
+    for beta in betas:
+        m = replace(model, beta=float(beta))
+        r = m.minimize(H0)
+        rows.append({"beta": float(beta), "nc1": float(nc1_t(r.H, y, model.K)),
+                     "nc1_trace": float(nc1_trace_t(r.H, y, model.K)), "nc1_trace_H0": base,
+                     "grad_norm": r.grad_norm, "converged": r.converged})
+    return pd.DataFrame(rows)
+
+
+def jacobian_study(K: int, n: int, d: int, lambda_W: float, lambda_Hs: list[float], beta: float,
+                   seed: int = 0) -> tuple[pd.DataFrame, dict[float, np.ndarray]]:
+    """Theorem 4.2 / Fig. 1: for each λ_H, the Jacobian F = ∂vec(H*)/∂vec(H₀) at a collapsed minimizer H₀
+    (implicit differentiation), summarized per λ_H: the extreme singular values of the diagonal blocks,
+    rank and σ_max of the off-diagonal blocks, multiplicities, and the predictions.
+    Returns that table and the singular values of F_11 per λ_H (for the figure)."""
+    rows, spectra = [], {}
+    for lh in lambda_Hs:
+        model = PerturbationModel(K=K, n=n, d=d, lambda_W=lambda_W, lambda_H=float(lh), beta=beta)
+        _, H0 = model.collapsed_minimizer(seed)
+        star = model.minimize(H0)
+        blocks = jacobian_blocks(model.jacobian(H0, star.H), K, n, d)
+        pred = theory.perturbation_jacobian(lambda_W, float(lh), beta)
+        diag, off = blocks[blocks.diagonal], blocks[~blocks.diagonal]
+        spectra[float(lh)] = diag.sv.iloc[0]
+        rows.append({"lambda_H": float(lh), "moved": float((star.H - H0).norm()),
+                     "diag_sigma_max": float(diag.sigma_max.max()), "diag_sigma_min": float(diag.sigma_min.min()),
+                     "diag_sigma_min_spread": float(diag.sigma_min.max() - diag.sigma_min.min()),
+                     "diag_rank": int(diag["rank"].min()), "offdiag_rank": int(off["rank"].max()),
+                     "offdiag_sigma_max": float(off.sigma_max.max()),
+                     "pred_diag_sigma_min": pred.diag_sigma_min, "pred_offdiag_sigma_max": pred.offdiag_sigma_max,
+                     "diag_multiplicities": diag.multiplicities.iloc[0]})
+    return pd.DataFrame(rows), spectra
+
+
+def jacobian_checks(table: pd.DataFrame, n: int, d: int, abs_tol: float = 1e-4,
+                    offdiag_rel_tol: float = 0.01) -> list[dict[str, Any]]:
+    """Theorem 4.2's claims per λ_H: σ_max(F_kk) = 1, |σ_min(F_kk) − 1 + √(λ_H/λ_W)/β| ≤ ``abs_tol``,
+    F_kk of full rank n·d, F_kk' of rank 1 with σ_max within ``offdiag_rel_tol`` of the first-order
+    prediction 2λ_H(1 − √(λ_Hλ_W))/β."""
+    out = []
+    for r in table.itertuples():
+        tag = f"lambda_H={r.lambda_H:g}"
+        out += [check(f"{tag}: sigma_max(F_kk)", r.diag_sigma_max, 1.0, 1e-9),
+                check(f"{tag}: sigma_min(F_kk)", r.diag_sigma_min, r.pred_diag_sigma_min, abs_tol, kind="abs"),
+                check(f"{tag}: rank(F_kk)", r.diag_rank, n * d, 0, kind="abs"),
+                check(f"{tag}: rank(F_kk'), k != k'", r.offdiag_rank, 1, 0, kind="abs"),
+                check(f"{tag}: sigma_max(F_kk'), first order in 1/beta", r.offdiag_sigma_max,
+                      r.pred_offdiag_sigma_max, offdiag_rel_tol)]
+    return out
+
+
+def mnist_chain(model: PerturbationModel, betas: list[float], *, layers: int, data_root: str, per_class: int,
+                width: int, epochs: int, seed: int = 0, fake: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The layer-wise argument on real features: train a 784→width→width→10 ReLU MLP on a balanced MNIST
+    subset (``per_class`` digits per class, read by torchvision from ``data_root``), take its first hidden
+    layer's features as H₀ (scaled so that the mean squared row norm equals the collapsed ‖μ_k‖² of the
+    model), and chain ``layers`` minimizers H_{l+1} = argmin f(·; H_l) for each β.
+    ``fake``: write and read a synthetic MNIST in the real format first (tests, CI).
+    Returns the chain table (β, layer, nc1, …) and the MLP's training history."""
+    from .data import load_dataset, write_fake_mnist
+    from .train import mlp_features, train_mlp
+
+    if fake:
+        write_fake_mnist(data_root, per_class=per_class, seed=seed)
+    X, y = load_dataset("mnist", data_root, per_class=per_class, seed=seed)
+    mlp = train_mlp(X, y, [width, width], epochs=epochs, seed=seed)
+    H0 = mlp_features(mlp.model, X)[0]
+    lw, lh = model.ufm_lambdas()
+    rho = theory.ufm_mse_optimum(model.K, model.n, lw, lh).mean_norm_sq
+    H0 = H0 * math.sqrt(rho / float(H0.square().sum(1).mean()))
+    tables = []
+    for beta in betas:
+        _, table = layerwise_chain(H0, replace(model, beta=float(beta)), layers)
+        tables.append(table.assign(beta=float(beta)))
+    return pd.concat(tables, ignore_index=True), mlp.history
+
+
+def chain_checks(chain: pd.DataFrame, data: str = "mnist") -> list[dict[str, Any]]:
+    """Every layer of every chain lowers NC1 and nc1_trace (reported as the last layer's ratio to H₀; the
+    check counts layers where a metric does not decrease, 0 expected)."""
+    out = []
+    for beta, part in chain.groupby("beta"):
+        for metric in ("nc1", "nc1_trace"):
+            v = part.sort_values("layer")[metric].to_numpy()
+            out.append(check(f"{data} chain beta={beta:g}: layers where {metric} does not decrease "
+                             f"(last/H0 = {v[-1] / v[0]:.3g})", int((np.diff(v) >= 0).sum()), 0, 0, kind="abs"))
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# §6 unconstrained layer-peeled model (notebook 06)
+# --------------------------------------------------------------------------- #
+def ulpm_checks(gd: GDResult, opt: theory.ULPMOptimum, sol: MaxMarginSolution, margin_tol: float = 0.03,
+                value_tol: float = 1e-6, zero_tol: float = 1e-6) -> list[dict[str, Any]]:
+    """GD's best normalized margin vs 1/(√n(K−1)) (relative, ``margin_tol``: convergence is O(1/log t));
+    the SLSQP max-margin solution's value vs √n(K−1), its NC1/NC2/NC3 (→ 0) and norms."""
+    margin = gd.final("normalized_margin")
+    K = gd.model.K
+    return [
+        check("GD: normalized margin (best seed)", margin.max(), opt.normalized_margin, margin_tol),
+        check("GD: normalized margin stays below its limit (worst seed, abs excess)",
+              max(margin.max() - opt.normalized_margin, 0.0), 0.0, 1e-12, kind="abs"),
+        check("SLSQP: min 1/2(|W|^2+|H|^2) vs sqrt(n)(K-1)", sol.value, opt.value, value_tol),
+        check("SLSQP: smallest margin", sol.min_margin, 1.0, value_tol),
+        check("SLSQP: NC1", sol.metrics["nc1"], 0.0, zero_tol, kind="abs"),
+        check("SLSQP: NC2 (simplex ETF)", sol.metrics["nc2_etf"], 0.0, zero_tol, kind="abs"),
+        check("SLSQP: NC3 (W vs centred means)", sol.metrics["nc3_etf"], 0.0, zero_tol, kind="abs"),
+        check("SLSQP: |w_k|^2 (mean over k)", float(np.square(sol.W).sum() / K), opt.norm_w_sq, 1e-5),
+        check("SLSQP: |mu_k|^2", sol.metrics["mean_norm_sq"], opt.mean_norm_sq, 1e-5),
+    ]
+
+
+def loglog_slope(gd: GDResult, metric: str, level: str = "H", t_min: float = 1e3) -> np.ndarray:
+    """Per run, the least-squares slope of log(metric) against log(log t) over steps ≥ ``t_min`` (Ji et al.:
+    the log of NC quantities decays like O(1/log t), so these curves flatten only slowly)."""
+    h = gd.history
+    rows = h[(h.metric == metric) & (h.level == level) & (h.step >= t_min)]
+    out = []
+    for _, part in rows.groupby("run", observed=True):
+        x = np.log(np.log(part.step.to_numpy(dtype=float)))
+        out.append(np.polyfit(x, np.log(part.value.to_numpy()), 1)[0])
+    return np.array(out)

@@ -53,6 +53,7 @@ __all__ = [
     "nc3_squared",
     "nc4",
     "nc_metrics",
+    "normalized_margin",
     "within_class_cov",
 ]
 
@@ -254,6 +255,14 @@ def nc4_t(H: Tensor, W: Tensor, b: Tensor | None, M: Tensor) -> Tensor:
     return (logits.argmax(dim=-1) != nearest).to(H.dtype).mean(dim=-1)
 
 
+def margin_t(H: Tensor, W: Tensor, y: Tensor) -> Tensor:
+    """Smallest logit margin min_i min_{j≠y_i} (w_{y_i} − w_j)ᵀh_i, per run (Ji et al. 2022, Eq. 4)."""
+    Z = H @ W.transpose(-1, -2)  # (..., N, K)
+    own = Z.gather(-1, y.expand(*Z.shape[:-1]).unsqueeze(-1))
+    others = Z.scatter(-1, y.expand(*Z.shape[:-1]).unsqueeze(-1), float("-inf"))
+    return (own.squeeze(-1) - others.amax(-1)).amin(-1)
+
+
 def nc_metrics_t(
     H: Tensor, y: Tensor, K: int, W: Tensor | None = None, b: Tensor | None = None,
     A: Tensor | None = None, spectrum: bool = False,
@@ -438,6 +447,19 @@ def class_mean_singular_values(H: ArrayLike, y: ArrayLike, num_classes: int | No
 def nc3_squared(W: ArrayLike, H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> float:
     """Square of the ETF :func:`nc3`, the quantity of Papyan et al. 2020, Fig. 5."""
     return nc3(W, H, y, "etf", num_classes) ** 2
+
+
+def normalized_margin(W: ArrayLike, H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> float:
+    """Scale-free margin min_i min_{j≠y_i} (w_{y_i} − w_j)ᵀh_i / (½(‖W‖²_F + ‖H‖²_F)) (Ji et al. 2022, §3).
+
+    Invariant to (W, H) → (aW, aH); its maximum over all (W, H) is 1/(√n(K−1)) for balanced
+    classes (:func:`ncutils.theory.ulpm_optimum`), reached exactly by neural collapse.
+    ``W (K, d)``, ``H (N, d)``, ``y (N,)``.
+    """
+    Ht, yt, K = _check_features(H, y, num_classes)
+    Wt = _check_classifier(W, K, Ht.shape[1], Ht.device)[0]
+    scale = (Wt.square().sum() + Ht.square().sum()) / 2
+    return float(margin_t(Ht, Wt, yt) / scale)
 
 
 def nc4(

@@ -95,6 +95,27 @@ def _tag(value: str) -> None:
         raise ValueError(f"must be a non-empty name of letters, digits, '-' or '_', got {value!r}")
 
 
+def _h0_file(value: str) -> None:
+    """An optional H₀ file: empty, or a readable .npy holding a 2-D array of finite numbers."""
+    if not value:
+        return
+    path = resolve_path(value)
+    if not path.is_file():
+        raise ValueError(f"file {path} does not exist (expected a .npy array of shape (K n, d))")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {path} as a .npy array: {err}") from None
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{path} must hold a 2-D numeric (K n, d) array, got shape {arr.shape} ({arr.dtype})")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"H0 in {path} must be finite; it has {int((~np.isfinite(arr)).sum())} NaN/inf entries")
+
+
+def _h0_shape(p: dict) -> bool:
+    return not p["h0_file"] or np.load(resolve_path(p["h0_file"]), mmap_mode="r").shape == (p["K"] * p["n"], p["d"])
+
+
 _nonneg = Rule(float, low=0.0)
 _positive = Rule(float, low=0.0, strict_low=True)
 RULES: dict[str, Rule] = {
@@ -139,6 +160,29 @@ RULES: dict[str, Rule] = {
     "width_study": Rule(list, check=_int_list(1, "widths")),
     "lambda_study": Rule(list, check=_positive_list("weight decays")),
     "study_steps": Rule(int, low=1),
+    # perturbation model (notebook 05)
+    "beta": _positive,
+    "jacobian_lambda_H": Rule(list, check=_positive_list("lambda_H values of the Jacobian study")),
+    "h0_std": _positive,
+    "h0_file": Rule(str, check=_h0_file),
+    "flow_t_max": _positive,
+    "flow_records": Rule(int, low=2),
+    "beta_min": _positive,
+    "beta_max": _positive,
+    "beta_points": Rule(int, low=2),
+    "chain_data": Rule(str, choices=("mnist", "fake")),
+    "data_root": Rule(str),
+    "chain_per_class": Rule(int, low=2),
+    "chain_width": Rule(int, low=11),
+    "chain_epochs": Rule(int, low=1),
+    "chain_layers": Rule(int, low=1),
+    "chain_betas": Rule(list, check=_positive_list("beta values of the layer-wise chain")),
+    # layer-peeled model (notebook 06)
+    "num_records": Rule(int, low=2),
+    "wd_lambda": _positive,
+    "wd_steps": Rule(int, low=1),
+    "maxmargin_starts": Rule(int, low=1),
+    "margin_tol": _positive,
 }
 
 #: Assumptions of the theorem a notebook reproduces: (holds?, message). Runs go on, but say so.
@@ -172,6 +216,20 @@ REQUIREMENTS: dict[str, list[Requirement]] = {
     "03_relu_eufm": [_width_at_least_K("d", "K")],
     "04_deep_ufm": [_width_at_least_K("width", "K"), _width_at_least_K("multi_width", "multi_K"),
                     _width_at_least_K("width_study", "multi_K")],
+    "05_perturbation": [
+        Requirement(("d", "K"), lambda p: p["d"] > p["K"], "parameter d must be > K (Theorem 4.2 assumes d > K)"),
+        Requirement(("lambda_W",), lambda p: p["lambda_W"] > 0,
+                    "parameter lambda_W must be > 0 (the central path W*(H) needs it)"),
+        Requirement(("lambda_W", "lambda_H"), lambda p: p["lambda_W"] * p["lambda_H"] < 1,
+                    "parameters lambda_W * lambda_H must be < 1 (else the minimizer is H = 0: nothing collapses)"),
+        Requirement(("lambda_W", "jacobian_lambda_H"),
+                    lambda p: all(p["lambda_W"] * v < 1 for v in p["jacobian_lambda_H"]),
+                    "parameters lambda_W * jacobian_lambda_H must all be < 1 (Theorem 4.2 needs a collapsed H0)"),
+        Requirement(("beta_min", "beta_max"), lambda p: p["beta_min"] < p["beta_max"],
+                    "parameter beta_min must be < beta_max"),
+        Requirement(("h0_file", "K", "n", "d"), _h0_shape,
+                    "parameter h0_file must hold an array of shape (K n, d), rows class-major"),
+    ],
 }
 
 

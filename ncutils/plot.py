@@ -22,16 +22,22 @@ from matplotlib.figure import Figure
 __all__ = [
     "LEVEL_PANELS",
     "PANELS",
+    "ULPM_PANELS",
+    "beta_sweep",
     "class_mean_spectra",
     "dufm_threshold_sweep",
     "gram_cosines",
     "init_scales",
+    "jacobian_spectra",
+    "layerwise_chain",
     "level_panels",
     "nc_panels",
+    "perturbation_flow",
     "rank_studies",
     "save",
     "style",
     "threshold_sweep",
+    "ulpm_panels",
 ]
 
 #: Panels of the standard NC figure: title → (metric, label) pairs.
@@ -289,6 +295,118 @@ def threshold_sweep(df: pd.DataFrame, title: str | None = None) -> Figure:
         ax.set_xlabel("c = K √(n λ_H λ_W)")
         ax.set_title(label)
         ax.legend(fontsize="x-small")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def perturbation_flow(table: pd.DataFrame, title: str | None = None) -> Figure:
+    """Theorem 3.1 along the gradient flow (``table`` from :meth:`ncutils.perturbation.PerturbationModel.flow`):
+    nc1_trace(H_t), e^{2λ_H t} tr Σ_W and e^{2λ_H t} tr Σ_B against t (log axis; t = 0 as a dotted line)."""
+    style()
+    fig, axes = plt.subplots(1, 3, figsize=(11.0, 3.2), constrained_layout=True)
+    pos = table[table.t > 0]
+    for ax, (col, label, claim) in zip(axes, [("nc1_trace", "nc1_trace = tr Σ_W / tr Σ_B", "decreases"),
+                                              ("scaled_tr_Sigma_W", "e^{2λ_H t} tr Σ_W", "decreases"),
+                                              ("scaled_tr_Sigma_B", "e^{2λ_H t} tr Σ_B", "increases")], strict=True):
+        ax.plot(pos.t, pos[col], color="C0", label=f"flow (claim: {claim})")
+        ax.axhline(float(table[col].iloc[0]), color="0.4", ls=":", lw=1, label="t = 0")
+        _finish(ax, label, "time t", xlog=True, ylog=True)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def beta_sweep(df: pd.DataFrame, title: str | None = None) -> Figure:
+    """Corollary 3.2: nc1_trace (and Papyan's NC1) of the minimizer H_{1/β} against β, with nc1_trace(H₀)
+    dashed (``df`` from :func:`ncutils.experiments.beta_sweep`)."""
+    style()
+    fig, ax = plt.subplots(figsize=(4.6, 3.3), constrained_layout=True)
+    ax.plot(df.beta, df.nc1_trace, "o-", color="C0", ms=4, label="nc1_trace(H*)")
+    ax.plot(df.beta, df.nc1, "s:", color="C1", ms=3, label="NC1 (Papyan) of H*")
+    ax.axhline(float(df.nc1_trace_H0.iloc[0]), color="0.3", ls="--", lw=1, label="nc1_trace(H₀)")
+    _finish(ax, "minimizer of f(·; H₀) vs β", "β", xlog=True, ylog=True)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def jacobian_spectra(table: pd.DataFrame, spectra: Mapping[float, np.ndarray], title: str | None = None) -> Figure:
+    """Fig. 1 of Tirer, Huang & Niles-Weed: singular values of a diagonal block F_kk, one colour per λ_H,
+    with the predicted σ_min = 1 − √(λ_H/λ_W)/β (dashed) and σ_max = 1 (grey); right: σ_max of the
+    off-diagonal blocks vs 2λ_H(1 − √(λ_Hλ_W))/β (``table``/``spectra`` from
+    :func:`ncutils.experiments.jacobian_study`)."""
+    style()
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9.0, 3.4), constrained_layout=True,
+                                   gridspec_kw={"width_ratios": [2, 1]})
+    colors = sns.color_palette("colorblind", len(spectra))
+    for color, (lh, sv) in zip(colors, spectra.items(), strict=True):
+        ax0.plot(np.arange(1, len(sv) + 1), sv, ".", color=color, ms=4, label=f"λ_H = {lh:g}")
+        pred = float(table.loc[table.lambda_H == lh, "pred_diag_sigma_min"].iloc[0])
+        ax0.axhline(pred, color=color, ls="--", lw=1)
+    ax0.axhline(1.0, color="0.4", lw=1, label="σ_max = 1 (theory)")
+    ax0.set_ylabel("σ_i(F_kk)")
+    _finish(ax0, "diagonal block F_kk (dashed: predicted σ_min)", "index i")
+    x = np.arange(len(table))
+    ax1.bar(x - 0.2, table.offdiag_sigma_max, width=0.4, color="C0", label="implicit diff.")
+    ax1.bar(x + 0.2, table.pred_offdiag_sigma_max, width=0.4, color="C1", label="2λ_H(1−√(λ_Hλ_W))/β")
+    ax1.set_xticks(x, [f"{v:g}" for v in table.lambda_H])
+    _finish(ax1, "σ_max(F_kk'), rank 1", "λ_H")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def layerwise_chain(chain: pd.DataFrame, title: str | None = None) -> Figure:
+    """NC1 and nc1_trace against layer for each β (``chain`` from :func:`ncutils.experiments.mnist_chain`)."""
+    style()
+    fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.2), constrained_layout=True)
+    for ax, (col, label) in zip(axes, [("nc1", "NC1 = tr(Σ_W Σ_B†)/K"), ("nc1_trace", "nc1_trace")], strict=True):
+        sns.lineplot(data=chain.assign(beta=chain.beta.map("β = {:g}".format)), x="layer", y=col, hue="beta",
+                     marker="o", ax=ax, palette="colorblind")
+        ax.set_ylabel("")
+        _finish(ax, label, "layer (0 = the MLP's features H₀)", ylog=True)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+#: Panels of the layer-peeled figure: title → (level, metric, label) triples.
+ULPM_PANELS: dict[str, list[tuple[str, str, str]]] = {
+    "normalized margin": [("model", "normalized_margin", "margin / ½(‖W‖²+‖H‖²)")],
+    "NC1": [("H", "nc1", "tr(Σ_W Σ_B†)/K")],
+    "NC2 (Papyan)": [("H", "nc2_equinorm", "equinorm"), ("H", "nc2_equiangle", "equiangle"),
+                     ("H", "nc2_maxangle", "max-angle")],
+    "NC3": [("H", "nc3_etf", "W vs M̃ (ETF)")],
+}
+
+
+def ulpm_panels(results: Mapping[str, Any], margin_limit: float, title: str | None = None) -> Figure:
+    """The layer-peeled model against log(log t) (Ji et al., Fig. 2): normalized margin (its limit
+    1/(√n(K−1)) dashed), NC1, Papyan's NC2 variants, NC3 — and ‖W‖_F against log t. One colour per
+    entry of ``results`` (label → GDResult); the mean over seeds is drawn."""
+    style()
+    fig, axes = plt.subplots(1, len(ULPM_PANELS) + 1, figsize=(3.3 * (len(ULPM_PANELS) + 1), 3.2),
+                             constrained_layout=True)
+    colors = dict(zip(results, sns.color_palette("colorblind", len(results)), strict=True))
+    for label, gd in results.items():
+        h = gd.history[gd.history.step >= 2]
+        for ax, (panel, curves) in zip(axes, ULPM_PANELS.items(), strict=False):
+            for j, (lev, metric, name) in enumerate(curves):
+                c = h[(h.level == lev) & (h.metric == metric)].groupby("step", observed=True).value.mean()
+                (line,) = ax.plot(np.log(np.log(c.index.to_numpy(dtype=float))), c.to_numpy(), color=colors[label],
+                                  label=f"{label}" + (f", {name}" if len(curves) > 1 else ""))
+                line.set_dashes(_DASHES[j % len(_DASHES)])
+            ax.set_title(panel)
+        w = h[h.metric == "norm_W_sq"].groupby("step", observed=True).value.mean()
+        axes[-1].plot(np.log(w.index.to_numpy(dtype=float)), np.sqrt(w.to_numpy()), color=colors[label], label=label)
+    axes[0].axhline(margin_limit, color="0.3", ls="--", lw=1, label="1/(√n(K−1))")
+    for ax in axes[:-1]:
+        ax.set_xlabel("log(log t)")
+        if ax is not axes[0]:
+            ax.set_yscale("log")
+        ax.legend(fontsize="x-small")
+    _finish(axes[-1], "‖W‖_F", "log t")
     if title:
         fig.suptitle(title)
     return fig

@@ -152,6 +152,9 @@ def run_notebook(
         if "profile" in declared:
             merged["profile"] = profile
     merged.update(params or {})
+    data_root = os.environ.get("NCUTILS_DATA_ROOT")
+    if data_root and "data_root" in declared and "data_root" not in merged:  # make figures DATA_ROOT=…
+        merged["data_root"] = data_root
     checked = validate({**declared, **merged}, declared)
     check_requirements(path.stem, checked)
     # inject only what differs from the notebook's defaults (a paper run leaves the notebook untouched)

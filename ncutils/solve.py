@@ -229,9 +229,7 @@ def gradient_descent(
             while step < target:
                 todo = min(check_every, target - step)
                 for _ in range(todo):
-                    g = model.gradient(p)
-                    for k in p:
-                        p[k].sub_(g[k], alpha=lr)
+                    model.step(p, lr)
                 step += todo
                 bar.update(todo)
                 if step < target:

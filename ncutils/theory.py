@@ -21,7 +21,9 @@ import numpy as np
 
 __all__ = [
     "DeepUFMOptimum",
+    "PerturbationJacobian",
     "UFMOptimum",
+    "ULPMOptimum",
     "dufm_collapsed_objective",
     "dufm_fit",
     "dufm_optimum",
@@ -30,12 +32,15 @@ __all__ = [
     "eufm_optimum",
     "eufm_threshold",
     "frame_distance",
+    "perturbation_jacobian",
+    "perturbation_to_ufm",
     "ufm_ce_optimum",
     "ufm_fit",
     "ufm_mean_norm_sq",
     "ufm_mse_optimum",
     "ufm_objective_star",
     "ufm_threshold",
+    "ulpm_optimum",
 ]
 
 
@@ -318,3 +323,85 @@ def eufm_optimum(K: int, n: int, lambda_W1: float, lambda_W2: float, lambda_H1: 
     non-zero iff K q ≤ 2^{−4/3}; ‖μ₁‖² = T/(nλ_{H₁}), ‖μ₂‖² = ‖μ₁‖² T/λ_{W₁}, M₂ᵀM₂ = ‖μ₂‖² I.
     """
     return dufm_optimum(K, n, lambda_H1, (lambda_W1, lambda_W2))
+
+
+# --------------------------------------------------------------------------- #
+# §5 perturbation model (Tirer, Huang & Niles-Weed 2023)
+# --------------------------------------------------------------------------- #
+def perturbation_to_ufm(K: int, n: int, lambda_W: float, lambda_H: float) -> tuple[float, float]:
+    """Map the perturbation paper's (λ_W, λ_H) to Tirer & Bruna's: (λ_W/K, λ_H/(Kn)) (SPEC §5).
+
+    Their f = 1/(2Kn)‖WH − Y‖² + λ_W/(2K)‖W‖² + λ_H/(2Kn)‖H‖² equals TB's f with
+    λ'_W = λ_W/K and λ'_H = λ_H/(Kn); then c = K√(nλ'_Hλ'_W) = √(λ_Hλ_W).
+    """
+    _check(K, n, lambda_W, lambda_H, positive=False)
+    return lambda_W / K, lambda_H / (K * n)
+
+
+@dataclass(frozen=True)
+class PerturbationJacobian:
+    """Theorem 4.2 of Tirer, Huang & Niles-Weed 2023 (β ≫ max(1, λ_H), λ_Hλ_W < 1, d > K).
+
+    ``diag_sigma_max``/``diag_sigma_min``: extreme singular values of a diagonal block F_kk;
+    ``offdiag_rank``/``offdiag_sigma_max``: of an off-diagonal block F_kk' (k ≠ k').
+    """
+
+    diag_sigma_max: float
+    diag_sigma_min: float
+    offdiag_rank: int
+    offdiag_sigma_max: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def perturbation_jacobian(lambda_W: float, lambda_H: float, beta: float) -> PerturbationJacobian:
+    """Predicted spectrum of F = ∂vec(H*)/∂vec(H₀) at a collapsed H₀ (THN 2023, Thm 4.2), their λs.
+
+    σ_max(F_kk) = 1, σ_min(F_kk) = 1 − √(λ_H/λ_W)/β; F_kk' has rank 1 and
+    σ_max = 2λ_H(1 − √(λ_Hλ_W))/β (first order in 1/β).
+    """
+    for name, v in (("lambda_W", lambda_W), ("lambda_H", lambda_H), ("beta", beta)):
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be finite and in (0, inf), got {v}")
+    if lambda_H * lambda_W >= 1:
+        raise ValueError(f"Theorem 4.2 needs lambda_H * lambda_W < 1 (a collapsed H0), got {lambda_H * lambda_W}")
+    return PerturbationJacobian(
+        diag_sigma_max=1.0,
+        diag_sigma_min=1.0 - math.sqrt(lambda_H / lambda_W) / beta,
+        offdiag_rank=1,
+        offdiag_sigma_max=2 * lambda_H * (1 - math.sqrt(lambda_H * lambda_W)) / beta,
+    )
+
+
+# --------------------------------------------------------------------------- #
+# §6 unconstrained layer-peeled model (Ji et al. 2022)
+# --------------------------------------------------------------------------- #
+@dataclass(frozen=True)
+class ULPMOptimum:
+    """Minimum-norm separation: min ½(‖W‖² + ‖H‖²) s.t. (w_k − w_j)ᵀh_{k,i} ≥ 1 (Ji et al. 2022, Eq. 5).
+
+    ``value``: √n(K−1); ``norm_w_sq``: ‖w_k‖² = √n(K−1)/K; ``mean_norm_sq``: ‖μ_k‖² =
+    (K−1)/(K√n); ``normalized_margin``: 1/(√n(K−1)), the limit of the margin divided by
+    ½(‖W‖² + ‖H‖²) along gradient flow on the unregularized CE (derived).
+    """
+
+    value: float
+    norm_w_sq: float
+    mean_norm_sq: float
+    normalized_margin: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def ulpm_optimum(K: int, n: int) -> ULPMOptimum:
+    """Closed form of the ULPM's max-margin problem (SPEC §6, derived).
+
+    On a simplex ETF with ‖w_k‖ = a, ‖h‖ = m, W ∝ M̃ᵀ: margin a·m·K/(K−1) = 1 and
+    ½(K a² + Kn m²) is minimal at a² = n m², giving the value K a² = √n(K−1).
+    """
+    _check(K, n, 1.0, 1.0)
+    value = math.sqrt(n) * (K - 1)
+    return ULPMOptimum(value=value, norm_w_sq=value / K, mean_norm_sq=(K - 1) / (K * math.sqrt(n)),
+                       normalized_margin=1.0 / value)

@@ -1,0 +1,308 @@
+"""Perturbation model (SPEC §5), layer-peeled model (SPEC §6), data loading and the small MLP."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ncutils import metrics, theory
+from ncutils import run as runner
+from ncutils.data import DatasetNotFoundError, balanced_subset, load_dataset, write_fake_mnist
+from ncutils.models import UFM
+from ncutils.paths import repo_root
+from ncutils.perturbation import PerturbationModel, jacobian_blocks, layerwise_chain, monotonicity_checks
+from ncutils.solve import gradient_descent
+from ncutils.train import mlp_features, train_mlp
+from ncutils.ulpm import min_norm_separation
+
+SQRT2 = math.sqrt(2)
+
+
+def _random(shape, seed=0, std=1.0):
+    return std * torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+# --------------------------------------------------------------------------- perturbation model
+def test_normalization_maps_to_tirer_bruna():
+    """SPEC §5: their f (β-free) equals TB's f with λ'_W = λ_W/K, λ'_H = λ_H/(Kn) — and c = √(λ_Hλ_W)."""
+    K, n, d, lw, lh = 3, 4, 5, 0.7, 0.3
+    m = PerturbationModel(K=K, n=n, d=d, lambda_W=lw, lambda_H=lh)
+    W, H = _random((K, d), 1), _random((K * n, d), 2)
+    lw_tb, lh_tb = m.ufm_lambdas()
+    assert (lw_tb, lh_tb) == (lw / K, lh / (K * n))
+    ufm = UFM(K=K, n=n, d=d, lambda_W=lw_tb, lambda_H=lh_tb)
+    assert float(m.objective(W, H)) == pytest.approx(float(ufm.objective({"W": W[None], "H": H[None]})[0]), rel=1e-14)
+    assert theory.ufm_threshold(K, n, lw_tb, lh_tb) == pytest.approx(math.sqrt(lw * lh), rel=1e-14)
+    # the β term: (β/(2Kn))‖H − H₀‖²
+    H0 = _random((K * n, d), 3)
+    mb = PerturbationModel(K=K, n=n, d=d, lambda_W=lw, lambda_H=lh, beta=2.5)
+    extra = float(mb.objective(W, H, H0) - mb.objective(W, H))
+    assert extra == pytest.approx(2.5 / (2 * K * n) * float((H - H0).square().sum()), rel=1e-12)
+
+
+def test_central_path_and_flow_velocity():
+    m = PerturbationModel(K=3, n=4, d=6, lambda_W=0.8, lambda_H=0.1)
+    H = _random((12, 6), 4)
+    W = m.central_W(H).requires_grad_()
+    (gW,) = torch.autograd.grad(m.objective(W, H), W)
+    assert float(gW.abs().max()) < 1e-14  # W*(H) minimizes f over W
+    Hg = H.clone().requires_grad_()
+    (gH,) = torch.autograd.grad(m.reduced_objective(Hg), Hg)  # total derivative through W*(H)
+    torch.testing.assert_close(m.flow_velocity(H), -m.N * gH, rtol=1e-10, atol=1e-13)
+
+
+def test_collapsed_minimizer_is_stationary_and_optimal():
+    m = PerturbationModel(K=4, n=10, d=10, lambda_W=SQRT2, lambda_H=0.2, beta=100.0)
+    W, H = m.collapsed_minimizer(seed=3)
+    assert float(torch.func.grad(m.reduced_objective)(H).abs().max()) < 1e-14
+    torch.testing.assert_close(W, m.central_W(H), rtol=1e-12, atol=1e-14)
+    lw, lh = m.ufm_lambdas()
+    assert float(m.objective(W, H)) == pytest.approx(theory.ufm_objective_star(4, 10, lw, lh), rel=1e-13)
+    star = m.minimize(H)  # a collapsed minimizer is its own perturbation minimizer
+    assert float((star.H - H).abs().max()) < 1e-12 and star.converged
+
+
+def test_implicit_jacobian_matches_finite_differences():
+    m = PerturbationModel(K=2, n=2, d=3, lambda_W=0.9, lambda_H=0.3, beta=2.0)
+    H0 = _random((4, 3), 5)
+    star = m.minimize(H0)
+    assert star.grad_norm < 1e-10
+    F = m.jacobian(H0, star.H)
+    eps, fd = 1e-5, torch.zeros(12, 12)
+    for j in range(12):
+        e = torch.zeros(12, dtype=torch.float64)
+        e[j] = eps
+        plus = m.minimize(H0 + e.reshape(4, 3)).H.reshape(-1)
+        minus = m.minimize(H0 - e.reshape(4, 3)).H.reshape(-1)
+        fd[:, j] = (plus - minus) / (2 * eps)
+    torch.testing.assert_close(F, fd.double(), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("lambda_H,sigma_min", [(0.05, 0.99812), (0.2, 0.99624), (0.5, 0.99405)])
+def test_theorem_4_2_spectrum(lambda_H, sigma_min):
+    """SPEC §5 check: K=4, d=10, n=10, λ_W=√2, β=100."""
+    m = PerturbationModel(K=4, n=10, d=10, lambda_W=SQRT2, lambda_H=lambda_H, beta=100.0)
+    _, H0 = m.collapsed_minimizer(seed=0)
+    blocks = jacobian_blocks(m.jacobian(H0, H0), 4, 10, 10)
+    diag, off = blocks[blocks.diagonal], blocks[~blocks.diagonal]
+    pred = theory.perturbation_jacobian(SQRT2, lambda_H, 100.0)
+    assert abs(diag.sigma_min.min() - pred.diag_sigma_min) <= 1e-4
+    assert abs(diag.sigma_min.min() - sigma_min) <= 1e-4  # the SPEC's rounded values
+    assert diag.sigma_max.max() == pytest.approx(1.0, abs=1e-12)
+    assert (diag["rank"] == 100).all() and (off["rank"] == 1).all()
+    assert off.sigma_max.max() == pytest.approx(pred.offdiag_sigma_max, rel=0.01)
+    assert diag.multiplicities.iloc[0].startswith("1x6")  # d − K directions pass unchanged
+
+
+def test_theorem_3_1_flow_and_the_check_can_fail():
+    m = PerturbationModel(K=3, n=5, d=6, lambda_W=1.0, lambda_H=0.3)
+    flow = m.flow(_random((15, 6), 6), t_max=40.0, num=40)
+    assert monotonicity_checks(flow.table).holds.all()
+    lw, lh = m.ufm_lambdas()
+    assert flow.table.L.iloc[-1] == pytest.approx(theory.ufm_objective_star(3, 5, lw, lh), rel=1e-6)
+    bad = flow.table.copy()
+    bad.loc[5, "nc1_trace"] = bad.loc[4, "nc1_trace"]  # a plateau violates "strictly decreases"
+    bad.loc[7, "scaled_tr_Sigma_W"] = 2 * bad.loc[6, "scaled_tr_Sigma_W"]
+    res = monotonicity_checks(bad).set_index("claim")
+    assert res.violations.tolist() == [1, 1, 0]
+
+
+def test_corollary_3_2_minimizer_is_more_collapsed():
+    m = PerturbationModel(K=3, n=5, d=6, lambda_W=1.0, lambda_H=0.3)
+    H0 = _random((15, 6), 7)
+    y = m.labels()
+    for beta in (0.01, 1.0, 100.0):
+        from dataclasses import replace
+
+        r = replace(m, beta=beta).minimize(H0)
+        assert r.converged
+        assert metrics.nc1_trace(r.H, y) < metrics.nc1_trace(H0, y)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"beta": 0.0}, r"beta must be a finite number in \(0, inf\), got 0.0"),
+        ({"beta": -1.0}, r"beta must be a finite number in \(0, inf\)"),
+        ({"lambda_W": 0.0}, r"lambda_W must be a finite number in \(0, inf\)"),
+        ({"lambda_H": float("nan")}, r"lambda_H must be a finite number in \[0, inf\)"),
+        ({"K": 1}, r"K must be an integer >= 2"),
+    ],
+)
+def test_bad_model_parameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PerturbationModel(**{"K": 2, "n": 2, "d": 3, "lambda_W": 1.0, "lambda_H": 0.1, **kwargs})
+
+
+def test_bad_H0():
+    m = PerturbationModel(K=2, n=2, d=3, lambda_W=1.0, lambda_H=0.1)
+    with pytest.raises(ValueError, match=r"H0 must have shape \(N, d\) = \(4, 3\).*got \(3, 4\)"):
+        m.minimize(torch.zeros(3, 4))
+    H0 = torch.zeros(4, 3, dtype=torch.float64)
+    H0[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="H0 must be finite; it has 1 NaN/inf entries"):
+        m.flow(H0, 1.0)
+    with pytest.raises(ValueError, match="t_max must be a finite number"):
+        m.flow(torch.ones(4, 3), -1.0)
+
+
+def test_layerwise_chain_reduces_nc1():
+    m = PerturbationModel(K=3, n=6, d=8, lambda_W=1.0, lambda_H=0.2, beta=1.0)
+    H0 = _random((18, 8), 8) + torch.eye(3, 8, dtype=torch.float64).repeat_interleave(6, 0)
+    Hs, table = layerwise_chain(H0, m, 3)
+    assert len(Hs) == 4 and (np.diff(table.nc1) < 0).all() and (np.diff(table.nc1_trace) < 0).all()
+    assert table.converged.all()
+
+
+# --------------------------------------------------------------------------- notebook 05 bad parameters
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"beta": 0.0}, r"parameter beta must be a float in \(0, inf\), got 0.0"),
+        ({"beta": -5.0}, r"parameter beta must be a float in \(0, inf\)"),
+        ({"d": 4}, r"parameter d must be > K"),
+        ({"jacobian_lambda_H": [0.1, 1.0]}, r"lambda_W \* jacobian_lambda_H must all be < 1"),
+        ({"chain_data": "cifar"}, r"parameter chain_data must be one of \('mnist', 'fake'\)"),
+        ({"beta_min": 10.0, "beta_max": 1.0}, "beta_min must be < beta_max"),
+        ({"h0_file": "no/such/file.npy"}, r"parameter h0_file: file .* does not exist"),
+    ],
+)
+def test_bad_parameters_of_notebook_05(bad, match, monkeypatch):
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("kernel started"))
+    with pytest.raises(ValueError, match=match):
+        runner.run_notebook("05", params=bad)
+
+
+def test_bad_H0_file_of_notebook_05(tmp_path, monkeypatch):
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("kernel started"))
+    nan = np.ones((40, 10))
+    nan[3, 3] = np.inf
+    np.save(tmp_path / "nan.npy", nan)
+    np.save(tmp_path / "shape.npy", np.ones((40, 9)))
+    with pytest.raises(ValueError, match=r"h0_file: H0 in .*nan.npy must be finite; it has 1 NaN/inf"):
+        runner.run_notebook("05", params={"h0_file": str(tmp_path / "nan.npy")})
+    with pytest.raises(ValueError, match=r"h0_file must hold an array of shape \(K n, d\).*'d': 10"):
+        runner.run_notebook("05", params={"h0_file": str(tmp_path / "shape.npy")})
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"steps": 0}, r"parameter steps must be a int in \[1, inf\)"),
+        ({"wd_lambda": 0.0}, r"parameter wd_lambda must be a float in \(0, inf\)"),
+        ({"num_records": 1}, r"parameter num_records must be a int in \[2, inf\)"),
+        ({"maxmargin_starts": 0}, r"parameter maxmargin_starts must be a int in \[1, inf\)"),
+    ],
+)
+def test_bad_parameters_of_notebook_06(bad, match, monkeypatch):
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("kernel started"))
+    with pytest.raises(ValueError, match=match):
+        runner.run_notebook("06", params=bad)
+
+
+# --------------------------------------------------------------------------- layer-peeled model
+def _etf(K, n, d, w_sq, mu_sq, seed=0):
+    Q = torch.linalg.qr(_random((d, K), seed))[0]
+    E = (torch.eye(K, dtype=torch.float64) - 1.0 / K) * math.sqrt(K / (K - 1))  # unit-norm simplex
+    M = E @ Q.T
+    return math.sqrt(w_sq) * M, math.sqrt(mu_sq) * M.repeat_interleave(n, 0)
+
+
+def test_ulpm_closed_form_on_an_etf():
+    K, n, d = 4, 10, 10
+    opt = theory.ulpm_optimum(K, n)
+    assert opt.value == pytest.approx(math.sqrt(10) * 3) and opt.normalized_margin == pytest.approx(0.105409, abs=1e-6)
+    W, H = _etf(K, n, d, opt.norm_w_sq, opt.mean_norm_sq)
+    y = torch.arange(K).repeat_interleave(n)
+    assert 0.5 * float(W.square().sum() + H.square().sum()) == pytest.approx(opt.value, rel=1e-12)
+    assert float(metrics.margin_t(H, W, y)) == pytest.approx(1.0, rel=1e-12)  # feasible and tight
+    assert metrics.normalized_margin(W, H, y) == pytest.approx(opt.normalized_margin, rel=1e-12)
+    assert metrics.normalized_margin(3 * W, 3 * H, y) == pytest.approx(opt.normalized_margin, rel=1e-12)
+    # an unbalanced ETF (same directions, ‖w‖² ≠ n‖μ‖²) has a smaller normalized margin
+    W2, H2 = _etf(K, n, d, 4 * opt.norm_w_sq, opt.mean_norm_sq / 4)
+    assert metrics.normalized_margin(W2, H2, y) < opt.normalized_margin
+
+
+def test_min_norm_separation_reaches_the_etf():
+    sol = min_norm_separation(3, 2, 4, starts=3, seed=1)
+    opt = theory.ulpm_optimum(3, 2)
+    assert sol.value == pytest.approx(opt.value, rel=1e-7)
+    assert sol.min_margin == pytest.approx(1.0, abs=1e-7)
+    assert sol.metrics["nc1"] < 1e-10 and sol.metrics["nc2_etf"] < 1e-6 and sol.metrics["nc3_etf"] < 1e-6
+    assert len(sol.table) == 3
+
+
+@pytest.mark.parametrize("loss,lw,lh", [("ce", 0.0, 0.0), ("ce", 1e-3, 2e-3), ("mse", 5e-3, 5e-3)])
+def test_fused_step_equals_gradient_step(loss, lw, lh):
+    m = UFM(K=3, n=4, d=5, lambda_W=lw, lambda_H=lh, loss=loss)
+    p = m.init(2, 0.3, torch.Generator().manual_seed(0), torch.float64)
+    q = {k: v.clone() for k, v in p.items()}
+    m.step(p, 0.4)
+    g = m.gradient(q)
+    for k in q:
+        torch.testing.assert_close(p[k], q[k] - 0.4 * g[k], rtol=1e-13, atol=1e-15)
+
+
+def test_ulpm_gradient_descent_margin_rises_toward_its_limit():
+    m = UFM(K=4, n=10, d=10, lambda_W=0.0, lambda_H=0.0, loss="ce")
+    gd = gradient_descent(m, lr=0.5, steps=3000, runs=2, seed=0, init_std=0.1, geometric=True, num_records=20,
+                          progress=False)
+    h = gd.history[gd.history.metric == "normalized_margin"].pivot(index="step", columns="run", values="value")
+    limit = theory.ulpm_optimum(4, 10).normalized_margin
+    assert (h.iloc[-1] > 0.09).all() and (h.to_numpy() < limit).all()
+    assert (np.diff(h.loc[h.index >= 200].to_numpy(), axis=0) > 0).all()  # monotone once separable
+
+
+# --------------------------------------------------------------------------- data and the MLP
+def test_fake_mnist_round_trip_through_torchvision(tmp_path):
+    write_fake_mnist(tmp_path, per_class=7, test_per_class=3)
+    assert sorted(p.name for p in (tmp_path / "MNIST" / "raw").iterdir()) == [
+        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "train-images-idx3-ubyte", "train-labels-idx1-ubyte"]
+    X, y = load_dataset("mnist", tmp_path)
+    assert X.shape == (70, 1, 28, 28) and X.dtype == torch.float32
+    assert (y == torch.arange(10).repeat_interleave(7)).all()  # class-major
+    Xs, ys = load_dataset("mnist", tmp_path, per_class=4, seed=1)
+    assert Xs.shape[0] == 40 and (torch.bincount(ys) == 4).all()
+    Xt, _ = load_dataset("mnist", tmp_path, train=False)
+    assert Xt.shape[0] == 30
+    with pytest.raises(ValueError, match="per_class = 8 but class 0 has only 7 samples"):
+        load_dataset("mnist", tmp_path, per_class=8)
+
+
+def test_missing_dataset_gives_a_clear_error(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match=r"mnist not found: looked for train-images-idx3-ubyte.*"
+                                                   r"MNIST/raw; pass download=True .* DATA_ROOT"):
+        load_dataset("mnist", tmp_path / "nothing")
+    with pytest.raises(ValueError, match=r"dataset must be one of \('mnist',\), got 'svhn'"):
+        load_dataset("svhn", tmp_path)
+    with pytest.raises(ValueError, match="per_class must be an integer >= 1"):
+        balanced_subset(torch.zeros(3, dtype=torch.int64), 0, 1)
+
+
+def test_real_mnist_subset_when_present():
+    root = repo_root().parent / "shared" / "data"
+    if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+        pytest.skip(f"real MNIST subset not present at {root} (only on the development machines)")
+    X, _ = load_dataset("mnist", root, per_class=20)
+    assert X.shape == (200, 1, 28, 28) and abs(float(X.mean())) < 0.3
+
+
+def test_train_mlp_learns_fake_digits_deterministically(tmp_path):
+    write_fake_mnist(tmp_path, per_class=20)
+    X, y = load_dataset("mnist", tmp_path)
+    a = train_mlp(X, y, [16, 16], epochs=10, seed=0, progress=False)
+    b = train_mlp(X, y, [16, 16], epochs=10, seed=0, progress=False)
+    pd.testing.assert_frame_equal(a.history, b.history)
+    assert a.history.train_accuracy.iloc[-1] >= 0.95
+    feats = mlp_features(a.model, X)
+    assert [f.shape for f in feats] == [(200, 16), (200, 16)] and all((f >= 0).all() for f in feats)
+    with pytest.raises(ValueError, match="widths must be a non-empty list of integers >= 1"):
+        train_mlp(X, y, [], epochs=1)
