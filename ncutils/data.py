@@ -51,6 +51,22 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _not_found(name: str, folder: Path, reason: str | None = None) -> str:
+    where = folder / DATASETS[name][0] / "raw"
+    how = (f"download=True could not fetch them ({reason})" if reason else
+           "pass download=True (needs internet), or point the data root at an existing copy "
+           "(make figures DATA_ROOT=/path/to/data)")
+    return f"{name} not found: looked for {', '.join(_MNIST_FILES)} in {where}; {how}"
+
+
+def missing_files(name: str, root: str | os.PathLike[str] = "data") -> str | None:
+    """None when ``name``'s files are under ``root`` (relative: to the repository root), else the message
+    :func:`load_dataset` would raise — so a run can stop before any compute."""
+    folder = resolve_path(root)
+    raw = folder / DATASETS[_check_name(name)][0] / "raw"
+    return None if all((raw / f).is_file() for f in _MNIST_FILES) else _not_found(name, folder)
+
+
 def balanced_subset(y: Tensor, per_class: int, num_classes: int, seed: int = 0) -> Tensor:
     """Indices of ``per_class`` random samples of every class, class-major (class 0 first), ``(K·per_class,)``."""
     if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
@@ -83,12 +99,8 @@ def load_dataset(name: str, root: str | os.PathLike[str] = "data", train: bool =
     try:
         ds = cls(root=str(folder), train=train, download=download)
     except (RuntimeError, OSError) as err:  # torchvision: "Dataset not found"; urllib: no network
-        where = folder / cls_name / "raw"
-        how = ("download=True could not fetch them (" + str(err).splitlines()[0] + ")" if download else
-               "pass download=True (needs internet), or point the data root at an existing copy "
-               "(make figures DATA_ROOT=/path/to/data)")
-        raise DatasetNotFoundError(
-            f"{name} not found: looked for {', '.join(_MNIST_FILES)} in {where}; {how}") from None
+        reason = str(err).splitlines()[0] if download else None
+        raise DatasetNotFoundError(_not_found(name, folder, reason)) from None
     X = ds.data
     X = torch.as_tensor(np.asarray(X)) if not isinstance(X, Tensor) else X
     X = X.to(torch.float32).div_(255.0)

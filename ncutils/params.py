@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .data import missing_files
 from .device import resolve_device, resolve_dtype
 from .paths import resolve_path
 
@@ -201,7 +202,8 @@ class Requirement:
 
     names: tuple[str, ...]
     holds: Callable[[dict], bool]
-    message: str
+    message: str | Callable[[dict], str]
+    needs_data: bool = False  # checks files on this machine (a dataset), not the parameters' consistency
 
 
 def _width_at_least_K(width: str, K: str) -> Requirement:
@@ -229,18 +231,25 @@ REQUIREMENTS: dict[str, list[Requirement]] = {
                     "parameter beta_min must be < beta_max"),
         Requirement(("h0_file", "K", "n", "d"), _h0_shape,
                     "parameter h0_file must hold an array of shape (K n, d), rows class-major"),
+        Requirement(("chain_data", "data_root"),
+                    lambda p: p["chain_data"] != "mnist" or missing_files("mnist", p["data_root"]) is None,
+                    lambda p: f"parameter data_root: {missing_files('mnist', p['data_root'])}", needs_data=True),
     ],
 }
 
 
-def check_requirements(notebook: str, params: dict[str, Any]) -> None:
+def check_requirements(notebook: str, params: dict[str, Any], data: bool = True) -> None:
     """Raise ``ValueError`` for the first :data:`REQUIREMENTS` entry of ``notebook`` that ``params`` break
-    (requirements on parameters that are not given are skipped)."""
+    (requirements on parameters that are not given are skipped; ``data=False`` skips those that look for
+    dataset files on this machine)."""
     for req in REQUIREMENTS.get(notebook, []):
+        if req.needs_data and not data:
+            continue
         if not all(name in params for name in req.names):
             continue
         if not req.holds(params):
-            raise ValueError(f"{req.message}; got {({name: params[name] for name in req.names})}")
+            message = req.message(params) if callable(req.message) else req.message
+            raise ValueError(f"{message}; got {({name: params[name] for name in req.names})}")
 
 
 def validate(params: dict[str, Any], declared: dict[str, Any] | None = None) -> dict[str, Any]:

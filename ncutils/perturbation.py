@@ -195,7 +195,7 @@ class PerturbationModel:
 
         res = scipy.optimize.minimize(fun, H0.reshape(-1).numpy().copy(), jac=True, hessp=hessp,
                                       method="trust-ncg", options={"gtol": gtol, "maxiter": maxiter})
-        x = _newton_polish(res.x, grad, hessp)
+        x = res.x if res.success else _newton_polish(res.x, grad, hessp)
         H = torch.from_numpy(x).reshape(shape)
         g0 = float(torch.linalg.vector_norm(grad(H0.reshape(-1))))
         g_scaled = float(torch.linalg.vector_norm(grad(H.reshape(-1))))
@@ -266,8 +266,9 @@ class PerturbationModel:
         })
 
 
-def _newton_polish(x: np.ndarray, grad, hessp, steps: int = 5) -> np.ndarray:
-    """Newton steps x ← x − H⁻¹∇ (``scipy.sparse.linalg.cg`` with Hessian-vector products) while ‖∇‖ falls."""
+def _newton_polish(x: np.ndarray, grad, hessp, steps: int = 3, cg_iters: int = 100) -> np.ndarray:
+    """Newton steps x ← x − H⁻¹∇ (``scipy.sparse.linalg.cg``, at most ``cg_iters`` Hessian-vector products
+    each) while ‖∇‖ falls."""
     import scipy.sparse.linalg
 
     def g_of(z: np.ndarray) -> np.ndarray:
@@ -276,7 +277,7 @@ def _newton_polish(x: np.ndarray, grad, hessp, steps: int = 5) -> np.ndarray:
     g = g_of(x)
     for _ in range(steps):
         op = scipy.sparse.linalg.LinearOperator((x.size, x.size), matvec=lambda v, x=x: hessp(x, v), dtype=np.float64)
-        dx, info = scipy.sparse.linalg.cg(op, -g, rtol=1e-12, maxiter=10 * x.size)
+        dx, info = scipy.sparse.linalg.cg(op, -g, rtol=1e-12, maxiter=cg_iters)
         if info < 0:
             break
         x_new = x + dx

@@ -243,7 +243,10 @@ def _figure_run(path: Path, profile: str, stamps: Path, force: bool) -> RunRecor
         return RunRecord(path.stem, profile, path, True, 0.0, skipped=True)
     print(f"[ncutils] {path.stem}: running profile {profile} ...", flush=True)
     tmp_out = repo_root() / "outputs" / path.stem / profile / path.name
-    rec = run_notebook(path, profile=profile, output=tmp_out, raise_on_error=False)
+    try:
+        rec = run_notebook(path, profile=profile, output=tmp_out, raise_on_error=False)
+    except ValueError as err:  # refused before any kernel started (bad parameters, missing dataset): go on
+        rec = RunRecord(path.stem, profile, tmp_out, False, 0.0, error=f"could not start: {err}")
     if rec.ok:
         if profile == "paper":
             shutil.copyfile(tmp_out, path)

@@ -44,6 +44,13 @@ __all__ = [
 ]
 
 
+class _Record:
+    """Mixin of the closed-form records: ``as_dict()`` for JSON summaries."""
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)  # type: ignore[call-overload]
+
+
 def _check(K: int, n: int, lambda_W: float, lambda_H: float, positive: bool = True) -> None:
     if int(K) != K or K < 2:
         raise ValueError(f"K must be an integer >= 2, got {K}")
@@ -56,7 +63,7 @@ def _check(K: int, n: int, lambda_W: float, lambda_H: float, positive: bool = Tr
 
 
 @dataclass(frozen=True)
-class UFMOptimum:
+class UFMOptimum(_Record):
     """Global minimizer of a UFM, described by its invariants.
 
     Attributes
@@ -76,9 +83,6 @@ class UFMOptimum:
     norm_W_sq: float
     norm_H_sq: float
     bias: float | None = None
-
-    def as_dict(self) -> dict[str, float | None]:
-        return asdict(self)
 
 
 def ufm_threshold(K: int, n: int, lambda_W: float, lambda_H: float) -> float:
@@ -252,7 +256,7 @@ def dufm_fit(K: int, q: float, m: int, branch: str = "global") -> float:
 
 
 @dataclass(frozen=True)
-class DeepUFMOptimum:
+class DeepUFMOptimum(_Record):
     """The collapsed minimizer of the L-layer UFM (:class:`ncutils.models.DeepUFM`), SPEC §3–§4 (derived).
 
     Every factor carries the same share T = q s^{2/m} of the regularizer (balancedness
@@ -283,9 +287,6 @@ class DeepUFMOptimum:
     threshold: float
     threshold_max: float
     collapsed: bool
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 def dufm_optimum(K: int, n: int, lambda_H: float, lambda_W: Sequence[float], branch: str = "global") -> DeepUFMOptimum:
@@ -339,7 +340,7 @@ def perturbation_to_ufm(K: int, n: int, lambda_W: float, lambda_H: float) -> tup
 
 
 @dataclass(frozen=True)
-class PerturbationJacobian:
+class PerturbationJacobian(_Record):
     """Theorem 4.2 of Tirer, Huang & Niles-Weed 2023 (β ≫ max(1, λ_H), λ_Hλ_W < 1, d > K).
 
     ``diag_sigma_max``/``diag_sigma_min``: extreme singular values of a diagonal block F_kk;
@@ -350,9 +351,6 @@ class PerturbationJacobian:
     diag_sigma_min: float
     offdiag_rank: int
     offdiag_sigma_max: float
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 def perturbation_jacobian(lambda_W: float, lambda_H: float, beta: float) -> PerturbationJacobian:
@@ -378,7 +376,7 @@ def perturbation_jacobian(lambda_W: float, lambda_H: float, beta: float) -> Pert
 # §6 unconstrained layer-peeled model (Ji et al. 2022)
 # --------------------------------------------------------------------------- #
 @dataclass(frozen=True)
-class ULPMOptimum:
+class ULPMOptimum(_Record):
     """Minimum-norm separation: min ½(‖W‖² + ‖H‖²) s.t. (w_k − w_j)ᵀh_{k,i} ≥ 1 (Ji et al. 2022, Eq. 5).
 
     ``value``: √n(K−1); ``norm_w_sq``: ‖w_k‖² = √n(K−1)/K; ``mean_norm_sq``: ‖μ_k‖² =
@@ -390,9 +388,6 @@ class ULPMOptimum:
     norm_w_sq: float
     mean_norm_sq: float
     normalized_margin: float
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 def ulpm_optimum(K: int, n: int) -> ULPMOptimum:

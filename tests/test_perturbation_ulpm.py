@@ -306,3 +306,16 @@ def test_train_mlp_learns_fake_digits_deterministically(tmp_path):
     assert [f.shape for f in feats] == [(200, 16), (200, 16)] and all((f >= 0).all() for f in feats)
     with pytest.raises(ValueError, match="widths must be a non-empty list of integers >= 1"):
         train_mlp(X, y, [], epochs=1)
+
+
+def test_notebook_05_without_mnist_stops_before_any_compute(tmp_path, monkeypatch):
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("kernel started"))
+    monkeypatch.delenv("NCUTILS_DATA_ROOT", raising=False)
+    with pytest.raises(ValueError, match=r"parameter data_root: mnist not found: looked for train-images-idx3-ubyte"
+                                         r".* in .*/empty/MNIST/raw; .*make figures DATA_ROOT="):
+        runner.run_notebook("05", params={"data_root": str(tmp_path / "empty")})
+    monkeypatch.setenv("NCUTILS_DATA_ROOT", str(tmp_path / "nothing"))  # make figures DATA_ROOT=… is passed on
+    with pytest.raises(ValueError, match=r"nothing/MNIST/raw"):
+        runner.run_notebook("05")

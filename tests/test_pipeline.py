@@ -83,7 +83,7 @@ def test_profiles_use_declared_names():
         declared = runner.declared_parameters(nb)
         for prof in ["small", *runner.figure_profiles(nb)]:
             checked = params.validate({**declared, **runner.load_profile(nb, prof)}, declared)
-            params.check_requirements(nb.stem, checked)
+            params.check_requirements(nb.stem, checked, data=False)  # datasets are checked at run time
 
 
 def test_figure_profiles():
@@ -172,3 +172,29 @@ def test_source_hash_tracks_code_profile_and_ncutils(tmp_path, monkeypatch):
     h = runner.source_hash(NB, "paper")
     assert h == runner.source_hash(NB, "paper")
     assert h != runner.source_hash(NB, "small")
+
+
+def test_figures_goes_on_when_a_run_cannot_start(monkeypatch, capsys, tmp_path):
+    """A notebook refused before any kernel (e.g. its dataset is missing) is reported, the others still run,
+    and the command exits non-zero listing why."""
+    from ncutils.__main__ import main
+
+    calls = []
+
+    def fake_run(path, profile=None, output=None, raise_on_error=True, **kw):
+        calls.append(path.stem)
+        if path.stem == "05_perturbation":
+            raise ValueError("parameter data_root: mnist not found: looked for … in data/MNIST/raw")
+        return runner.RunRecord(path.stem, profile, output, True, 0.0)
+
+    notebooks = runner.list_notebooks()
+    monkeypatch.setattr(runner, "list_notebooks", lambda: notebooks)
+    monkeypatch.setattr(runner, "repo_root", lambda: tmp_path)  # stamps and outputs go to tmp_path
+    monkeypatch.setattr(runner, "run_notebook", fake_run)
+    monkeypatch.setattr(runner, "figure_profiles", lambda path: ["paper"])
+    monkeypatch.setattr(runner, "source_hash", lambda path, profile: "x")
+    monkeypatch.setattr(runner.shutil, "copyfile", lambda a, b: None)
+    assert main(["figures", "--force", "--only", "04", "05", "06"]) == 1
+    assert calls == ["04_deep_ufm", "05_perturbation", "06_layer_peeled"]
+    err = capsys.readouterr().err
+    assert "could not run 05_perturbation: could not start: parameter data_root: mnist not found" in err
