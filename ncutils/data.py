@@ -1,18 +1,23 @@
 """Datasets through :mod:`torchvision.datasets`: balanced, normalized, class-major tensors.
 
-``load_dataset("mnist", root)`` reads (or, with ``download=True``, fetches) the
-standard files with torchvision's own loader, so a copy that torchvision can
-read works here too. A missing copy gives :class:`DatasetNotFoundError` naming
-the folder that was searched and how to get the files.
+``load_dataset("mnist" | "cifar10", root)`` reads (or, with ``download=True``, fetches)
+the standard files with torchvision's own loaders, so any copy torchvision can read
+works here too. A missing copy gives :class:`DatasetNotFoundError` naming the folder
+that was searched and how to get the files. No augmentation.
 
-For tests and offline CI, :func:`write_fake_mnist` writes small files in MNIST's
-real on-disk format (IDX, the standard file names) that the same torchvision
-path reads.
+For tests and offline CI, :func:`write_fake_mnist` and :func:`write_fake_cifar10` write
+small files in the datasets' real on-disk formats (MNIST IDX; CIFAR-10's pickled
+``data_batch_*``) that the same torchvision code reads. (CIFAR-10's loader also checks
+the published MD5 sums, which fake files cannot match: ``verify=False`` skips only that.)
+
+:class:`DeviceBatches` keeps a whole training set on the device as one tensor and
+shuffles and batches it there (no DataLoader workers).
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import struct
 import tempfile
 from pathlib import Path
@@ -24,14 +29,21 @@ from torch import Tensor
 
 from .paths import resolve_path
 
-__all__ = ["DATASETS", "Dataset", "DatasetNotFoundError", "balanced_subset", "load_dataset", "write_fake_mnist"]
+__all__ = ["DATASETS", "FILES", "Dataset", "DatasetNotFoundError", "DeviceBatches", "balanced_subset", "load_dataset",
+           "missing_files", "write_fake_cifar10", "write_fake_mnist"]
 
 #: Supported datasets: name → (torchvision class name, classes, per-channel mean, per-channel std).
 DATASETS: dict[str, tuple[str, int, tuple[float, ...], tuple[float, ...]]] = {
     "mnist": ("MNIST", 10, (0.1307,), (0.3081,)),
+    "cifar10": ("CIFAR10", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
-_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                "t10k-labels-idx1-ubyte")
+#: The files torchvision reads, relative to the data root.
+FILES: dict[str, tuple[str, ...]] = {
+    "mnist": tuple(f"MNIST/raw/{f}" for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")),
+    "cifar10": tuple(f"cifar-10-batches-py/{f}" for f in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
+                                                          "batches.meta")),
+}
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -52,19 +64,20 @@ def _check_name(name: str) -> str:
 
 
 def _not_found(name: str, folder: Path, reason: str | None = None) -> str:
-    where = folder / DATASETS[name][0] / "raw"
     how = (f"download=True could not fetch them ({reason})" if reason else
            "pass download=True (needs internet), or point the data root at an existing copy "
            "(make figures DATA_ROOT=/path/to/data)")
-    return f"{name} not found: looked for {', '.join(_MNIST_FILES)} in {where}; {how}"
+    sub = Path(FILES[name][0]).parent
+    files = ", ".join(Path(f).name for f in FILES[name])
+    return f"{name} not found: looked for {files} in {folder / sub}; {how}"
 
 
 def missing_files(name: str, root: str | os.PathLike[str] = "data") -> str | None:
     """None when ``name``'s files are under ``root`` (relative: to the repository root), else the message
     :func:`load_dataset` would raise — so a run can stop before any compute."""
     folder = resolve_path(root)
-    raw = folder / DATASETS[_check_name(name)][0] / "raw"
-    return None if all((raw / f).is_file() for f in _MNIST_FILES) else _not_found(name, folder)
+    ok = all((folder / f).is_file() for f in FILES[_check_name(name)])
+    return None if ok else _not_found(name, folder)
 
 
 def balanced_subset(y: Tensor, per_class: int, num_classes: int, seed: int = 0) -> Tensor:
@@ -81,26 +94,41 @@ def balanced_subset(y: Tensor, per_class: int, num_classes: int, seed: int = 0) 
     return torch.cat(out)
 
 
+def _torchvision_class(name: str, verify: bool) -> type:
+    import torchvision
+
+    cls = getattr(torchvision.datasets, DATASETS[name][0])
+    if verify or name != "cifar10":
+        return cls
+    # the same torchvision reader, without the published MD5 sums (which only the real files match)
+    return type("CIFAR10Unverified", (cls,), {"train_list": [[f, None] for f, _ in cls.train_list],
+                                              "test_list": [[f, None] for f, _ in cls.test_list],
+                                              "meta": {**cls.meta, "md5": None}})
+
+
 def load_dataset(name: str, root: str | os.PathLike[str] = "data", train: bool = True, per_class: int | None = None,
-                 download: bool = False, seed: int = 0) -> Dataset:
-    """Load ``name`` (``"mnist"``) from ``root`` via torchvision, normalized with the usual mean/std.
+                 download: bool = False, seed: int = 0, pad_to: int | None = None, verify: bool = True) -> Dataset:
+    """Load ``name`` (``"mnist"``, ``"cifar10"``) from ``root`` via torchvision, normalized with the usual mean/std.
 
     ``per_class``: a balanced random subset (``seed``) in class-major order; default: all samples,
-    sorted class-major (stable). ``download``: let torchvision fetch missing files.
-    Relative roots are resolved against the repository root.
+    sorted class-major (stable). ``download``: let torchvision fetch missing files. ``pad_to``: zero-pad
+    (after normalization: with the background value) to this size, e.g. MNIST 28 → 32 for the CIFAR
+    stem. ``verify``: CIFAR-10's MD5 check (False only for test files). Relative roots are resolved
+    against the repository root.
 
     Raises :class:`DatasetNotFoundError` (missing files, no network) and ``ValueError`` (bad arguments).
     """
-    import torchvision
-
-    cls_name, K, mean, std = DATASETS[_check_name(name)]
+    _, K, mean, std = DATASETS[_check_name(name)]
     folder = resolve_path(root)
-    cls = getattr(torchvision.datasets, cls_name)
+    cls = _torchvision_class(name, verify)
     try:
         ds = cls(root=str(folder), train=train, download=download)
     except (RuntimeError, OSError) as err:  # torchvision: "Dataset not found"; urllib: no network
-        reason = str(err).splitlines()[0] if download else None
-        raise DatasetNotFoundError(_not_found(name, folder, reason)) from None
+        first = str(err).splitlines()[0]
+        if missing_files(name, folder) is None:  # the files are there but torchvision refused them
+            raise DatasetNotFoundError(f"{name} files under {folder} could not be read ({first}): corrupted, or "
+                                       "not the published files (verify=False skips the MD5 check)") from None
+        raise DatasetNotFoundError(_not_found(name, folder, first if download else None)) from None
     X = ds.data
     X = torch.as_tensor(np.asarray(X)) if not isinstance(X, Tensor) else X
     X = X.to(torch.float32).div_(255.0)
@@ -110,7 +138,44 @@ def load_dataset(name: str, root: str | os.PathLike[str] = "data", train: bool =
     X, y = X[idx], y[idx]
     m = torch.tensor(mean).reshape(1, -1, 1, 1)
     s = torch.tensor(std).reshape(1, -1, 1, 1)
-    return Dataset((X - m) / s, y)
+    X = (X - m) / s
+    if pad_to is not None and pad_to > X.shape[-1]:
+        p0 = (pad_to - X.shape[-1]) // 2
+        p1 = pad_to - X.shape[-1] - p0
+        X = torch.nn.functional.pad(X, (p0, p1, p0, p1), value=0.0) + torch.nn.functional.pad(
+            torch.zeros_like(X), (p0, p1, p0, p1), value=1.0) * (-m / s)
+    return Dataset(X.contiguous(), y)
+
+
+class DeviceBatches:
+    """A dataset held on ``device`` as one tensor, reshuffled every epoch from a seeded generator.
+
+    ``X (N, …)``, ``y (N,)``; ``epoch()`` yields ``(X_batch, y_batch)`` views in a fresh random order
+    (the permutation is drawn on the CPU generator, so a run is identical on CPU and GPU); its
+    state is ``generator.get_state()`` (checkpointed by the trainer). ``channels_last`` stores images
+    in NHWC memory order (faster convolutions on GPU).
+    """
+
+    def __init__(self, X: Tensor, y: Tensor, batch_size: int, device: torch.device | str = "cpu", seed: int = 0,
+                 channels_last: bool = False, shuffle: bool = True) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.X = X.to(device, non_blocking=True)
+        if channels_last and self.X.ndim == 4:
+            self.X = self.X.contiguous(memory_format=torch.channels_last)
+        self.y = y.to(device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size)
+
+    def epoch(self):
+        order = (torch.randperm(len(self.y), generator=self.generator) if self.shuffle
+                 else torch.arange(len(self.y))).to(self.y.device)
+        for idx in order.split(self.batch_size):
+            yield self.X[idx], self.y[idx]
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -145,4 +210,39 @@ def write_fake_mnist(root: str | os.PathLike[str], per_class: int = 20, test_per
         images = templates[labels] + rng.normal(0, noise, (len(labels), 28, 28))
         _write_idx(raw / f"{prefix}-images-idx3-ubyte", np.clip(images, 0, 255).round().astype(np.uint8))
         _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels.astype(np.uint8))
+    return Path(root)
+
+
+def write_fake_cifar10(root: str | os.PathLike[str], per_class: int = 10, test_per_class: int = 5, seed: int = 0,
+                       noise: float = 50.0) -> Path:
+    """Write a tiny CIFAR-10 look-alike in the real layout ``root/cifar-10-batches-py/{data_batch_1..5,
+    test_batch, batches.meta}`` (pickled dicts with ``data`` uint8 (n, 3072) and ``labels``).
+
+    Each class is a fixed random colour pattern plus noise; ``per_class`` training images per class are
+    spread over the five batches. Read it with ``load_dataset("cifar10", root, verify=False)``.
+    """
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    templates = rng.uniform(0, 255, (10, 3, 4, 4)).repeat(8, axis=2).repeat(8, axis=3)  # blocky 32×32
+
+    def dump(name: str, obj: dict) -> None:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=name, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump(obj, fh)
+        os.replace(tmp, folder / name)
+
+    def images(count: int) -> tuple[np.ndarray, list[int]]:
+        labels = rng.permutation(np.repeat(np.arange(10), count))
+        data = templates[labels] + rng.normal(0, noise, (len(labels), 3, 32, 32))
+        return np.clip(data, 0, 255).round().astype(np.uint8).reshape(len(labels), 3072), labels.tolist()
+
+    data, labels = images(per_class)
+    for i, part in enumerate(np.array_split(np.arange(len(labels)), 5), start=1):
+        dump(f"data_batch_{i}", {"batch_label": f"training batch {i} of 5", "data": data[part],
+                                 "labels": [labels[j] for j in part]})
+    data, labels = images(test_per_class)
+    dump("test_batch", {"batch_label": "testing batch 1 of 1", "data": data, "labels": labels})
+    dump("batches.meta", {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                          "ship", "truck"], "num_cases_per_batch": 10000, "num_vis": 3072})
     return Path(root)

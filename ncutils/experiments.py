@@ -35,6 +35,10 @@ __all__ = [
     "mean_gram_cosines",
     "mnist_chain",
     "random_features",
+    "resnet_checks",
+    "resnet_data",
+    "resnet_final",
+    "resnet_metric_table",
     "seed_table",
     "sweep_check",
     "ufm_checks",
@@ -471,3 +475,61 @@ def loglog_slope(gd: GDResult, metric: str, level: str = "H", t_min: float = 1e3
         x = np.log(np.log(part.step.to_numpy(dtype=float)))
         out.append(np.polyfit(x, np.log(part.value.to_numpy()), 1)[0])
     return np.array(out)
+
+
+# --------------------------------------------------------------------------- #
+# §7 ResNet18 on real data (notebook 07)
+# --------------------------------------------------------------------------- #
+def resnet_data(dataset: str, data_root: str, per_class: int, test_per_class: int = 0, seed: int = 0,
+                fake: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Balanced training subset and test set, normalized, MNIST zero-padded to 32×32 (the CIFAR stem).
+    ``test_per_class`` 0: the whole test split. ``fake``: write and read tiny files in the dataset's real
+    format under ``data_root`` first (tests, CI)."""
+    from .data import load_dataset, write_fake_cifar10, write_fake_mnist
+
+    if fake:
+        writer = write_fake_mnist if dataset == "mnist" else write_fake_cifar10
+        writer(data_root, per_class=per_class, test_per_class=max(test_per_class, 2), seed=seed)
+    Xtr, ytr = load_dataset(dataset, data_root, per_class=per_class, seed=seed, pad_to=32, verify=not fake)
+    Xte, yte = load_dataset(dataset, data_root, train=False, per_class=test_per_class or None, seed=seed, pad_to=32,
+                            verify=not fake)
+    return Xtr, ytr, Xte, yte
+
+
+def _by_depth(layers: Any) -> list[str]:
+    """Layer names in network order (stem, layer1, …), each pooled level before its flattened one."""
+    order = ("stem", "layer1", "layer2", "layer3", "layer4")
+    return sorted(layers, key=lambda name: (order.index(name.removesuffix("_flat")), name.endswith("_flat")))
+
+
+def resnet_final(result: Any) -> pd.DataFrame:
+    """Final per-layer metrics of a :func:`ncutils.train.train_resnet` run: one row per layer, by depth."""
+    h = result.history
+    last = h[(h.epoch == h[h.metric == "nc1"].epoch.max()) & (h.layer != "model")]
+    table = last.pivot(index="layer", columns="metric", values="value")
+    return table.loc[_by_depth(table.index)]
+
+
+def resnet_metric_table(result: Any, metric: str = "nc1") -> pd.DataFrame:
+    """``metric`` per layer (rows, by depth) at the first and the last measured epoch (columns)."""
+    t = result.history[result.history.metric == metric].pivot(index="layer", columns="epoch", values="value")
+    return t.loc[_by_depth(t.index)].iloc[:, [0, -1]]
+
+
+def resnet_checks(result: Any) -> list[dict[str, Any]]:
+    """The real-network claims of SPEC §7 on this run: NC1 of the penultimate features (GAP of ``layer4``)
+    falls from the first to the last measured epoch, and at the last epoch the penultimate features are the
+    most collapsed of all tapped (pooled) layers (earlier layers with an NC1 as small: 0 expected). How NC1
+    orders the earlier layers is printed, not checked: stem and layer1 can swap in small runs."""
+    h = result.history
+    nc1 = h[h.metric == "nc1"].pivot(index="epoch", columns="layer", values="value")
+    if "layer4" not in nc1:
+        return []
+    earlier = [name for name in ("stem", "layer1", "layer2", "layer3") if name in nc1.columns]
+    last = nc1.iloc[-1]
+    return [
+        check("penultimate NC1: last / first measured epoch (< 1)", nc1.layer4.iloc[-1] / nc1.layer4.iloc[0],
+              0.0, 1.0, kind="abs"),
+        check(f"earlier layers ({', '.join(earlier)}) with NC1 <= the penultimate's at the last epoch",
+              int((last[earlier] <= last["layer4"]).sum()), 0, 0, kind="abs"),
+    ]

@@ -151,15 +151,21 @@ def _residuals_t(H: Tensor, y: Tensor, M: Tensor) -> Tensor:
 def nc1_t(H: Tensor, y: Tensor, K: int, M: Tensor | None = None) -> Tensor:
     """(1/K) tr(Σ_W Σ_B^†) as (1/N) Σ_i ‖M̃^†(h_i − μ_{y_i})‖², O(N·d·K), no d×d matrix."""
     M = class_means_t(H, y, K) if M is None else M
-    R = _residuals_t(H, y, M)
+    return pinv_projector_t(M)(_residuals_t(H, y, M)).square().sum(-1).mean(-1)
+
+
+def pinv_projector_t(M: Tensor):
+    """r ↦ M̃^† r for rows r ``(..., N, d)`` → ``(..., N, r)``, M̃ the centred means of ``M (..., K, d)``.
+
+    M̃ᵀ = U diag(S) Vh, hence pinv(M̃) = U diag(1/S) Vh and ‖pinv(M̃) r‖ = ‖diag(1/S) Vh r‖ (singular
+    values below the usual rank tolerance are dropped). Memory O(K d): no d×d matrix.
+    """
     Mc = centred_means_t(M)  # (..., K, d) = M̃ᵀ
-    # M̃ᵀ = U diag(S) Vh, hence pinv(M̃) = U diag(1/S) Vh and ‖pinv(M̃) r‖ = ‖diag(1/S) Vh r‖.
     _, S, Vh = torch.linalg.svd(Mc, full_matrices=False)
     eps = torch.finfo(S.dtype).eps
     tol = S.amax(dim=-1, keepdim=True) * max(Mc.shape[-2], Mc.shape[-1]) * eps
     S_inv = torch.where(S > tol, 1.0 / torch.where(S > tol, S, torch.ones_like(S)), torch.zeros_like(S))
-    proj = (R @ Vh.transpose(-1, -2)) * S_inv.unsqueeze(-2)  # (..., N, r)
-    return proj.square().sum(-1).mean(-1)
+    return lambda R: (R @ Vh.transpose(-1, -2)) * S_inv.unsqueeze(-2)
 
 
 def nc1_trace_t(H: Tensor, y: Tensor, K: int, M: Tensor | None = None) -> Tensor:

@@ -91,6 +91,14 @@ def _positive_list(what: str) -> Callable[[Any], None]:
     return check
 
 
+def _names(valid: tuple[str, ...], what: str) -> Callable[[Any], None]:
+    def check(values: Any) -> None:
+        bad = [v for v in values if v not in valid]
+        if not values or bad:
+            raise ValueError(f"must be a non-empty list of {what} from {valid}, got unknown {bad or 'empty list'}")
+    return check
+
+
 def _tag(value: str) -> None:
     if not value or not all(ch.isalnum() or ch in "-_" for ch in value):
         raise ValueError(f"must be a non-empty name of letters, digits, '-' or '_', got {value!r}")
@@ -184,6 +192,26 @@ RULES: dict[str, Rule] = {
     "wd_steps": Rule(int, low=1),
     "maxmargin_starts": Rule(int, low=1),
     "margin_tol": _positive,
+    # ResNet18 on real data (notebook 07)
+    "dataset": Rule(str, choices=("mnist", "cifar10")),
+    "loss": Rule(str, choices=("mse", "ce")),
+    "fc_bias": Rule(bool),
+    "schedule": Rule(str, choices=("step40", "thirds", "constant")),
+    "epochs": Rule(int, low=1),
+    "batch_size": Rule(int, low=1),
+    "momentum": _nonneg,
+    "wd_features": _nonneg,
+    "wd_classifier": _nonneg,
+    "per_class": Rule(int, low=1),
+    "test_per_class": Rule(int, low=0),
+    "layers": Rule(list, check=_names(("stem", "layer1", "layer2", "layer3", "layer4"), "ResNet18 layers")),
+    "flatten": Rule(bool),
+    "measure_every": Rule(int, low=1),
+    "checkpoint_every": Rule(int, low=1),
+    "compile": Rule(bool),
+    "fake_data": Rule(bool),
+    "width_multiplier": _positive,
+    "max_cpu_hours": _positive,
 }
 
 #: Assumptions of the theorem a notebook reproduces: (holds?, message). Runs go on, but say so.
@@ -203,7 +231,7 @@ class Requirement:
     names: tuple[str, ...]
     holds: Callable[[dict], bool]
     message: str | Callable[[dict], str]
-    needs_data: bool = False  # checks files on this machine (a dataset), not the parameters' consistency
+    machine: bool = False  # depends on this machine (dataset files, device), not only on the parameters
 
 
 def _width_at_least_K(width: str, K: str) -> Requirement:
@@ -233,17 +261,34 @@ REQUIREMENTS: dict[str, list[Requirement]] = {
                     "parameter h0_file must hold an array of shape (K n, d), rows class-major"),
         Requirement(("chain_data", "data_root"),
                     lambda p: p["chain_data"] != "mnist" or missing_files("mnist", p["data_root"]) is None,
-                    lambda p: f"parameter data_root: {missing_files('mnist', p['data_root'])}", needs_data=True),
+                    lambda p: f"parameter data_root: {missing_files('mnist', p['data_root'])}", machine=True),
+    ],
+    "07_resnet": [
+        Requirement(("dataset", "data_root", "fake_data"),
+                    lambda p: p["fake_data"] or missing_files(p["dataset"], p["data_root"]) is None,
+                    lambda p: f"parameter data_root: {missing_files(p['dataset'], p['data_root'])}", machine=True),
+        Requirement(("device", "width_multiplier", "per_class", "epochs", "max_cpu_hours"),
+                    lambda p: resolve_device(p["device"]).type != "cpu" or _resnet_cpu_hours(p) <= p["max_cpu_hours"],
+                    lambda p: (f"this run needs about {_resnet_cpu_hours(p):.3g} CPU hours (ResNet18 training ≈ 3.3 "
+                               "GFLOP per 32×32 image at width 1, assumed 50 GFLOP/s): run it on a GPU (device "
+                               "cuda), lower width_multiplier/per_class/epochs (profile cpu), or raise max_cpu_hours"),
+                    machine=True),
     ],
 }
 
 
+def _resnet_cpu_hours(p: dict) -> float:
+    """Rough CPU time of a ResNet18 run: 3 × 1.11 GFLOP per image and epoch at width 1 (∝ width²), 50 GFLOP/s."""
+    images = p["per_class"] * 10 * p["epochs"]
+    return 3 * 1.11e9 * p["width_multiplier"] ** 2 * images / 50e9 / 3600
+
+
 def check_requirements(notebook: str, params: dict[str, Any], data: bool = True) -> None:
     """Raise ``ValueError`` for the first :data:`REQUIREMENTS` entry of ``notebook`` that ``params`` break
-    (requirements on parameters that are not given are skipped; ``data=False`` skips those that look for
-    dataset files on this machine)."""
+    (requirements on parameters that are not given are skipped; ``data=False`` skips those that depend on
+    this machine: dataset files, the device)."""
     for req in REQUIREMENTS.get(notebook, []):
-        if req.needs_data and not data:
+        if req.machine and not data:
             continue
         if not all(name in params for name in req.names):
             continue

@@ -37,6 +37,7 @@ __all__ = [
     "save",
     "style",
     "threshold_sweep",
+    "training_panels",
     "ulpm_panels",
 ]
 
@@ -407,6 +408,50 @@ def ulpm_panels(results: Mapping[str, Any], margin_limit: float, title: str | No
             ax.set_yscale("log")
         ax.legend(fontsize="x-small")
     _finish(axes[-1], "‖W‖_F", "log t")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def training_panels(history: pd.DataFrame, frame: str = "etf", title: str | None = None) -> Figure:
+    """Tirer & Bruna Fig. 5 layout for a network run (``history`` of :func:`ncutils.train.train_resnet`):
+    objective and train/test accuracy, then NC1 and NC2 (to ``frame``: ``"orthogonal"`` for MSE without
+    bias, ``"etf"`` otherwise) per layer, and NC3 / NC4 (test) of the classifier's input, against epochs.
+    One colour per layer, deeper is darker; flattened feature maps dashed."""
+    style()
+    fig, axes = plt.subplots(1, 4, figsize=(14.4, 3.3), constrained_layout=True)
+    m = history[history.layer == "model"].pivot(index="epoch", columns="metric", values="value").dropna(
+        subset=["objective"])
+    ax = axes[0]
+    ax.plot(m.index, m.objective, color="C0", label="objective (loss + decay)")
+    ax.plot(m.index, m.train_loss, color="C0", ls="--", label="train loss")
+    ax.set_yscale("log")
+    ax2 = ax.twinx()
+    ax2.plot(m.index, m.train_accuracy, color="C2", label="train acc.")
+    if "test_accuracy" in m:
+        ax2.plot(m.index, m.test_accuracy, color="C2", ls=":", label="test acc.")
+    ax2.set_ylim(0, 1.02)
+    ax2.legend(fontsize="x-small", loc="center right")
+    _finish(ax, "objective and accuracy", "epoch")
+    feats = history[history.layer != "model"]
+    layers = [name for name in dict.fromkeys(feats.layer) if not name.endswith("_flat")]
+    colors = dict(zip(layers, sns.color_palette("rocket_r", len(layers) + 1)[1:], strict=True))
+    for ax, (panel, metric) in zip(axes[1:3], [("NC1 (dashed: flattened maps)", "nc1"),
+                                               (f"NC2 to the {frame} frame", f"nc2_{frame}")], strict=True):
+        for layer in layers:
+            for suffix, dashes in (("", ""), ("_flat", (4, 2))):
+                c = feats[(feats.layer == layer + suffix) & (feats.metric == metric)]
+                if not c.empty:
+                    ax.plot(c.epoch, c.value, color=colors[layer], marker=".", dashes=dashes,
+                            label=layer if not suffix else None)
+        _finish(ax, panel, "epoch", ylog=True)
+    ax = axes[3]
+    for metric, label in (("nc3_etf", "NC3 (ETF)"), ("nc3_orthogonal", "NC3 (orth.)")):
+        c = feats[(feats.layer == "layer4") & (feats.metric == metric)]
+        ax.plot(c.epoch, c.value, marker=".", label=label)
+    if "nc4_test" in m:
+        ax.plot(m.index, m.nc4_test, marker=".", label="NC4 (test)")
+    _finish(ax, "classifier vs penultimate (layer4)", "epoch", ylog=True)
     if title:
         fig.suptitle(title)
     return fig

@@ -3,21 +3,29 @@
 :func:`train_mlp` trains a small fully connected ReLU network with SGD on a
 tensor dataset (full tensors in memory, shuffled mini-batches, deterministic
 from ``seed``); :func:`mlp_features` returns the features of every hidden layer.
+:func:`train_resnet` trains ResNet18 (CIFAR stem) and measures layer-wise neural
+collapse with streaming metrics (:func:`measure_network`), checkpointing and resuming.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .data import DeviceBatches
 from .device import is_quiet
 
-__all__ = ["MLPResult", "mlp_features", "train_mlp"]
+__all__ = ["LOSSES", "SCHEDULES", "MLPResult", "TrainConfig", "TrainResult", "measure_network", "mlp_features",
+           "train_mlp", "train_resnet"]
 
 
 @dataclass
@@ -84,3 +92,291 @@ def mlp_features(model: nn.Sequential, X: Tensor) -> list[Tensor]:
         if isinstance(layer, nn.ReLU):
             feats.append(h.to(torch.float64))
     return feats
+
+
+# --------------------------------------------------------------------------- ResNet18 (notebook 07)
+SCHEDULES: tuple[str, ...] = ("step40", "thirds", "constant")
+LOSSES: tuple[str, ...] = ("mse", "ce")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a ResNet training run (its checkpoint fingerprint).
+
+    Loss: ``"mse"`` is ½‖W h + b − e_y‖² averaged over the batch — Tirer & Bruna's 1/(2Kn)‖WH − Y‖²
+    with the network's features as H; ``"ce"`` the mean cross-entropy. Weight decay: SGD's
+    ``weight_decay`` adds wd·θ to the gradient, i.e. the penalty (wd/2)‖θ‖², so ``wd_classifier`` is the
+    UFM's λ_W exactly; ``wd_features`` decays every backbone parameter, which the UFM abstracts as its λ_H
+    on H (a heuristic correspondence only). The classifier's bias is not decayed (the UFM's unregularized
+    bias). Schedules: ``step40`` ÷10 every 40 epochs (Tirer & Bruna), ``thirds`` ÷10 at 1/3 and 2/3 of
+    the epochs (Papyan et al.), ``constant``.
+    """
+
+    dataset: str = "mnist"
+    loss: str = "mse"
+    fc_bias: bool = False
+    lr: float = 0.05
+    schedule: str = "step40"
+    epochs: int = 350
+    batch_size: int = 128
+    momentum: float = 0.9
+    wd_features: float = 5e-4
+    wd_classifier: float = 5e-4
+    per_class: int = 5000
+    test_per_class: int = 0
+    width: float = 1.0
+    layers: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "layer4")
+    flatten: bool = False
+    measure_every: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from .data import DATASETS
+        from .models import RESNET_LAYERS
+
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {tuple(DATASETS)}, got {self.dataset!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        object.__setattr__(self, "layers", tuple(self.layers))
+        bad = [name for name in self.layers if name not in RESNET_LAYERS]
+        if not self.layers or bad:
+            raise ValueError(f"layers must be a non-empty list of {RESNET_LAYERS}, got unknown {bad or 'none'}")
+        for name, low in (("epochs", 1), ("batch_size", 1), ("per_class", 1), ("test_per_class", 0),
+                          ("measure_every", 1), ("seed", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+        for name in ("lr", "width"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a number in (0, inf), got {v!r}")
+        for name in ("momentum", "wd_features", "wd_classifier"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a number in [0, inf), got {v!r}")
+
+    def milestones(self) -> list[int]:
+        """Epochs after which the learning rate is divided by 10."""
+        if self.schedule == "step40":
+            return list(range(40, self.epochs, 40))
+        if self.schedule == "thirds":
+            return sorted({self.epochs // 3, 2 * self.epochs // 3} - {0})
+        return []
+
+    def measured_epochs(self) -> list[int]:
+        """Epochs after which the metrics are measured: 1, every ``measure_every``, and the last."""
+        return sorted({1, self.epochs, *range(self.measure_every, self.epochs + 1, self.measure_every)})
+
+    def fingerprint(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(repr(self).encode()).hexdigest()
+
+
+@dataclass
+class TrainResult:
+    """A finished (or resumed-and-finished) run: the model, a long-form ``history`` (epoch, layer,
+    metric, value; layer ``"model"`` holds losses, accuracies and timings) and wall-clock totals."""
+
+    model: nn.Module
+    history: pd.DataFrame
+    config: TrainConfig
+    train_time_s: float
+    measure_time_s: float
+    device: str
+    resumed_from: int
+
+    def final(self, metric: str, layer: str = "model") -> float:
+        h = self.history
+        rows = h[(h.metric == metric) & (h.layer == layer)]
+        if rows.empty:
+            raise KeyError(f"no metric {metric!r} at layer {layer!r}")
+        return float(rows[rows.epoch == rows.epoch.max()].value.iloc[0])
+
+
+def _loss_fn(loss: str, K: int):
+    if loss == "mse":
+        return lambda out, y: 0.5 * (out - nn.functional.one_hot(y, K).to(out.dtype)).square().sum(1).mean()
+    return lambda out, y: nn.functional.cross_entropy(out, y)
+
+
+class _Taps:
+    """Forward hooks that keep the outputs of the stem and the stages, pooled (and optionally flattened)."""
+
+    def __init__(self, model: nn.Module, layers: tuple[str, ...], flatten: bool) -> None:
+        self.out: dict[str, Tensor] = {}
+        self.flatten = flatten
+        modules = {"stem": model.maxpool, **{f"layer{i}": getattr(model, f"layer{i}") for i in range(1, 5)}}
+        self.handles = [modules[name].register_forward_hook(self._hook(name)) for name in layers]
+
+    def _hook(self, name: str):
+        def hook(_m: nn.Module, _inp: object, x: Tensor) -> None:
+            self.out[name] = x.mean((2, 3))  # global average pooling; layer4's is the classifier's input
+            if self.flatten:
+                self.out[f"{name}_flat"] = x.flatten(1)
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+@torch.no_grad()
+def measure_network(model: nn.Module, train: DeviceBatches, test: DeviceBatches | None, K: int, loss: str,
+                    layers: tuple[str, ...], flatten: bool = False,
+                    autocast: bool = False) -> dict[str, dict[str, float]]:
+    """NC metrics of every tapped level over the whole training set, plus losses, accuracies and NC4 on
+    the test set (nearest *training* class mean vs the classifier), in eval mode.
+
+    Passes: two over the training set (:class:`ncutils.stream.StreamingNC`), one over the test set;
+    all levels at once. NC3 and NC4 are computed at ``layer4`` (the classifier's input) when tapped.
+    """
+    from .stream import StreamingNC
+
+    was_training = model.training
+    model.eval()
+    taps = _Taps(model, layers, flatten)
+    acc = StreamingNC(K, train.y.device)
+    lf = _loss_fn(loss, K)
+    W, b = model.fc.weight, model.fc.bias
+    ctx = (lambda: torch.autocast(train.y.device.type, dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
+    sums = {"train_loss": 0.0, "train_accuracy": 0.0}
+    try:
+        for X, y in train.epoch():
+            with ctx():
+                out = model(X).float()
+            acc.update_means(taps.out, y)
+            sums["train_loss"] += float(lf(out, y)) * len(y)
+            sums["train_accuracy"] += float((out.argmax(1) == y).sum())
+        for X, y in train.epoch():
+            with ctx():
+                model(X)
+            acc.update_within(taps.out, y, {"layer4": (W, b)} if "layer4" in layers else None)
+        res = acc.result()
+        N = len(train.y)
+        res["model"] = {k: v / N for k, v in sums.items()}
+        if test is not None:
+            t = {"test_loss": 0.0, "test_accuracy": 0.0, "nc4_test": 0.0}
+            M = acc.means.get("layer4")
+            for X, y in test.epoch():
+                with ctx():
+                    out = model(X).float()
+                t["test_loss"] += float(lf(out, y)) * len(y)
+                t["test_accuracy"] += float((out.argmax(1) == y).sum())
+                if M is not None:
+                    h = taps.out["layer4"].to(torch.float64)
+                    t["nc4_test"] += float((out.argmax(1) != torch.cdist(h, M).argmin(1)).sum())
+            res["model"].update({k: v / len(test.y) for k, v in t.items() if k != "nc4_test" or M is not None})
+    finally:
+        taps.remove()
+        model.train(was_training)
+    return res
+
+
+def train_resnet(cfg: TrainConfig, data: tuple[Tensor, Tensor, Tensor | None, Tensor | None], *,
+                 device: torch.device | str = "cpu", checkpoint: str | Path | None = None, checkpoint_every: int = 1,
+                 compile: bool = False, progress: bool | None = None) -> TrainResult:
+    """Train ResNet18 (:func:`ncutils.models.resnet18`) with SGD + momentum and measure layer-wise NC.
+
+    ``data``: ``(X_train, y_train, X_test, y_test)`` image tensors (test may be None). The training set
+    lives on ``device`` as one tensor (:class:`ncutils.data.DeviceBatches`). On CUDA: bf16 autocast,
+    channels_last, and ``torch.compile`` when ``compile``; on CPU: float32, deterministic from ``cfg.seed``.
+    ``checkpoint``: a file written atomically every ``checkpoint_every`` epochs and at the end (model,
+    optimizer, scheduler, shuffling generator, history); a run restarted with the same configuration
+    resumes from it and reproduces the uninterrupted run; a different configuration raises.
+    Raises :class:`ncutils.solve.DivergenceError` when the training loss stops being finite.
+    """
+    from .models import resnet18
+    from .solve import DivergenceError, _atomic_torch_save
+
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    Xtr, ytr, Xte, yte = data
+    K = int(ytr.max()) + 1
+    torch.manual_seed(cfg.seed)
+    model = resnet18(K, Xtr.shape[1], cfg.fc_bias, cfg.width).to(dev)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    head = [model.fc.weight]
+    groups = [{"params": [p for n, p in model.named_parameters() if not n.startswith("fc.")],
+               "weight_decay": cfg.wd_features},
+              {"params": head, "weight_decay": cfg.wd_classifier}]
+    if model.fc.bias is not None:
+        groups.append({"params": [model.fc.bias], "weight_decay": 0.0})
+    opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.milestones(), gamma=0.1)
+    train = DeviceBatches(Xtr, ytr, cfg.batch_size, dev, seed=cfg.seed, channels_last=cuda)
+    full = DeviceBatches(Xtr, ytr, max(cfg.batch_size, 256), dev, shuffle=False, channels_last=cuda)
+    test = None if Xte is None else DeviceBatches(Xte, yte, max(cfg.batch_size, 256), dev, shuffle=False,
+                                                 channels_last=cuda)
+    rows: list[dict] = []
+    start, t_train, t_measure = 0, 0.0, 0.0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if state["fingerprint"] != cfg.fingerprint():
+            raise ValueError(f"checkpoint {ckpt} was written by a different configuration; "
+                             "delete it or pass another checkpoint path")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        train.generator.set_state(state["generator"])
+        rows, start, t_train, t_measure = state["history"], state["epoch"], state["train_time"], state["measure_time"]
+    resumed_from = start
+    step_model = torch.compile(model) if (compile and cuda) else model
+    lf = _loss_fn(cfg.loss, K)
+    measured = set(cfg.measured_epochs())
+
+    def save(epoch: int) -> None:
+        if ckpt is not None:
+            _atomic_torch_save({"fingerprint": cfg.fingerprint(), "epoch": epoch, "model": model.state_dict(),
+                                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                "generator": train.generator.get_state(), "history": rows,
+                                "train_time": t_train, "measure_time": t_measure}, ckpt)
+
+    show = (not is_quiet()) if progress is None else progress
+    bar = tqdm(range(start + 1, cfg.epochs + 1), desc="ResNet18", disable=not show, initial=start, total=cfg.epochs)
+    for epoch in bar:
+        model.train()
+        t0 = time.perf_counter()
+        total = torch.zeros((), device=dev)
+        for X, y in train.epoch():
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                loss = lf(step_model(X).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach() * len(y)
+        if cuda:
+            torch.cuda.synchronize(dev)
+        epoch_time = time.perf_counter() - t0
+        t_train += epoch_time
+        mean_loss = float(total) / len(ytr)
+        if not math.isfinite(mean_loss):
+            raise DivergenceError(f"training diverged at epoch {epoch}: mean loss {mean_loss} with lr = "
+                                  f"{sched.get_last_lr()[0]}; lower lr")
+        sched.step()
+        rows += [{"epoch": epoch, "layer": "model", "metric": "epoch_time_s", "value": epoch_time},
+                 {"epoch": epoch, "layer": "model", "metric": "running_loss", "value": mean_loss}]
+        if epoch in measured:
+            t0 = time.perf_counter()
+            res = measure_network(model, full, test, K, cfg.loss, cfg.layers, cfg.flatten, autocast=cuda)
+            if cuda:
+                torch.cuda.synchronize(dev)
+            dt = time.perf_counter() - t0
+            t_measure += dt
+            with torch.no_grad():
+                reg = sum(cfg.wd_features / 2 * float(p.square().sum()) for p in groups[0]["params"])
+                reg += cfg.wd_classifier / 2 * float(model.fc.weight.square().sum())
+            res["model"].update({"objective": res["model"]["train_loss"] + reg, "measure_time_s": dt})
+            rows += [{"epoch": epoch, "layer": layer, "metric": k, "value": v}
+                     for layer, vals in res.items() for k, v in vals.items()]
+            bar.set_postfix(loss=f"{mean_loss:.3g}", acc=f"{res['model']['train_accuracy']:.3f}")
+        if epoch % checkpoint_every == 0 or epoch == cfg.epochs:
+            save(epoch)
+    bar.close()
+    return TrainResult(model=model, history=pd.DataFrame(rows), config=cfg, train_time_s=t_train,
+                       measure_time_s=t_measure, device=str(dev), resumed_from=resumed_from)

@@ -281,7 +281,7 @@ def test_missing_dataset_gives_a_clear_error(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=r"mnist not found: looked for train-images-idx3-ubyte.*"
                                                    r"MNIST/raw; pass download=True .* DATA_ROOT"):
         load_dataset("mnist", tmp_path / "nothing")
-    with pytest.raises(ValueError, match=r"dataset must be one of \('mnist',\), got 'svhn'"):
+    with pytest.raises(ValueError, match=r"dataset must be one of \('mnist', 'cifar10'\), got 'svhn'"):
         load_dataset("svhn", tmp_path)
     with pytest.raises(ValueError, match="per_class must be an integer >= 1"):
         balanced_subset(torch.zeros(3, dtype=torch.int64), 0, 1)

@@ -1,0 +1,240 @@
+"""ResNet18 on real-format data: datasets, the model, streaming metrics, training, resume (notebook 07)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from ncutils import metrics
+from ncutils import run as runner
+from ncutils.data import DatasetNotFoundError, DeviceBatches, load_dataset, write_fake_cifar10, write_fake_mnist
+from ncutils.models import resnet18
+from ncutils.stream import StreamingNC
+from ncutils.train import TrainConfig, _Taps, measure_network, train_resnet
+
+KEYS = ("nc1", "nc1_trace", "nc2_etf", "nc2_orthogonal", "nc2_equinorm", "nc2_equiangle", "nc2_maxangle",
+        "mean_norm_sq")
+
+
+# --------------------------------------------------------------------------- data
+def test_fake_cifar10_round_trip_through_torchvision(tmp_path):
+    write_fake_cifar10(tmp_path, per_class=6, test_per_class=2)
+    X, y = load_dataset("cifar10", tmp_path, verify=False)
+    assert X.shape == (60, 3, 32, 32) and (y == torch.arange(10).repeat_interleave(6)).all()
+    assert X.mean((0, 2, 3)).abs().max() < 1.5
+    Xt, yt = load_dataset("cifar10", tmp_path, train=False, verify=False)
+    assert Xt.shape == (20, 3, 32, 32) and (torch.bincount(yt) == 2).all()
+    # torchvision's MD5 check refuses files that are not the published ones, with a clear message
+    with pytest.raises(DatasetNotFoundError, match=r"cifar10 files under .* could not be read \(Dataset not found "
+                                                   r"or corrupted.*verify=False skips the MD5 check"):
+        load_dataset("cifar10", tmp_path)
+    with pytest.raises(DatasetNotFoundError, match=r"cifar10 not found: looked for data_batch_1, .*batches.meta in "
+                                                   r".*nothing/cifar-10-batches-py; pass download=True"):
+        load_dataset("cifar10", tmp_path / "nothing")
+
+
+def test_mnist_padded_to_32_with_the_background_value(tmp_path):
+    write_fake_mnist(tmp_path, per_class=3)
+    X, _ = load_dataset("mnist", tmp_path, pad_to=32)
+    X28, _ = load_dataset("mnist", tmp_path)
+    assert X.shape == (30, 1, 32, 32)
+    torch.testing.assert_close(X[:, :, 2:30, 2:30], X28)
+    assert torch.allclose(X[:, :, 0, :], torch.tensor(-0.1307 / 0.3081))
+
+
+def test_device_batches_shuffle_deterministically_and_cover_everything():
+    X, y = torch.arange(50.0).reshape(50, 1), torch.arange(50) % 5
+    a, b = DeviceBatches(X, y, 16, seed=3), DeviceBatches(X, y, 16, seed=3)
+    ea, eb = [t.clone() for t, _ in a.epoch()], [t.clone() for t, _ in b.epoch()]
+    assert len(ea) == len(a) == 4 and all(torch.equal(s, t) for s, t in zip(ea, eb, strict=True))
+    assert sorted(torch.cat(ea).flatten().tolist()) == list(range(50))
+    assert not torch.equal(torch.cat(ea), torch.cat([t for t, _ in a.epoch()]))  # a new order every epoch
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        DeviceBatches(X, y, 0)
+
+
+# --------------------------------------------------------------------------- model
+def test_resnet18_cifar_stem_and_width():
+    m = resnet18(10, 3, True, 1.0)
+    assert sum(p.numel() for p in m.parameters()) == 11_173_962  # ResNet18 with the CIFAR stem, 10 classes
+    assert m.conv1.kernel_size == (3, 3) and m.conv1.stride == (1, 1) and isinstance(m.maxpool, torch.nn.Identity)
+    small = resnet18(10, 1, False, 0.125)
+    assert small.fc.bias is None and small.fc.in_features == 64 and small.conv1.in_channels == 1
+    taps = _Taps(small, ("stem", "layer1", "layer4"), flatten=True)
+    out = small(torch.randn(2, 1, 32, 32))
+    assert out.shape == (2, 10)
+    assert taps.out["layer1_flat"].shape == (2, 8 * 32 * 32)  # stride-1 stem keeps 32×32
+    assert taps.out["layer4"].shape == (2, 64)
+    with pytest.raises(ValueError, match=r"width must be a number in \(0, inf\)"):
+        resnet18(width=0)
+
+
+# --------------------------------------------------------------------------- streaming metrics
+@pytest.mark.parametrize("d,batch", [(40, 32), (3000, 64)])
+def test_streaming_metrics_match_in_memory(d, batch):
+    g = torch.Generator().manual_seed(d)
+    K, n = 5, 40
+    means = 3 * torch.randn(K, d, generator=g, dtype=torch.float64)
+    H = torch.randn(K * n, d, generator=g, dtype=torch.float64) + means.repeat_interleave(n, 0)
+    y = torch.arange(K).repeat_interleave(n)
+    perm = torch.randperm(K * n, generator=g)
+    H, y = H[perm].float(), y[perm]  # network features arrive in float32, shuffled
+    W, b = torch.randn(K, d, generator=g), torch.randn(K, generator=g)
+    acc = StreamingNC(K)
+    for i in range(0, len(y), batch):
+        acc.update_means({"h": H[i:i + batch]}, y[i:i + batch])
+    for i in range(0, len(y), batch):
+        acc.update_within({"h": H[i:i + batch]}, y[i:i + batch], {"h": (W, b)})
+    got = acc.result()["h"]
+    ref = metrics.nc_metrics(H.double(), y, W=W.double(), b=b.double())
+    for key in (*KEYS, "nc3_etf", "nc3_orthogonal", "nc4"):
+        assert abs(got[key] - ref[key]) <= 1e-6 * max(1.0, abs(ref[key])), key
+    with pytest.raises(RuntimeError, match="update_means after the means were finalized"):
+        acc.update_means({"h": H[:4]}, y[:4])
+
+
+def test_streaming_metrics_refuse_incomplete_passes():
+    acc = StreamingNC(3)
+    H, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    acc.update_means({"h": H}, y)
+    acc.update_within({"h": H[:3]}, y[:3])
+    with pytest.raises(RuntimeError, match="pass 2 saw 3 samples but pass 1 saw 6"):
+        acc.result()
+    bad = StreamingNC(3)
+    bad.update_means({"h": H[:2]}, y[:2])
+    with pytest.raises(ValueError, match=r"class\(es\) \[2\] have no samples"):
+        bad.result()
+
+
+def test_measure_network_matches_in_memory_metrics():
+    torch.manual_seed(0)
+    model = resnet18(4, 1, True, 0.0625).eval()
+    X, y = torch.randn(48, 1, 32, 32), torch.arange(4).repeat_interleave(12)
+    res = measure_network(model, DeviceBatches(X, y, 10, shuffle=False), DeviceBatches(X, y, 7, shuffle=False), 4,
+                          "ce", ("stem", "layer2", "layer4"), flatten=True)
+    taps = _Taps(model, ("stem", "layer2", "layer4"), flatten=True)
+    with torch.no_grad():
+        out = model(X)
+    for name in ("stem", "stem_flat", "layer2", "layer4"):
+        ref = metrics.nc_metrics(taps.out[name].double(), y, W=model.fc.weight.double() if name == "layer4" else None,
+                                 b=model.fc.bias.double() if name == "layer4" else None)
+        for key in KEYS + (("nc3_etf", "nc4") if name == "layer4" else ()):
+            assert abs(res[name][key] - ref[key]) <= 1e-6 * max(1.0, abs(ref[key])), (name, key)
+    assert res["model"]["train_accuracy"] == pytest.approx(float((out.argmax(1) == y).float().mean()))
+    assert res["model"]["train_loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(out, y)), rel=1e-5)
+
+
+# --------------------------------------------------------------------------- training and resume
+def _tiny(tmp_path, **kw):
+    write_fake_mnist(tmp_path / "data", per_class=8, test_per_class=2)
+    X, y = load_dataset("mnist", tmp_path / "data", pad_to=32)
+    Xt, yt = load_dataset("mnist", tmp_path / "data", train=False, pad_to=32)
+    cfg = TrainConfig(per_class=8, width=0.0625, epochs=4, batch_size=16, measure_every=2, flatten=False,
+                      layers=("layer1", "layer4"), **kw)
+    return cfg, (X, y, Xt, yt)
+
+
+_CHILD = """
+import sys, torch
+torch.set_num_threads(1)
+from ncutils.data import load_dataset
+from ncutils.train import TrainConfig, train_resnet
+root, ckpt = sys.argv[1], sys.argv[2]
+X, y = load_dataset("mnist", root + "/data", pad_to=32)
+Xt, yt = load_dataset("mnist", root + "/data", train=False, pad_to=32)
+cfg = TrainConfig(per_class=8, width=0.0625, epochs=4, batch_size=16, measure_every=2, flatten=False,
+                  layers=("layer1", "layer4"))
+import ncutils.train as t
+orig = t.DeviceBatches.epoch
+def slow_epoch(self):  # make each epoch last long enough to be killed in the middle of the run
+    import time
+    time.sleep(0.5)
+    yield from orig(self)
+t.DeviceBatches.epoch = slow_epoch
+train_resnet(cfg, (X, y, Xt, yt), checkpoint=ckpt, checkpoint_every=1, progress=False)
+"""
+
+
+def test_killed_run_resumes_to_the_same_metrics(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg, data = _tiny(tmp_path)
+        ref = train_resnet(cfg, data, checkpoint=tmp_path / "ref.pt", progress=False)
+        ckpt = tmp_path / "killed.pt"
+        proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path), str(ckpt)],
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if ckpt.exists() and torch.load(ckpt, weights_only=False)["epoch"] >= 2:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        state = torch.load(ckpt, weights_only=False)
+        assert 2 <= state["epoch"] < cfg.epochs, "the run was not killed in the middle"
+        resumed = train_resnet(cfg, data, checkpoint=ckpt, progress=False)
+        assert resumed.resumed_from == state["epoch"]
+    finally:
+        torch.set_num_threads(threads)
+    a = ref.history[~ref.history.metric.str.endswith("time_s")].reset_index(drop=True)
+    b = resumed.history[~resumed.history.metric.str.endswith("time_s")].reset_index(drop=True)
+    assert a[["epoch", "layer", "metric"]].equals(b[["epoch", "layer", "metric"]])
+    np.testing.assert_allclose(b.value, a.value, rtol=1e-6, atol=1e-9)
+    # a finished checkpoint returns at once; another configuration is refused
+    again = train_resnet(cfg, data, checkpoint=ckpt, progress=False)
+    assert again.resumed_from == cfg.epochs
+    with pytest.raises(ValueError, match="written by a different configuration"):
+        train_resnet(TrainConfig(**{**cfg.__dict__, "lr": 0.01}), data, checkpoint=ckpt, progress=False)
+
+
+def test_training_learns_and_records_every_layer(tmp_path):
+    cfg, data = _tiny(tmp_path, loss="ce", fc_bias=True, schedule="thirds")
+    res = train_resnet(cfg, data, progress=False)
+    h = res.history
+    assert sorted(h.epoch[h.metric == "nc1"].unique()) == [1, 2, 4]
+    assert set(h.layer.unique()) == {"model", "layer1", "layer4"}
+    assert res.final("train_accuracy") > 0.5 and res.final("nc4_test") <= 1
+    assert cfg.milestones() == [1, 2] and TrainConfig(epochs=100).milestones() == [40, 80]
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"dataset": "svhn"}, r"dataset must be one of \('mnist', 'cifar10'\)"),
+        ({"loss": "hinge"}, r"loss must be one of \('mse', 'ce'\)"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+        ({"layers": ("layer5",)}, r"layers must be a non-empty list of \('stem', 'layer1', .*unknown \['layer5'\]"),
+        ({"schedule": "cosine"}, r"schedule must be one of \('step40', 'thirds', 'constant'\)"),
+    ],
+)
+def test_bad_train_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
+
+
+# --------------------------------------------------------------------------- notebook 07 parameters
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"dataset": "svhn"}, r"parameter dataset must be one of \('mnist', 'cifar10'\), got 'svhn'"),
+        ({"loss": "hinge"}, r"parameter loss must be one of \('mse', 'ce'\), got 'hinge'"),
+        ({"batch_size": 0}, r"parameter batch_size must be a int in \[1, inf\), got 0"),
+        ({"layers": ["layer1", "fc7"]}, r"parameter layers: must be a non-empty list of ResNet18 layers from "
+                                        r"\('stem', 'layer1', 'layer2', 'layer3', 'layer4'\), got unknown \['fc7'\]"),
+        ({"data_root": "no/such/folder"}, r"parameter data_root: mnist not found: looked for train-images-idx3-ubyte"),
+        ({"fake_data": True, "device": "cpu"}, r"needs about 185 CPU hours .* run it on a GPU \(device cuda\)"),
+    ],
+)
+def test_bad_parameters_of_notebook_07(bad, match, monkeypatch):
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("kernel started"))
+    monkeypatch.delenv("NCUTILS_DATA_ROOT", raising=False)
+    with pytest.raises(ValueError, match=match):
+        runner.run_notebook("07", params=bad)
