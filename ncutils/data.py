@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .models import check_integer
 from .paths import resolve_path
 
 __all__ = ["DATASETS", "FILES", "Dataset", "DatasetNotFoundError", "DeviceBatches", "balanced_subset", "load_dataset",
@@ -82,8 +83,7 @@ def missing_files(name: str, root: str | os.PathLike[str] = "data") -> str | Non
 
 def balanced_subset(y: Tensor, per_class: int, num_classes: int, seed: int = 0) -> Tensor:
     """Indices of ``per_class`` random samples of every class, class-major (class 0 first), ``(K·per_class,)``."""
-    if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
-        raise ValueError(f"per_class must be an integer >= 1, got {per_class!r}")
+    check_integer("per_class", per_class, 1)
     gen = torch.Generator().manual_seed(seed)
     out = []
     for k in range(num_classes):
@@ -158,8 +158,7 @@ class DeviceBatches:
 
     def __init__(self, X: Tensor, y: Tensor, batch_size: int, device: torch.device | str = "cpu", seed: int = 0,
                  channels_last: bool = False, shuffle: bool = True) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        check_integer("batch_size", batch_size, 1)
         self.X = X.to(device, non_blocking=True)
         if channels_last and self.X.ndim == 4:
             self.X = self.X.contiguous(memory_format=torch.channels_last)

@@ -12,7 +12,7 @@ import torch
 
 from . import theory
 from .metrics import class_means_t, nc1_t, nc1_trace_t
-from .models import UFM, DeepUFM
+from .models import RESNET_LAYERS, UFM, DeepUFM
 from .perturbation import FlowResult, PerturbationModel, jacobian_blocks, layerwise_chain, monotonicity_checks
 from .report import check
 from .solve import GDResult, gradient_descent
@@ -498,8 +498,7 @@ def resnet_data(dataset: str, data_root: str, per_class: int, test_per_class: in
 
 def _by_depth(layers: Any) -> list[str]:
     """Layer names in network order (stem, layer1, …), each pooled level before its flattened one."""
-    order = ("stem", "layer1", "layer2", "layer3", "layer4")
-    return sorted(layers, key=lambda name: (order.index(name.removesuffix("_flat")), name.endswith("_flat")))
+    return sorted(layers, key=lambda name: (RESNET_LAYERS.index(name.removesuffix("_flat")), name.endswith("_flat")))
 
 
 def resnet_final(result: Any) -> pd.DataFrame:
@@ -525,7 +524,7 @@ def resnet_checks(result: Any) -> list[dict[str, Any]]:
     nc1 = h[h.metric == "nc1"].pivot(index="epoch", columns="layer", values="value")
     if "layer4" not in nc1:
         return []
-    earlier = [name for name in ("stem", "layer1", "layer2", "layer3") if name in nc1.columns]
+    earlier = [name for name in RESNET_LAYERS[:-1] if name in nc1.columns]
     last = nc1.iloc[-1]
     return [
         check("penultimate NC1: last / first measured epoch (< 1)", nc1.layer4.iloc[-1] / nc1.layer4.iloc[0],

@@ -25,8 +25,8 @@ from torch import Tensor
 
 from .metrics import class_means_t, margin_t
 
-__all__ = ["RESNET_LAYERS", "UFM", "DeepUFM", "FeatureModel", "Level", "check_hyperparameter", "extended_ufm",
-           "resnet18"]
+__all__ = ["RESNET_LAYERS", "UFM", "DeepUFM", "FeatureModel", "Level", "check_hyperparameter", "check_integer",
+           "check_integers", "extended_ufm", "resnet18"]
 
 Params = dict[str, Tensor]
 Hyper = float | Sequence[float]
@@ -62,12 +62,17 @@ def check_hyperparameter(name: str, value: Hyper, low: float = 0.0, strict: bool
     return value if isinstance(value, int | float) else tuple(float(v) for v in vals)
 
 
+def check_integer(name: str, value: object, low: int) -> int:
+    """``value`` if it is an integer ≥ ``low`` (bools refused), else ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
 def check_integers(obj: object, spec: tuple[tuple[str, int], ...]) -> None:
     """Raise ``ValueError`` unless every attribute ``name`` of ``obj`` is an integer ≥ ``low``."""
     for key, low in spec:
-        v = getattr(obj, key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ValueError(f"{key} must be an integer >= {low}, got {v!r}")
+        check_integer(key, getattr(obj, key), low)
 
 
 @lru_cache(maxsize=32)
@@ -423,9 +428,8 @@ def resnet18(num_classes: int = 10, in_channels: int = 3, fc_bias: bool = True, 
 
     if not (isinstance(width, int | float) and math.isfinite(width) and width > 0):
         raise ValueError(f"width must be a number in (0, inf), got {width!r}")
-    for name, v, low in (("num_classes", num_classes, 2), ("in_channels", in_channels, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+    check_integer("num_classes", num_classes, 2)
+    check_integer("in_channels", in_channels, 1)
     c = [max(1, round(64 * width * 2**i)) for i in range(4)]
     model = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
     model.inplanes = c[0]

@@ -23,9 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import missing_files
+from .data import DATASETS, missing_files
 from .device import resolve_device, resolve_dtype
+from .models import RESNET_LAYERS
 from .paths import resolve_path
+from .train import LOSSES, SCHEDULES
 
 __all__ = ["ASSUMPTIONS", "REQUIREMENTS", "RULES", "Requirement", "Rule", "Run", "check_requirements", "setup",
            "validate"]
@@ -193,10 +195,10 @@ RULES: dict[str, Rule] = {
     "maxmargin_starts": Rule(int, low=1),
     "margin_tol": _positive,
     # ResNet18 on real data (notebook 07)
-    "dataset": Rule(str, choices=("mnist", "cifar10")),
-    "loss": Rule(str, choices=("mse", "ce")),
+    "dataset": Rule(str, choices=tuple(DATASETS)),
+    "loss": Rule(str, choices=LOSSES),
     "fc_bias": Rule(bool),
-    "schedule": Rule(str, choices=("step40", "thirds", "constant")),
+    "schedule": Rule(str, choices=SCHEDULES),
     "epochs": Rule(int, low=1),
     "batch_size": Rule(int, low=1),
     "momentum": _nonneg,
@@ -204,7 +206,7 @@ RULES: dict[str, Rule] = {
     "wd_classifier": _nonneg,
     "per_class": Rule(int, low=1),
     "test_per_class": Rule(int, low=0),
-    "layers": Rule(list, check=_names(("stem", "layer1", "layer2", "layer3", "layer4"), "ResNet18 layers")),
+    "layers": Rule(list, check=_names(RESNET_LAYERS, "ResNet18 layers")),
     "flatten": Rule(bool),
     "measure_every": Rule(int, low=1),
     "checkpoint_every": Rule(int, low=1),
@@ -283,12 +285,12 @@ def _resnet_cpu_hours(p: dict) -> float:
     return 3 * 1.11e9 * p["width_multiplier"] ** 2 * images / 50e9 / 3600
 
 
-def check_requirements(notebook: str, params: dict[str, Any], data: bool = True) -> None:
+def check_requirements(notebook: str, params: dict[str, Any], machine: bool = True) -> None:
     """Raise ``ValueError`` for the first :data:`REQUIREMENTS` entry of ``notebook`` that ``params`` break
-    (requirements on parameters that are not given are skipped; ``data=False`` skips those that depend on
+    (requirements on parameters that are not given are skipped; ``machine=False`` skips those that depend on
     this machine: dataset files, the device)."""
     for req in REQUIREMENTS.get(notebook, []):
-        if req.machine and not data:
+        if req.machine and not machine:
             continue
         if not all(name in params for name in req.names):
             continue

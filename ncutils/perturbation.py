@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .metrics import class_means_t, nc1_t, nc1_trace_t, nc2_from_means_t
-from .models import check_integers
+from .models import check_integer, check_integers
 from .theory import perturbation_to_ufm, ufm_mse_optimum
 
 with warnings.catch_warnings():  # torch's forward-AD decompositions still call torch.jit.script on import
@@ -342,8 +342,7 @@ def layerwise_chain(H0: Tensor | np.ndarray, model: PerturbationModel,
     Each layer's minimizer is the next layer's H₀. Returns ``[H_0, …, H_layers]`` and a table with
     nc1, nc1_trace and NC2 (orthogonal frame) per layer, and the solver's final gradient norm.
     """
-    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
-        raise ValueError(f"layers must be an integer >= 1, got {layers!r}")
+    check_integer("layers", layers, 1)
     Hs = [model.check_H0(H0)]
     info = [{"grad_norm": float("nan"), "iterations": 0, "converged": True}]
     for _ in range(layers):

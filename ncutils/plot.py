@@ -276,9 +276,7 @@ def dufm_threshold_sweep(df: pd.DataFrame, level_label: str = "last level", titl
         ax.plot(df.ratio, df[f"{key}_metastable"], color="C2", ls=":", label="collapsed branch (local)")
         ax.plot(df.ratio, df[f"{key}_gd"], "o", color="C1", ms=5, mfc="none", label="GD")
         ax.axvline(1.0, color="0.4", ls="--", lw=1, label="threshold")
-        ax.set_xlabel("(K m / 2) q / threshold")
-        ax.set_title(label)
-        ax.legend(fontsize="x-small")
+        _finish(ax, label, "(K m / 2) q / threshold")
     if title:
         fig.suptitle(title)
     return fig
@@ -293,9 +291,7 @@ def threshold_sweep(df: pd.DataFrame, title: str | None = None) -> Figure:
         ax.plot(df.c, df[f"{key}_theory"], color="C0", label="theory")
         ax.plot(df.c, df[f"{key}_gd"], "o", color="C1", ms=5, mfc="none", label="GD")
         ax.axvline(1.0, color="0.4", ls="--", lw=1, label="c = 1")
-        ax.set_xlabel("c = K √(n λ_H λ_W)")
-        ax.set_title(label)
-        ax.legend(fontsize="x-small")
+        _finish(ax, label, "c = K √(n λ_H λ_W)")
     if title:
         fig.suptitle(title)
     return fig

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from .data import DeviceBatches
 from .device import is_quiet
+from .models import RESNET_LAYERS, check_integer, check_integers
 
 __all__ = ["LOSSES", "SCHEDULES", "MLPResult", "TrainConfig", "TrainResult", "measure_network", "mlp_features",
            "train_mlp", "train_resnet"]
@@ -55,9 +56,8 @@ def train_mlp(X: Tensor, y: Tensor, widths: Sequence[int], *, epochs: int, lr: f
     """
     if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
         raise ValueError(f"widths must be a non-empty list of integers >= 1, got {widths!r}")
-    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    check_integer("epochs", epochs, 1)
+    check_integer("batch_size", batch_size, 1)
     K = int(y.max()) + 1
     torch.manual_seed(seed)
     model = _mlp(X[0].numel(), widths, K)
@@ -125,14 +125,13 @@ class TrainConfig:
     per_class: int = 5000
     test_per_class: int = 0
     width: float = 1.0
-    layers: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "layer4")
+    layers: tuple[str, ...] = RESNET_LAYERS
     flatten: bool = False
     measure_every: int = 10
     seed: int = 0
 
     def __post_init__(self) -> None:
         from .data import DATASETS
-        from .models import RESNET_LAYERS
 
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {tuple(DATASETS)}, got {self.dataset!r}")
@@ -144,11 +143,8 @@ class TrainConfig:
         bad = [name for name in self.layers if name not in RESNET_LAYERS]
         if not self.layers or bad:
             raise ValueError(f"layers must be a non-empty list of {RESNET_LAYERS}, got unknown {bad or 'none'}")
-        for name, low in (("epochs", 1), ("batch_size", 1), ("per_class", 1), ("test_per_class", 0),
-                          ("measure_every", 1), ("seed", 0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+        check_integers(self, (("epochs", 1), ("batch_size", 1), ("per_class", 1), ("test_per_class", 0),
+                              ("measure_every", 1), ("seed", 0)))
         for name in ("lr", "width"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):

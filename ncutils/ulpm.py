@@ -21,7 +21,7 @@ import scipy.optimize
 import torch
 
 from .metrics import nc_metrics_t
-from .models import check_integers
+from .models import check_integer
 
 __all__ = ["MaxMarginSolution", "min_norm_separation"]
 
@@ -77,8 +77,8 @@ def min_norm_separation(K: int, n: int, d: int, starts: int = 5, seed: int = 0, 
     random N(0, init_std²) points; returns the lowest-value feasible solution. The problem is
     non-convex, but its landscape is benign (Ji et al., Thm 3.2): every start should reach the
     global value √n(K−1) (:func:`ncutils.theory.ulpm_optimum`)."""
-    holder = type("P", (), {"K": K, "n": n, "d": d, "starts": starts})()
-    check_integers(holder, (("K", 2), ("n", 1), ("d", 1), ("starts", 1)))
+    for name, value, low in (("K", K, 2), ("n", n, 1), ("d", d, 1), ("starts", starts, 1)):
+        check_integer(name, value, low)
     N = K * n
     split, cons, cons_jac = _constraints(K, n, d)
     rng = np.random.default_rng(seed)

@@ -83,7 +83,7 @@ def test_profiles_use_declared_names():
         declared = runner.declared_parameters(nb)
         for prof in ["small", *runner.figure_profiles(nb)]:
             checked = params.validate({**declared, **runner.load_profile(nb, prof)}, declared)
-            params.check_requirements(nb.stem, checked, data=False)  # datasets are checked at run time
+            params.check_requirements(nb.stem, checked, machine=False)  # datasets are checked at run time
 
 
 def test_figure_profiles():

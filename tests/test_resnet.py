@@ -238,3 +238,23 @@ def test_bad_parameters_of_notebook_07(bad, match, monkeypatch):
     monkeypatch.delenv("NCUTILS_DATA_ROOT", raising=False)
     with pytest.raises(ValueError, match=match):
         runner.run_notebook("07", params=bad)
+
+
+def test_resnet_checks_and_tables_order_layers_by_depth():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from ncutils import experiments
+
+    nc1 = {"stem": [3.0, 3.0], "layer1": [2.0, 1.0], "layer4": [1.0, 0.1], "layer1_flat": [1.0, 0.5]}
+    rows = [{"epoch": e, "layer": layer, "metric": "nc1", "value": v[i]}
+            for layer, v in nc1.items() for i, e in enumerate((1, 10))]
+    good = SimpleNamespace(history=pd.DataFrame(rows))
+    assert all(c["passed"] for c in experiments.resnet_checks(good))
+    assert list(experiments.resnet_metric_table(good).index) == ["stem", "layer1", "layer1_flat", "layer4"]
+    assert list(experiments.resnet_final(good).index) == ["stem", "layer1", "layer1_flat", "layer4"]
+    worse = pd.DataFrame(rows)
+    worse.loc[(worse.layer == "layer4") & (worse.epoch == 10), "value"] = 2.5  # grew, and above layer1
+    checks = experiments.resnet_checks(SimpleNamespace(history=worse))
+    assert [c["passed"] for c in checks] == [False, False]
