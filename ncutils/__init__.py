@@ -8,7 +8,7 @@ names a notebook calls most: :func:`setup`, :class:`UFM`, :class:`DeepUFM`, :fun
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import data, experiments, metrics, models, perturbation, plot, report, solve, theory, train, ulpm
+from . import data, experiments, metrics, models, perturbation, phase, plot, report, solve, sweep, theory, train, ulpm
 from .models import UFM, DeepUFM, FeatureModel, Level, extended_ufm
 from .params import Run, setup
 from .solve import DivergenceError, GDResult, gradient_descent
@@ -34,10 +34,12 @@ __all__ = [
     "metrics",
     "models",
     "perturbation",
+    "phase",
     "plot",
     "report",
     "setup",
     "solve",
+    "sweep",
     "theory",
     "train",
     "ulpm",

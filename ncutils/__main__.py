@@ -1,4 +1,4 @@
-"""Command line: ``python -m ncutils {run,figures,golden} …``."""
+"""Command line: ``python -m ncutils {run,figures,golden,sweep,site} …``."""
 
 from __future__ import annotations
 
@@ -25,6 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--profile", help="run only this profile (default: paper and every paper_* profile)")
     g = sub.add_parser("golden", help="regenerate tests/golden from the small profile")
     g.add_argument("--only", nargs="*", help="notebook stems or numbers")
+    s = sub.add_parser("sweep", help="run a sweep file (many parameter sets of one notebook) and aggregate it")
+    s.add_argument("file", help="sweep YAML (see ncutils.sweep and the README)")
+    s.add_argument("--retry-failed", action="store_true", help="re-run runs that failed before")
+    s.add_argument("--only", metavar="KEY", help="run this one run (key or key prefix) alone, whatever its state")
+    s.add_argument("--status", action="store_true", help="only report done/running/failed/pending and write the table")
+    s.add_argument("--workers", type=int, help="override the file's workers (local executor)")
+    s.add_argument("--executor", choices=("local", "submitit-local", "slurm"), help="override the file's executor")
+    w = sub.add_parser("site", help="render every executed notebook to an offline HTML gallery (site/)")
+    w.add_argument("-o", "--output", default="site", help="output folder (default: site/)")
     args = ap.parse_args(argv)
 
     try:
@@ -32,6 +41,14 @@ def main(argv: list[str] | None = None) -> int:
             params = {k: yaml.safe_load(v) for k, v in args.param}
             rec = runner.run_notebook(args.notebook, profile=args.profile, params=params, output=args.output)
             print(f"{rec.notebook}: ok in {rec.wall_time_s:.1f} s -> {rec.output}")
+            return 0
+        if args.cmd == "sweep":
+            return _sweep(args)
+        if args.cmd == "site":
+            from .site import build_site
+
+            index = build_site(args.output)
+            print(f"[ncutils] gallery: {index}")
             return 0
         if args.cmd == "figures":
             recs = runner.figures(only=args.only, force=args.force, profile=args.profile)
@@ -45,6 +62,26 @@ def main(argv: list[str] | None = None) -> int:
     for r in failed:
         print(f"  could not run {r.notebook}: {r.error}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from . import sweep as sw
+
+    spec = sw.load_sweep(args.file)
+    if args.workers is not None:
+        if args.workers < 1:
+            raise ValueError(f"--workers must be an integer >= 1, got {args.workers}")
+        spec.workers = args.workers
+    if args.executor is not None:
+        spec.executor = args.executor
+    if args.status:
+        counts = sw.sweep_status(spec)
+        print(f"[sweep] {len(spec.runs)} runs: " + ", ".join(f"{counts[k]} {k}" for k in sw.STATES))
+        table = sw.collect(spec)
+        print(table.drop(columns=[c for c in table.columns if c.startswith("param.")]).to_string(max_colwidth=40))
+        return 0
+    table = sw.run_sweep(spec, retry_failed=args.retry_failed, only=args.only)
+    return 1 if (table.status == "failed").any() else 0
 
 
 if __name__ == "__main__":

@@ -108,6 +108,17 @@ class FeatureModel(ABC):
         """One-hot targets ``(N, K)`` (the papers' Y ∈ R^{K×N}, transposed)."""
         return _one_hot(self.K, self.n, like.device, like.dtype)
 
+    def _per_run(self, value: Hyper, S: int, like: Tensor) -> Tensor:
+        """:func:`_per_run`, cached per model, device and dtype for per-run tuples (a grid of 10⁴
+        λ values is converted once, not at every step)."""
+        if isinstance(value, int | float):
+            return _per_run(value, S, like)
+        cache = self.__dict__.setdefault("_per_run_cache", {})  # not a dataclass field: no effect on eq/repr
+        key = (id(value), S, like.device, like.dtype)
+        if key not in cache:
+            cache[key] = (value, _per_run(value, S, like))  # keep value alive so its id stays unique
+        return cache[key][1]
+
     def runs(self) -> int | None:
         """Number of runs implied by per-run hyperparameters (None if all are scalars)."""
         sizes = {len(getattr(self, f.name)) for f in fields(self) if isinstance(getattr(self, f.name), tuple)}  # type: ignore[arg-type]
@@ -193,8 +204,8 @@ class UFM(FeatureModel):
 
     def _regularizer(self, p: Params) -> Tensor:
         S = p["W"].shape[0]
-        lw = _per_run(self.lambda_W, S, p["W"]).flatten()
-        lh = _per_run(self.lambda_H, S, p["H"]).flatten()
+        lw = self._per_run(self.lambda_W, S, p["W"]).flatten()
+        lh = self._per_run(self.lambda_H, S, p["H"]).flatten()
         return lw / 2 * p["W"].square().sum((-1, -2)) + lh / 2 * p["H"].square().sum((-1, -2))
 
     def objective(self, p: Params) -> Tensor:
@@ -215,8 +226,8 @@ class UFM(FeatureModel):
             R = (torch.softmax(Z, -1) - self.targets(Z)) / self.N
         S = Z.shape[0]
         g = {
-            "W": R.transpose(-1, -2) @ p["H"] + _per_run(self.lambda_W, S, Z) * p["W"],
-            "H": R @ p["W"] + _per_run(self.lambda_H, S, Z) * p["H"],
+            "W": R.transpose(-1, -2) @ p["H"] + self._per_run(self.lambda_W, S, Z) * p["W"],
+            "H": R @ p["W"] + self._per_run(self.lambda_H, S, Z) * p["H"],
         }
         if self.bias:
             g["b"] = R.sum(-2)
@@ -225,19 +236,20 @@ class UFM(FeatureModel):
     def step(self, p: Params, lr: float) -> None:
         """Fused in-place GD step (same arithmetic as :meth:`gradient`, fewer kernels: a run of
         millions of steps of the layer-peeled model is dominated by per-op overhead)."""
-        lw, lh = self.lambda_W, self.lambda_H
-        if self.bias or not (isinstance(lw, int | float) and isinstance(lh, int | float)):
+        if self.bias:
             super().step(p, lr)
             return
+        lw, lh = self.lambda_W, self.lambda_H
         W, H = p["W"], p["H"]
         Z = torch.bmm(H, W.transpose(-1, -2))
         R = (torch.softmax(Z, -1) if self.loss == "ce" else Z).sub_(self.targets(Z)).div_(self.N)
         gW = torch.bmm(R.transpose(-1, -2), H)
         gH = torch.bmm(R, W)
-        if lw:
-            gW.add_(W, alpha=lw)
-        if lh:
-            gH.add_(H, alpha=lh)
+        for g, x, lam in ((gW, W, lw), (gH, H, lh)):
+            if isinstance(lam, tuple):  # one value per run (a λ grid)
+                g.addcmul_(self._per_run(lam, x.shape[0], x), x)
+            elif lam:
+                g.add_(x, alpha=lam)
         H.sub_(gH, alpha=lr)
         W.sub_(gW, alpha=lr)
 
@@ -353,10 +365,10 @@ class DeepUFM(FeatureModel):
     def _regularizer(self, p: Params) -> Tensor:
         H1 = p["H1"]
         S = H1.shape[0]
-        reg = _per_run(self.lambda_H, S, H1).flatten() / 2 * H1.square().sum((-1, -2))
+        reg = self._per_run(self.lambda_H, S, H1).flatten() / 2 * H1.square().sum((-1, -2))
         for layer, lam in enumerate(self.layer_lambdas(), start=1):
             W = p[f"W{layer}"]
-            reg = reg + _per_run(lam, S, W).flatten() / 2 * W.square().sum((-1, -2))
+            reg = reg + self._per_run(lam, S, W).flatten() / 2 * W.square().sum((-1, -2))
         return reg
 
     def objective(self, p: Params) -> Tensor:
@@ -373,11 +385,11 @@ class DeepUFM(FeatureModel):
         g: Params = {}
         for layer in range(self.L, 0, -1):
             W = p[f"W{layer}"]
-            g[f"W{layer}"] = G.transpose(-1, -2) @ feats[layer - 1] + _per_run(lams[layer - 1], S, W) * W
+            g[f"W{layer}"] = G.transpose(-1, -2) @ feats[layer - 1] + self._per_run(lams[layer - 1], S, W) * W
             G = G @ W  # ∂/∂H_layer
             if layer > 1 and self.activation == "relu":
                 G = G * (pre[layer - 2] > 0)
-        g["H1"] = G + _per_run(self.lambda_H, S, p["H1"]) * p["H1"]
+        g["H1"] = G + self._per_run(self.lambda_H, S, p["H1"]) * p["H1"]
         return {k: g[k] for k in p}
 
     def levels(self, p: Params) -> dict[str, Level]:

@@ -214,6 +214,17 @@ RULES: dict[str, Rule] = {
     "fake_data": Rule(bool),
     "width_multiplier": _positive,
     "max_cpu_hours": _positive,
+    # phase diagrams (notebook 08)
+    "lambda_min": _positive,
+    "lambda_max": _positive,
+    "grid_points": Rule(int, low=2),
+    "dufm_L": Rule(int, low=2),
+    "eufm_activation": Rule(str, choices=("relu", "linear")),
+    "dufm_activation": Rule(str, choices=("relu", "linear")),
+    "chunk": Rule(int, low=0),
+    "band": Rule(float, low=0.0),
+    "tol": _positive,
+    "min_fraction": Rule(float, low=0.0, high=1.0),
 }
 
 #: Assumptions of the theorem a notebook reproduces: (holds?, message). Runs go on, but say so.
@@ -264,6 +275,11 @@ REQUIREMENTS: dict[str, list[Requirement]] = {
         Requirement(("chain_data", "data_root"),
                     lambda p: p["chain_data"] != "mnist" or missing_files("mnist", p["data_root"]) is None,
                     lambda p: f"parameter data_root: {missing_files('mnist', p['data_root'])}", machine=True),
+    ],
+    "08_phase_diagrams": [
+        _width_at_least_K("d", "K"),
+        Requirement(("lambda_min", "lambda_max"), lambda p: p["lambda_min"] < p["lambda_max"],
+                    "parameter lambda_min must be < lambda_max"),
     ],
     "07_resnet": [
         Requirement(("dataset", "data_root", "fake_data"),

@@ -33,9 +33,11 @@ __all__ = [
     "level_panels",
     "nc_panels",
     "perturbation_flow",
+    "phase_panels",
     "rank_studies",
     "save",
     "style",
+    "sweep_metric",
     "threshold_sweep",
     "training_panels",
     "ulpm_panels",
@@ -474,3 +476,64 @@ def save(fig: Figure, name: str, folder: str | os.PathLike[str]) -> list[Path]:
                 os.unlink(tmp)
         out.append(path)
     return out
+
+
+_PHASE_TITLES = {"ufm": "UFM: c = K√(nλ_Hλ_W) = 1", "eufm": "extended UFM: K q = 2^(−4/3)",
+                 "dufm": "deep UFM (L = {L}): (Km/2) q = threshold"}
+
+
+def phase_panels(tables: Mapping[str, pd.DataFrame], boundaries: Mapping[str, Mapping[str, np.ndarray]],
+                 L: int = 3, title: str | None = None) -> Figure:
+    """Phase diagrams, one column per model (``tables`` from :func:`ncutils.phase.phase_table`, keyed by kind):
+    top, the fit s GD reaches (0 = the trivial solution H = 0, colour) with the theory boundary (solid) and,
+    for deeper models, where the metastable collapsed branch ends (dashed); × marks a point where GD's phase
+    differs from the theory's. Bottom, log₁₀ of the relative error of f between GD (best seed) and theory.
+    ``boundaries[kind]``: ``{"lambda_W": …, "threshold": λ_H, "spinodal": λ_H}`` curves."""
+    style()
+    kinds = list(tables)
+    fig, axes = plt.subplots(2, len(kinds), figsize=(3.9 * len(kinds), 6.6), constrained_layout=True, squeeze=False)
+    for j, kind in enumerate(kinds):
+        t = tables[kind]
+        lw, lh = np.unique(t.lambda_W), np.unique(t.lambda_H)
+        b = boundaries[kind]
+        for i, (col, label, kw) in enumerate([
+            ("fit_gd", "fit s reached by GD", {"vmin": 0.0, "vmax": 1.0, "cmap": "viridis"}),
+            ("log_err", "log₁₀ rel. error of f", {"vmin": -16, "vmax": 0, "cmap": "magma"}),
+        ]):
+            ax = axes[i, j]
+            values = t.fit_gd if col == "fit_gd" else np.log10(np.maximum(t.objective_rel_err, 1e-16))
+            Z = values.to_numpy().reshape(len(lw), len(lh)).T  # rows: λ_H, columns: λ_W
+            mesh = ax.pcolormesh(lw, lh, Z, shading="nearest", **kw)
+            fig.colorbar(mesh, ax=ax, label=label, shrink=0.85)
+            ax.plot(b["lambda_W"], b["threshold"], color="w", lw=2, label="theory boundary")
+            if kind != "ufm":
+                ax.plot(b["lambda_W"], b["spinodal"], color="w", lw=1.5, ls="--", label="end of metastable branch")
+            wrong = t[t.collapsed_gd != t.collapsed_theory]
+            ax.plot(wrong.lambda_W, wrong.lambda_H, "x", color="r", ms=7, mew=2, ls="none",
+                    label="GD phase ≠ theory")
+            ax.set_xlim(lw.min() / 1.2, lw.max() * 1.2)
+            ax.set_ylim(lh.min() / 1.2, lh.max() * 1.2)
+            ax.set_ylabel("λ_H")
+            _finish(ax, _PHASE_TITLES[kind].format(L=L) if i == 0 else "", "λ_W", xlog=True, ylog=True)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def sweep_metric(table: pd.DataFrame, x: str, y: str, hue: str | None = None, logx: bool = False,
+                 logy: bool = False, title: str | None = None) -> Figure:
+    """A metric of a sweep (a column of :func:`ncutils.sweep.collect`'s table, e.g. ``checks[objective].gd``)
+    against a swept parameter: mean over the other parameters (seeds) with a ±1 sd band, one line per ``hue``.
+    Failed runs (status ≠ done) are left out."""
+    style()
+    for col in (x, y, hue):
+        if col is not None and col not in table.columns:
+            raise KeyError(f"no column {col!r} in the sweep table; columns are {sorted(table.columns)}")
+    done = table[table.status == "done"].copy()
+    done[y] = pd.to_numeric(done[y], errors="coerce")
+    fig, ax = plt.subplots(figsize=(4.8, 3.4), constrained_layout=True)
+    sns.lineplot(data=done, x=x, y=y, hue=hue, marker="o", errorbar="sd", ax=ax,
+                 palette="colorblind" if hue else None)
+    ax.set_ylabel(y)
+    _finish(ax, title or f"{y} vs {x} ({len(done)} runs)", x, xlog=logx, ylog=logy)
+    return fig

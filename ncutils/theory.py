@@ -218,6 +218,22 @@ def dufm_threshold(m: int) -> float:
     return ((m - 2) / (m - 1)) ** ((m - 2) / m) * m / (2 * (m - 1))
 
 
+def dufm_spinodal(m: int) -> float:
+    """Largest (K m/2)·q at which the collapsed branch is still a local minimum (m = L + 1 ≥ 2).
+
+    Derived from :func:`dufm_fit` (SPEC §4): with a = 1 − 2/m, h(s) = s − 1 + Kq s^{−a} has a root
+    only while its minimum h(s₀) ≤ 0, i.e. s₀ = a/(1+a) and Kq ≤ (a/(1+a))^{1+a}/a. Between
+    :func:`dufm_threshold` and this value the collapsed solution is metastable (GD from a large
+    initialization can still end there); for m = 2 both are 1 (c = 1).
+    """
+    if int(m) != m or m < 2:
+        raise ValueError(f"m = L + 1 must be an integer >= 2, got {m}")
+    if m == 2:
+        return 1.0
+    a = 1.0 - 2.0 / m
+    return m / 2 * (a / (1 + a)) ** (1 + a) / a
+
+
 def eufm_threshold() -> float:
     """2^{−4/3} ≈ 0.3969: the extended UFM has a non-zero minimizer iff K·q ≤ 2^{−4/3} (SPEC §3)."""
     return 2.0 ** (-4.0 / 3.0)

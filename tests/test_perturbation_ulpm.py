@@ -240,7 +240,8 @@ def test_min_norm_separation_reaches_the_etf():
     assert len(sol.table) == 3
 
 
-@pytest.mark.parametrize("loss,lw,lh", [("ce", 0.0, 0.0), ("ce", 1e-3, 2e-3), ("mse", 5e-3, 5e-3)])
+@pytest.mark.parametrize("loss,lw,lh", [("ce", 0.0, 0.0), ("ce", 1e-3, 2e-3), ("mse", 5e-3, 5e-3),
+                                        ("mse", (1e-3, 0.2), (0.3, 4e-3)), ("ce", (0.0, 0.1), 2e-3)])
 def test_fused_step_equals_gradient_step(loss, lw, lh):
     m = UFM(K=3, n=4, d=5, lambda_W=lw, lambda_H=lh, loss=loss)
     p = m.init(2, 0.3, torch.Generator().manual_seed(0), torch.float64)
