@@ -536,4 +536,6 @@ def sweep_metric(table: pd.DataFrame, x: str, y: str, hue: str | None = None, lo
                  palette="colorblind" if hue else None)
     ax.set_ylabel(y)
     _finish(ax, title or f"{y} vs {x} ({len(done)} runs)", x, xlog=logx, ylog=logy)
+    if hue is None and ax.get_legend() is not None:
+        ax.get_legend().remove()
     return fig

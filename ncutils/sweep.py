@@ -159,6 +159,8 @@ def load_sweep(path: str | os.PathLike[str]) -> Sweep:
             raise _fail(source, str(err)) from None
         if "profile" in declared:
             base["profile"] = str(spec["profile"])
+        for own in ("results_dir", "figures_dir"):  # a sweep chooses each run's folders itself
+            base.pop(own, None)
     fixed = spec.get("params") or {}
     grid = spec.get("grid") or {}
     zipped = spec.get("zip") or {}

@@ -1,0 +1,184 @@
+"""Sweeps: YAML validation, run keys, the local process pool, submitit's local executor, resume of a killed
+sweep, failed runs, aggregation. The runs execute a tiny probe notebook through the real papermill runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from ncutils import plot, sweep
+from ncutils.__main__ import main
+
+PROBE = '''
+import json, pathlib, time
+from ncutils import theory
+time.sleep(sleep_s)
+if fail:
+    raise RuntimeError("probe failure requested")
+opt = theory.ufm_mse_optimum(K, n, lambda_W, lambda_H)
+out = pathlib.Path(results_dir)
+out.mkdir(parents=True, exist_ok=True)
+summary = {"params": {"K": K, "lambda_W": lambda_W}, "passed": True, "objective": opt.objective,
+           "checks": [{"name": "f*", "gd": opt.objective, "theory": opt.objective, "passed": True}],
+           "extra": {"seed_plus_one": seed + 1}}
+(out / "summary.json").write_text(json.dumps(summary))
+'''
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory) -> Path:
+    """A tiny notebook with a parameters cell: f* of the UFM in closed form (fails when ``fail``)."""
+    path = tmp_path_factory.mktemp("nb") / "probe.ipynb"
+    params = ("K: int = 4\nn: int = 5\nlambda_W: float = 0.005\nlambda_H: float = 0.005\nseed: int = 0\n"
+              "fail: bool = False\nsleep_s: float = 0.0\nresults_dir: str = ''\nfigures_dir: str = 'figures'")
+    nb = new_notebook(cells=[new_code_cell(params, metadata={"tags": ["parameters"]}), new_code_cell(PROBE)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def write(tmp_path: Path, text: str, name: str = "sweep.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text.replace("OUT", str(tmp_path / "out")))
+    return path
+
+
+def spec(probe: Path, body: str) -> str:
+    return f"notebook: {probe}\noutput: OUT\n{body}"
+
+
+def test_load_sweep_expands_grid_zip_and_seeds(probe, tmp_path):
+    sw = sweep.load_sweep(write(tmp_path, spec(probe, "params: {n: 3}\ngrid: {lambda_W: [0.001, 0.01]}\n"
+                                                      "zip: {K: [3, 4], lambda_H: [0.002, 0.02]}\nseeds: 2\n")))
+    assert len(sw.runs) == 2 * 2 * 2
+    assert len({r.key for r in sw.runs}) == 8 and all(r.folder.parent == tmp_path / "out" / "runs" for r in sw.runs)
+    assert {(r.swept["K"], r.swept["lambda_H"]) for r in sw.runs} == {(3, 0.002), (4, 0.02)}  # zipped, not crossed
+    assert {r.params["seed"] for r in sw.runs} == {0, 1} and all(r.params["n"] == 3 for r in sw.runs)
+    assert sw.swept == ["lambda_W", "seed", "K", "lambda_H"]
+    again = sweep.load_sweep(write(tmp_path, spec(probe, "params: {n: 3}\ngrid: {lambda_W: [0.001, 0.01]}\n"
+                                                        "zip: {K: [3, 4], lambda_H: [0.002, 0.02]}\nseeds: 2\n")))
+    assert [r.key for r in again.runs] == [r.key for r in sw.runs]  # keys are content hashes: stable
+
+
+@pytest.mark.parametrize("body,message", [
+    ("grid: {lambda_W: [0.001, 0.01]\n", "is not valid YAML"),
+    ("grid: {lambda_W: []}\n", "grid.lambda_W is an empty list"),
+    ("grid: {lambda_X: [1]}\n", "unknown parameter(s) ['lambda_X'] in 'grid'"),
+    ("zip: {K: [3, 4], n: [1]}\n", "must have equal lengths"),
+    ("grid: {lambda_W: [-1.0]}\n", "parameter lambda_W must be a float in [0, inf), got -1.0"),
+    ("grid: {K: [1]}\n", "parameter K must be a int in [2, inf)"),
+    ("executor: cloud\n", "executor must be one of"),
+    ("slurm: {gpus: 1}\n", "unknown slurm option(s) ['gpus']"),
+    ("params: {results_dir: x}\n", "chooses each run's folders itself"),
+    ("grid: {lambda_W: 0.1}\n", "grid.lambda_W must be a list"),
+    ("colour: red\n", "unknown key(s) ['colour']"),
+])
+def test_bad_sweep_files_fail_with_a_message(probe, tmp_path, body, message):
+    with pytest.raises(ValueError, match="sweep file") as err:
+        sweep.load_sweep(write(tmp_path, spec(probe, body)))
+    assert message in str(err.value)
+
+
+def test_unknown_notebook_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown notebook '99_nothing'; available notebooks are \['01_ufm_mse'"):
+        sweep.load_sweep(write(tmp_path, "notebook: 99_nothing\n"))
+
+
+def test_local_sweep_runs_skips_reports_failures_and_reruns_alone(probe, tmp_path):
+    path = write(tmp_path, spec(probe, "grid: {lambda_W: [0.001, 0.01], fail: [false, true]}\nworkers: 2\n"))
+    messages: list[str] = []
+    table = sweep.run_sweep(path, say=messages.append)
+    assert sorted(table.status) == ["done", "done", "failed", "failed"]
+    failed = table[table.status == "failed"]
+    assert failed.error.str.contains("probe failure requested").all()
+    done = table[table.status == "done"].sort_values("lambda_W")
+    assert done["objective"].tolist() == pytest.approx([float(x) for x in done["checks[f*].theory"]])
+    assert (done["extra.seed_plus_one"] == 1).all() and (done.wall_time_s > 0).all()
+    assert {"key", "status", "wall_time_s", "error", "lambda_W", "fail", "checks[f*].passed"} <= set(table.columns)
+    out = tmp_path / "out"
+    assert pd.read_parquet(out / "table.parquet").shape == table.shape
+    assert pd.read_csv(out / "table.csv").shape == table.shape
+    assert any("4 runs: 2 done, 0 running, 2 failed, 0 pending" in m for m in messages)
+
+    sw = sweep.load_sweep(path)
+    started = {r.key: json.loads(r.status_file.read_text())["started"] for r in sw.runs}
+    messages.clear()
+    sweep.run_sweep(sw, say=messages.append)  # nothing pending: nothing runs, failures are reported
+    assert {r.key: json.loads(r.status_file.read_text())["started"] for r in sw.runs} == started
+    assert sum("failed earlier" in m for m in messages) == 2
+
+    key = failed.key.iloc[0]
+    sweep.run_sweep(sw, only=key[:8], say=messages.append)  # one run alone, by key prefix
+    after = {r.key: json.loads(r.status_file.read_text())["started"] for r in sw.runs}
+    assert [k for k in after if after[k] != started[k]] == [key]
+
+
+def test_malformed_file_loses_nothing_and_a_grown_sweep_skips_finished_runs(probe, tmp_path):
+    path = write(tmp_path, spec(probe, "grid: {lambda_W: [0.001]}\n"))
+    sweep.run_sweep(path, say=lambda m: None)
+    (run,) = sweep.load_sweep(path).runs
+    status = run.status_file.read_text()
+    write(tmp_path, spec(probe, "grid: {lambda_W: [0.001, 0.01]\n"))  # broken edit
+    assert main(["sweep", str(path)]) == 2
+    assert run.status_file.read_text() == status and (run.folder / "summary.json").exists()
+    write(tmp_path, spec(probe, "grid: {lambda_W: [0.001, 0.01]}\n"))  # fixed and grown
+    table = sweep.run_sweep(path, say=lambda m: None)
+    assert (table.status == "done").all() and len(table) == 2
+    assert run.status_file.read_text() == status  # the finished run was skipped
+
+
+def test_submitit_local_executor(probe, tmp_path):
+    pytest.importorskip("submitit")
+    path = write(tmp_path, spec(probe, "grid: {lambda_W: [0.001, 0.01]}\nexecutor: submitit-local\n"
+                                       "slurm: {time_min: 10, cpus_per_task: 1}\n"))
+    table = sweep.run_sweep(path, say=lambda m: None)
+    assert (table.status == "done").all() and len(table) == 2
+    assert table["objective"].notna().all()
+    assert list((tmp_path / "out" / "submitit").iterdir())  # submitit's own job folders
+
+
+def test_killed_sweep_resumes_where_it_stopped(probe, tmp_path):
+    path = write(tmp_path, spec(probe, "grid: {lambda_W: [0.001, 0.002, 0.004]}\nparams: {sleep_s: 4.0}\n"))
+    sw = sweep.load_sweep(path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ncutils", "sweep", str(path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 180
+    while sweep.sweep_status(sw)["done"] < 1:
+        assert proc.poll() is None and time.time() < deadline, "the sweep ended or stalled before the kill"
+        time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep, its worker and the kernel
+    proc.wait()
+    time.sleep(0.5)
+    counts = sweep.sweep_status(sw)
+    assert counts["done"] >= 1 and counts["done"] < 3 and counts["running"] == 0
+    interrupted = [r for r in sw.runs if json.loads(r.status_file.read_text() if r.status_file.exists() else "{}")
+                   .get("state") == "running"]
+    assert interrupted and all(sweep.run_state(r) == "pending" for r in interrupted)
+    finished = {r.key: r.status_file.read_text() for r in sw.runs if sweep.run_state(r) == "done"}
+    table = sweep.run_sweep(path, say=lambda m: None)
+    assert (table.status == "done").all()
+    assert all(sw.run(k).status_file.read_text() == v for k, v in finished.items())  # not re-run
+
+
+def test_sweep_metric_plot_and_cli_status(probe, tmp_path, capsys):
+    path = write(tmp_path, spec(probe, "grid: {lambda_W: [0.001, 0.01]}\nseeds: 2\n"))
+    assert main(["sweep", str(path), "--workers", "2"]) == 0
+    table = pd.read_csv(tmp_path / "out" / "table.csv")
+    fig = plot.sweep_metric(table, "lambda_W", "objective", logx=True)
+    (line,) = fig.axes[0].lines
+    assert list(line.get_ydata()) == pytest.approx(sorted(table.groupby("lambda_W").objective.mean()))
+    with pytest.raises(KeyError, match="no column 'nope'"):
+        plot.sweep_metric(table, "lambda_W", "nope")
+    assert main(["sweep", str(path), "--status"]) == 0
+    assert "4 runs: 4 done, 0 running, 0 failed, 0 pending" in capsys.readouterr().out
