@@ -1,7 +1,7 @@
 # ncutils — two commands do everything on a fresh machine: `make figures`, `make test`.
 SHELL := /bin/bash
 .DELETE_ON_ERROR:
-.PHONY: all venv figures test unit nbval golden lab lint lock clean
+.PHONY: all venv figures test unit nbval golden lab lint lock clean sweep site bench
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -11,6 +11,8 @@ ENV_HASH := $(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-1
 STAMP  := $(VENV)/.ncutils-env-$(ENV_HASH)
 # Where notebooks that read real datasets look for them (torchvision layout); e.g. DATA_ROOT=../shared/data
 DATA_ROOT ?=
+# make sweep SWEEP=sweeps/ufm_lambda.yaml [SWEEP_ARGS=--retry-failed]
+SWEEP  ?= sweeps/ufm_lambda.yaml
 NBVAL  := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/golden/sanitize.cfg
 
 all: figures
@@ -29,10 +31,22 @@ venv: $(STAMP)
 figures: venv
 	NCUTILS_DATA_ROOT="$(DATA_ROOT)" $(PY) -m ncutils figures
 
-## test: lint, unit tests + nbval regression of the golden notebooks
+## test: lint, unit tests + nbval regression of the golden notebooks (-rs: skipped tests say why)
 test: venv
-	$(VENV)/bin/ruff check ncutils tests
-	$(PY) -m pytest -q $(NBVAL) tests
+	$(VENV)/bin/ruff check ncutils tests bench
+	$(PY) -m pytest -q -rs $(NBVAL) tests
+
+## sweep: run a sweep file (many parameter sets of one notebook) and aggregate it into <output>/table.csv|parquet
+sweep: venv
+	NCUTILS_DATA_ROOT="$(DATA_ROOT)" $(PY) -m ncutils sweep $(SWEEP) $(SWEEP_ARGS)
+
+## site: render every executed notebook to an offline HTML gallery in site/ (index.html)
+site: venv
+	$(PY) -m ncutils site -o site
+
+## bench: batched vs Python-loop UFM solver (docs/benchmarks.md)
+bench: venv
+	$(PY) bench/batched_ufm.py
 
 unit: venv
 	$(PY) -m pytest -q tests --ignore=tests/golden
@@ -48,7 +62,7 @@ lab: venv
 	$(VENV)/bin/jupyter lab notebooks
 
 lint: venv
-	$(VENV)/bin/ruff check ncutils tests
+	$(VENV)/bin/ruff check ncutils tests bench
 
 ## lock: re-pin every dependency from the current environment
 lock: venv
@@ -56,4 +70,4 @@ lock: venv
 	mv requirements.lock.new requirements.lock
 
 clean:
-	rm -rf outputs .pytest_cache
+	rm -rf outputs site .pytest_cache

@@ -101,8 +101,9 @@ def load_profile(notebook: str | os.PathLike[str], profile: str) -> dict[str, An
     return dict(profiles[profile] or {})
 
 
-def _clean(path: Path, kernel: dict[str, str] = KERNEL_DISPLAY) -> None:
-    """Drop per-cell timing metadata and restore the ncutils kernelspec (quiet diffs)."""
+def _clean(path: Path, kernel: dict[str, str] = KERNEL_DISPLAY, record: dict[str, Any] | None = None) -> None:
+    """Drop per-cell timing metadata and restore the ncutils kernelspec (quiet diffs); ``record`` (profile,
+    wall time of the run) is kept as the notebook's ``metadata.ncutils`` for the gallery (:mod:`ncutils.site`)."""
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         cell.metadata.pop("papermill", None)
@@ -114,6 +115,8 @@ def _clean(path: Path, kernel: dict[str, str] = KERNEL_DISPLAY) -> None:
     nb.metadata.get("papermill", {}).pop("output_path", None)
     nb.metadata.get("papermill", {}).pop("environment_variables", None)
     nb.metadata["kernelspec"] = dict(kernel)
+    if record is not None:
+        nb.metadata["ncutils"] = record
     nbformat.write(nb, path)
 
 
@@ -181,9 +184,10 @@ def run_notebook(
         if raise_on_error:
             raise RuntimeError(msg) from err
         return RunRecord(path.stem, profile, failed, False, time.perf_counter() - t0, msg)
-    _clean(Path(tmp))
+    wall = time.perf_counter() - t0
+    _clean(Path(tmp), record={"profile": profile, "wall_time_s": round(wall, 1)})
     os.replace(tmp, out)
-    return RunRecord(path.stem, profile, out, True, time.perf_counter() - t0)
+    return RunRecord(path.stem, profile, out, True, wall)
 
 
 def source_hash(notebook: str | os.PathLike[str], profile: str) -> str:

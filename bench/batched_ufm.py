@@ -1,0 +1,112 @@
+"""Batched vs Python-loop gradient descent on many independent UFM problems (docs/benchmarks.md).
+
+The same P problems (UFM, MSE, no bias, K=4, d=20, n=50 by default, one (λ_W, λ_H) each from a grid, the
+same initializations) are solved by
+
+* **batched**: one :func:`ncutils.solve.gradient_descent` over all problems (per-run λ), in chunks of C runs;
+* **loop**: one :func:`gradient_descent` call per problem (scalar λ), in a Python loop — what a script
+  without batching does.
+
+The loop is timed on ``--loop-sample`` problems and scaled to P (its cost is linear in P: every call does the
+same work); its final objectives are checked against the batched ones. Prints one Markdown table row per
+chunk size and writes JSON with ``--json``.
+
+    python bench/batched_ufm.py --problems 10000 --steps 200 --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+
+from ncutils import UFM, gradient_descent
+from ncutils.device import resolve_device
+
+
+def problems(P: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    side = int(np.ceil(np.sqrt(P)))
+    lam = np.geomspace(2e-3, 1e-1, side)
+    lw, lh = (g.ravel()[:P] for g in np.meshgrid(lam, lam, indexing="ij"))
+    return tuple(lw.tolist()), tuple(lh.tolist())
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--problems", type=int, default=10000)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--K", type=int, default=4)
+    ap.add_argument("--d", type=int, default=20)
+    ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--lr", type=float, default=0.3)
+    ap.add_argument("--chunks", type=int, nargs="*", default=[0, 4096, 1024, 256, 64],
+                    help="runs per batched program (0 = all at once)")
+    ap.add_argument("--loop-sample", type=int, default=100, help="problems timed in the Python loop")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    ap.add_argument("--json", help="write the results to this file")
+    a = ap.parse_args()
+    dev = resolve_device(a.device)
+    dt = getattr(torch, a.dtype)
+    lw, lh = problems(a.problems)
+    P = len(lw)
+    init = UFM(a.K, a.n, a.d).init(P, 0.3, torch.Generator().manual_seed(0), dt)
+    gd = dict(lr=a.lr, steps=a.steps, device=dev, dtype=dt, record_every=a.steps, progress=False)
+
+    # warm-up (kernels, caches, CUDA context)
+    gradient_descent(UFM(a.K, a.n, a.d, lw[:8], lh[:8]), init={k: v[:8] for k, v in init.items()}, **gd)
+    gradient_descent(UFM(a.K, a.n, a.d, lw[0], lh[0]), init={k: v[:1] for k, v in init.items()}, **gd)
+
+    m = min(a.loop_sample, P)
+    sync(dev)
+    t0 = time.perf_counter()
+    loop_f = [gradient_descent(UFM(a.K, a.n, a.d, lw[i], lh[i]), init={k: v[i:i + 1] for k, v in init.items()},
+                               **gd).final("objective")[0] for i in range(m)]
+    sync(dev)
+    loop_per_problem = (time.perf_counter() - t0) / m
+    loop_total = loop_per_problem * P
+
+    rows = []
+    for chunk in a.chunks:
+        c = P if chunk <= 0 else min(chunk, P)
+        sync(dev)
+        t0 = time.perf_counter()
+        finals = []
+        for s in range(0, P, c):
+            e = min(s + c, P)
+            r = gradient_descent(UFM(a.K, a.n, a.d, lw[s:e], lh[s:e]), init={k: v[s:e] for k, v in init.items()},
+                                 **gd)
+            finals.append(r.final("objective"))
+        sync(dev)
+        wall = time.perf_counter() - t0
+        f = np.concatenate(finals)
+        err = float(np.max(np.abs(f[:m] - np.array(loop_f)) / np.abs(np.array(loop_f))))
+        rows.append({"chunk": c, "batched_s": wall, "loop_s": loop_total, "ratio": loop_total / wall,
+                     "max_rel_diff_vs_loop": err})
+    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+    info = {"problems": P, "steps": a.steps, "K": a.K, "d": a.d, "n": a.n, "dtype": a.dtype, "device": str(dev),
+            "device_name": device_name, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "loop_sample": m, "loop_s_per_problem": loop_per_problem, "rows": rows}
+    print(f"{P} problems (K={a.K}, d={a.d}, n={a.n}), {a.steps} GD steps, {a.dtype}, {dev} ({device_name}, "
+          f"{torch.get_num_threads()} threads); loop timed on {m} problems: {loop_per_problem * 1e3:.1f} ms each")
+    print("| chunk | batched (s) | loop (s, scaled) | loop / batched | max rel diff of f |")
+    print("|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['chunk']} | {r['batched_s']:.2f} | {r['loop_s']:.1f} | {r['ratio']:.1f}x | "
+              f"{r['max_rel_diff_vs_loop']:.1e} |")
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(info, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
