@@ -133,7 +133,8 @@ def _index(entries: list[GalleryEntry]) -> str:
         thumbs = "".join(f'<a href="{e.page}"><img src="img/{Path(e.page).stem}-{i}.png" alt="figure {i + 1} of '
                          f'{html.escape(e.stem)}" loading="eager"></a>' for i in range(len(e.images)))
         cards.append(f"""<section class="card {status[0]}">
-<h2><a href="{e.page}">{html.escape(e.title or e.stem)}</a> <span class="profile">profile {html.escape(e.profile)}</span></h2>
+<h2><a href="{e.page}">{html.escape(e.title or e.stem)}</a>
+<span class="profile">profile {html.escape(e.profile)}</span></h2>
 <p class="paper">{html.escape(e.paper)}</p>
 <p><b class="status">{status[1]}</b> &middot; wall time {wall} &middot; {len(e.images)} figure(s)</p>
 <p class="params">parameters: {html.escape(_fmt_params(e.parameters))}</p>

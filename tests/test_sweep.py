@@ -182,3 +182,11 @@ def test_sweep_metric_plot_and_cli_status(probe, tmp_path, capsys):
         plot.sweep_metric(table, "lambda_W", "nope")
     assert main(["sweep", str(path), "--status"]) == 0
     assert "4 runs: 4 done, 0 running, 0 failed, 0 pending" in capsys.readouterr().out
+
+
+def test_every_documented_slurm_option_is_a_submitit_parameter():
+    submitit = pytest.importorskip("submitit")
+    valid = submitit.SlurmExecutor._valid_parameters()
+    generic = {"timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb"}  # AutoExecutor's own names
+    for key, name in sweep.SLURM_OPTIONS.items():
+        assert name in generic or (name.startswith("slurm_") and name[len("slurm_"):] in valid), key
