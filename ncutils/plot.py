@@ -515,6 +515,8 @@ def phase_panels(tables: Mapping[str, pd.DataFrame], boundaries: Mapping[str, Ma
             ax.set_ylim(lh.min() / 1.2, lh.max() * 1.2)
             ax.set_ylabel("λ_H")
             _finish(ax, _PHASE_TITLES[kind].format(L=L) if i == 0 else "", "λ_W", xlog=True, ylog=True)
+            if i == 1:  # one legend per column, on the light top panel
+                ax.get_legend().remove()
     if title:
         fig.suptitle(title)
     return fig

@@ -327,6 +327,13 @@ def _report(sweep: Sweep, say: Callable[[str], None], prefix: str = "[sweep]") -
     return counts
 
 
+def _job_died(run: SweepRun, error: str) -> dict[str, Any]:
+    """Record a run whose process died before it could write its own final status."""
+    status = {**(_read_json(run.status_file) or {}), "state": "failed", "error": error, "wall_time_s": math.nan}
+    _write_json(run.status_file, status)
+    return status
+
+
 def _local(sweep: Sweep, todo: list[SweepRun], say: Callable[[str], None]) -> None:
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from multiprocessing import get_context
@@ -336,7 +343,10 @@ def _local(sweep: Sweep, todo: list[SweepRun], say: Callable[[str], None]) -> No
         futures = {pool.submit(execute_run, str(sweep.notebook), str(r.folder), r.params, threads): r for r in todo}
         for fut in as_completed(futures):
             r = futures[fut]
-            status = fut.result()
+            try:
+                status = fut.result()
+            except Exception as err:  # the worker process itself died (killed, out of memory)
+                status = _job_died(r, f"worker process died: {type(err).__name__}: {err}")
             say(f"[sweep] {r.key} {status['state']} in {status['wall_time_s']:.1f} s {r.swept}"
                 + (f": {status['error']}" if status.get("error") else ""))
             _report(sweep, say)
@@ -363,9 +373,7 @@ def _submitit(sweep: Sweep, todo: list[SweepRun], say: Callable[[str], None]) ->
             try:
                 status = job.result()
             except Exception as err:  # the job itself died (time limit, node failure, preemption)
-                status = {"state": "failed", "error": f"job {job.job_id} failed: {err}", "wall_time_s": math.nan}
-                prev = _read_json(r.status_file) or {}
-                _write_json(r.status_file, {**prev, **status})
+                status = _job_died(r, f"job {job.job_id} failed: {err}")
             error = f": {status['error']}" if status.get("error") else ""
             say(f"[sweep] {r.key} {status['state']} {r.swept}{error}")
             _report(sweep, say)

@@ -190,3 +190,20 @@ def test_every_documented_slurm_option_is_a_submitit_parameter():
     generic = {"timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb"}  # AutoExecutor's own names
     for key, name in sweep.SLURM_OPTIONS.items():
         assert name in generic or (name.startswith("slurm_") and name[len("slurm_"):] in valid), key
+
+
+def test_a_worker_that_dies_is_reported_as_failed(probe, tmp_path):
+    path = write(tmp_path, spec(probe, "grid: {lambda_W: [0.001]}\nparams: {sleep_s: 6.0}\n"))
+    (run,) = sweep.load_sweep(path).runs
+    proc = subprocess.Popen([sys.executable, "-m", "ncutils", "sweep", str(path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run.status_file.exists() and json.loads(run.status_file.read_text())["state"] == "running"):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.2)
+    os.kill(json.loads(run.status_file.read_text())["pid"], signal.SIGKILL)  # the worker, not the sweep
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    status = json.loads(run.status_file.read_text())
+    assert status["state"] == "failed" and "worker process died" in status["error"]
+    assert "worker process died" in err
