@@ -26,6 +26,7 @@ import torch
 
 from ncutils import UFM, gradient_descent
 from ncutils.device import resolve_device
+from ncutils.phase import auto_chunk
 
 
 def problems(P: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -48,8 +49,8 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=20)
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--lr", type=float, default=0.3)
-    ap.add_argument("--chunks", type=int, nargs="*", default=[0, 4096, 1024, 256, 64],
-                    help="runs per batched program (0 = all at once)")
+    ap.add_argument("--chunks", type=int, nargs="*", default=[-1, 0, 4096, 1024, 256, 64, 16],
+                    help="runs per batched program (-1: all at once, 0: ncutils.phase.auto_chunk)")
     ap.add_argument("--loop-sample", type=int, default=100, help="problems timed in the Python loop")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float64", choices=("float64", "float32"))
@@ -77,7 +78,7 @@ def main() -> None:
 
     rows = []
     for chunk in a.chunks:
-        c = P if chunk <= 0 else min(chunk, P)
+        c = P if chunk < 0 else auto_chunk(UFM(a.K, a.n, a.d), P, dev, dt) if chunk == 0 else min(chunk, P)
         sync(dev)
         t0 = time.perf_counter()
         finals = []
@@ -90,8 +91,8 @@ def main() -> None:
         wall = time.perf_counter() - t0
         f = np.concatenate(finals)
         err = float(np.max(np.abs(f[:m] - np.array(loop_f)) / np.abs(np.array(loop_f))))
-        rows.append({"chunk": c, "batched_s": wall, "loop_s": loop_total, "ratio": loop_total / wall,
-                     "max_rel_diff_vs_loop": err})
+        rows.append({"chunk": c, "auto": chunk == 0, "batched_s": wall, "loop_s": loop_total,
+                     "ratio": loop_total / wall, "max_rel_diff_vs_loop": err})
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
     info = {"problems": P, "steps": a.steps, "K": a.K, "d": a.d, "n": a.n, "dtype": a.dtype, "device": str(dev),
             "device_name": device_name, "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -101,7 +102,8 @@ def main() -> None:
     print("| chunk | batched (s) | loop (s, scaled) | loop / batched | max rel diff of f |")
     print("|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['chunk']} | {r['batched_s']:.2f} | {r['loop_s']:.1f} | {r['ratio']:.1f}x | "
+        label = f"{r['chunk']}{' (auto)' if r['auto'] else ''}"
+        print(f"| {label} | {r['batched_s']:.2f} | {r['loop_s']:.1f} | {r['ratio']:.1f}x | "
               f"{r['max_rel_diff_vs_loop']:.1e} |")
     if a.json:
         with open(a.json, "w") as fh:

@@ -34,10 +34,14 @@ from .models import DeepUFM, FeatureModel, check_integer
 from .report import check
 from .solve import gradient_descent
 
-__all__ = ["PHASE_KINDS", "PhaseResult", "boundary_curves", "grid", "phase_boundary", "phase_checks", "phase_diagram",
-           "phase_layers", "phase_model", "phase_table", "phase_theory", "worst_points"]
+__all__ = ["CPU_CHUNK_BYTES", "PHASE_KINDS", "PhaseResult", "auto_chunk", "boundary_curves", "grid", "phase_boundary",
+           "phase_checks", "phase_diagram", "phase_layers", "phase_model", "phase_table", "phase_theory",
+           "worst_points"]
 
 Kind = Literal["ufm", "eufm", "dufm"]
+#: Working set of one batched program on a CPU in automatic chunking: measured best on a 2-core EPYC (L2 1 MiB
+#: per core) at 64 UFM problems of K=4, d=20, n=50 in float64 (bench/batched_ufm.py, docs/benchmarks.md).
+CPU_CHUNK_BYTES = 64 * 8 * (200 * 20 + 4 * 20 + 200 * 4)
 PHASE_KINDS: tuple[str, ...] = ("ufm", "eufm", "dufm")
 
 
@@ -125,6 +129,17 @@ class PhaseResult:
         return len(self.runs)
 
 
+def auto_chunk(model: FeatureModel, S: int, device: torch.device, dtype: torch.dtype) -> int:
+    """Runs per batched program: all of them on a GPU; on a CPU as many as keep the parameters and the
+    activations of one program within :data:`CPU_CHUNK_BYTES` (batches that spill out of the caches run
+    several times slower per problem)."""
+    if device.type != "cpu":
+        return S
+    widths = model.widths if isinstance(model, DeepUFM) else (model.d,)  # type: ignore[attr-defined]
+    per_run = torch.finfo(dtype).bits // 8 * (model.N * (sum(widths) + model.K) + model.K * widths[-1])
+    return max(1, min(S, CPU_CHUNK_BYTES // per_run))
+
+
 def phase_diagram(
     kind: Kind, K: int, n: int, d: int, lambda_W: Any, lambda_H: Any, *, seeds: int = 1, L: int = 3,
     activation: str = "linear", lr: float, steps: int, init_std: float, seed: int = 0, chunk: int | None = None,
@@ -138,7 +153,7 @@ def phase_diagram(
     lambda_W, lambda_H : 1-D grids (positive); the diagram has ``len(lambda_W) · len(lambda_H)`` points.
     seeds : initializations per point; run ``r = point · seeds + seed``, ``point = i_W · len(lambda_H) + i_H``.
     lr, steps, init_std, seed : as :func:`ncutils.solve.gradient_descent` (initializations drawn once, on the CPU).
-    chunk : runs per batched program (default: all at once).
+    chunk : runs per batched program; default (None): :func:`auto_chunk` (cache-sized on a CPU, all on a GPU).
     """
     layers = _check_kind(kind, L)
     check_integer("seeds", seeds, 1)
@@ -149,11 +164,11 @@ def phase_diagram(
             raise ValueError(f"{name} must be a non-empty 1-D list of finite numbers > 0, got {values!r}")
         grids[name] = arr
     S = grids["lambda_W"].size * grids["lambda_H"].size * seeds
-    chunk = S if chunk is None else check_integer("chunk", chunk, 1)
     lw_pt, lh_pt = (g.ravel() for g in np.meshgrid(grids["lambda_W"], grids["lambda_H"], indexing="ij"))
     lw_run, lh_run = np.repeat(lw_pt, seeds), np.repeat(lh_pt, seeds)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     template = phase_model(kind, K, n, d, 1.0, 1.0, L=layers, activation=activation)
+    chunk = auto_chunk(template, S, dev, dt) if chunk is None else check_integer("chunk", chunk, 1)
     init = template.init(S, float(init_std), torch.Generator().manual_seed(int(seed)), dt)  # one draw: chunk-free
     last = "H" if kind == "ufm" else f"H{layers}"
     keys = ("objective", "fit", "mean_norm_sq", "nc1", "nc2", "output_rank")

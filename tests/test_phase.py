@@ -60,6 +60,19 @@ def test_ufm_phase_diagram_matches_theory_and_does_not_depend_on_chunks():
     assert not phase.phase_checks(bad, tol=1e-8)[1]["passed"]
 
 
+def test_auto_chunk_is_cache_sized_on_cpu_and_everything_on_gpu():
+    ufm = UFM(4, 50, 20)
+    assert phase.auto_chunk(ufm, 10_000, torch.device("cpu"), torch.float64) == 64  # the measured optimum
+    assert phase.auto_chunk(ufm, 10_000, torch.device("cpu"), torch.float32) == 128
+    assert phase.auto_chunk(ufm, 10, torch.device("cpu"), torch.float64) == 10
+    assert phase.auto_chunk(ufm, 10_000, torch.device("cuda"), torch.float64) == 10_000
+    deep = phase.phase_model("dufm", 4, 50, 20, 0.01, 0.01, L=3)
+    assert 1 <= phase.auto_chunk(deep, 10_000, torch.device("cpu"), torch.float64) < 64
+    r = phase.phase_diagram("ufm", 3, 4, 5, [0.01, 0.1], [0.01], lr=0.1, steps=2, init_std=0.1, device="cpu",
+                            progress=False)
+    assert r.chunk == 2 and r.chunks == 1
+
+
 def test_dufm_runs_report_lower_rank_critical_points():
     lam = np.array([0.02])
     r = phase.phase_diagram("dufm", 3, 5, 6, lam, lam, seeds=3, L=3, lr=0.3, steps=3000, init_std=0.3,
