@@ -61,7 +61,8 @@ def _finish(ax: Any, title: str, xlabel: str, xlog: bool = False, ylog: bool = F
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_title(title)
-    ax.legend(fontsize="x-small")
+    if ax.get_legend_handles_labels()[0]:  # nothing labelled, no (empty) legend
+        ax.legend(fontsize="x-small")
 
 
 def style() -> None:
@@ -537,7 +538,7 @@ def sweep_metric(table: pd.DataFrame, x: str, y: str, hue: str | None = None, lo
     sns.lineplot(data=done, x=x, y=y, hue=hue, marker="o", errorbar="sd", ax=ax,
                  palette="colorblind" if hue else None)
     ax.set_ylabel(y)
-    _finish(ax, title or f"{y} vs {x} ({len(done)} runs)", x, xlog=logx, ylog=logy)
-    if hue is None and ax.get_legend() is not None:
-        ax.get_legend().remove()
+    _finish(ax, title or f"{len(done)} runs, mean ± sd", x, xlog=logx, ylog=logy)
+    if hue is not None:
+        ax.legend(title=hue, fontsize="x-small", title_fontsize="x-small")
     return fig
