@@ -174,6 +174,8 @@ def run_notebook(
         papermill.execute_notebook(
             str(path), tmp, parameters=merged, kernel_name=kernel_name, progress_bar=False,
             cwd=str(repo_root()), execution_timeout=timeout_s,
+            # the kernel's own start-up log (e.g. ipykernel's local-TCP notice) is noise; cell output is kept
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
     except Exception as err:  # papermill.PapermillExecutionError and kernel failures
         failed = out.with_suffix(".failed.ipynb")

@@ -410,7 +410,19 @@ def run_sweep(sweep: Sweep | str | os.PathLike[str], *, retry_failed: bool = Fal
     counts = _report(sw, say, "[sweep] finished:")
     table = collect(sw)
     say(f"[sweep] table: {sw.output / 'table.csv'} ({len(table)} rows; {counts['failed']} failed)")
+    unmet = checks_not_passed(table)
+    if unmet:
+        say(f"[sweep] {len(unmet)} finished run(s) did not pass their theory checks (summary 'passed' is False): "
+            + ", ".join(unmet))
     return table
+
+
+def checks_not_passed(table: pd.DataFrame) -> list[str]:
+    """Keys of finished runs whose ``summary.json`` says their theory checks did not pass."""
+    if "passed" not in table.columns:
+        return []
+    done = table[table["status"] == "done"]
+    return [str(k) for k, ok in zip(done["key"], done["passed"], strict=True) if not pd.isna(ok) and not bool(ok)]
 
 
 # --------------------------------------------------------------------------- #

@@ -207,3 +207,10 @@ def test_a_worker_that_dies_is_reported_as_failed(probe, tmp_path):
     status = json.loads(run.status_file.read_text())
     assert status["state"] == "failed" and "worker process died" in status["error"]
     assert "worker process died" in err
+
+
+def test_checks_not_passed_lists_finished_runs_whose_theory_checks_failed():
+    table = pd.DataFrame({"key": ["a", "b", "c", "d"], "status": ["done", "done", "failed", "done"],
+                          "passed": [True, False, None, None]})
+    assert sweep.checks_not_passed(table) == ["b"]
+    assert sweep.checks_not_passed(table.drop(columns="passed")) == []
