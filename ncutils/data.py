@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import pickle
 import struct
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .models import check_integer
-from .paths import resolve_path
+from .paths import atomic_path, resolve_path
 
 __all__ = ["DATASETS", "FILES", "Dataset", "DatasetNotFoundError", "DeviceBatches", "balanced_subset", "load_dataset",
            "missing_files", "write_fake_cifar10", "write_fake_mnist"]
@@ -180,10 +179,8 @@ class DeviceBatches:
 def _write_idx(path: Path, array: np.ndarray) -> None:
     """IDX file (the MNIST format): magic 0x0000_08_<ndim>, big-endian sizes, uint8 data; written atomically."""
     header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
 
 
 def write_fake_mnist(root: str | os.PathLike[str], per_class: int = 20, test_per_class: int = 5, seed: int = 0,
@@ -226,10 +223,8 @@ def write_fake_cifar10(root: str | os.PathLike[str], per_class: int = 10, test_p
     templates = rng.uniform(0, 255, (10, 3, 4, 4)).repeat(8, axis=2).repeat(8, axis=3)  # blocky 32×32
 
     def dump(name: str, obj: dict) -> None:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump(obj, fh)
-        os.replace(tmp, folder / name)
+        with atomic_path(folder / name) as tmp:
+            tmp.write_bytes(pickle.dumps(obj))
 
     def images(count: int) -> tuple[np.ndarray, list[int]]:
         labels = rng.permutation(np.repeat(np.arange(10), count))

@@ -9,12 +9,9 @@ after the parameters, so JupyterLab users get the same errors).
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import platform
 import random
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +23,7 @@ import torch
 from .data import DATASETS, missing_files
 from .device import resolve_device, resolve_dtype
 from .models import RESNET_LAYERS
-from .paths import resolve_path
+from .paths import resolve_path, write_json
 from .train import LOSSES, SCHEDULES
 
 __all__ = ["ASSUMPTIONS", "REQUIREMENTS", "RULES", "Requirement", "Rule", "Run", "check_requirements", "setup",
@@ -349,13 +346,7 @@ class Run:
 
     def write_json(self, name: str, obj: Any) -> Path:
         """Write ``obj`` as JSON into the results folder, atomically."""
-        path = self.results_dir / name
-        fd, tmp = tempfile.mkstemp(dir=self.results_dir, prefix=name, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=False, default=float)
-            fh.write("\n")
-        os.replace(tmp, path)
-        return path
+        return write_json(self.results_dir / name, obj, default=float)
 
     def environment(self) -> dict[str, str]:
         """Versions of python, torch, ncutils and the device (for the closing cell)."""

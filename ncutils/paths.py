@@ -6,10 +6,15 @@ folder; resolving every relative path here keeps outputs in one place.
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["repo_root", "resolve_path"]
+__all__ = ["atomic_path", "repo_root", "resolve_path", "write_json"]
 
 
 def repo_root() -> Path:
@@ -28,3 +33,27 @@ def resolve_path(path: str | os.PathLike[str]) -> Path:
     """``path`` if absolute, else relative to :func:`repo_root`."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else repo_root() / p
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary file next to ``path`` to write into; moved onto ``path`` when the block succeeds, removed
+    when it fails — readers never see a half-written file. Creates the parent folder."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | os.PathLike[str], obj: Any, default: Callable[[Any], Any] = str) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically (:func:`atomic_path`); ``default`` converts
+    values JSON does not know (numpy scalars, paths)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=default) + "\n")
+    return Path(path)

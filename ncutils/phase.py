@@ -35,7 +35,7 @@ from .report import check
 from .solve import gradient_descent
 
 __all__ = ["CPU_CHUNK_BYTES", "PHASE_KINDS", "PhaseResult", "auto_chunk", "boundary_curves", "grid", "phase_boundary",
-           "phase_checks", "phase_diagram", "phase_layers", "phase_model", "phase_table", "phase_theory",
+           "phase_checks", "phase_diagram", "phase_model", "phase_table", "phase_theory",
            "worst_points"]
 
 Kind = Literal["ufm", "eufm", "dufm"]
@@ -52,11 +52,6 @@ def _check_kind(kind: str, L: int) -> int:
     if kind == "dufm":
         check_integer("L", L, 2)
     return {"ufm": 1, "eufm": 2}.get(kind, L)
-
-
-def phase_layers(kind: str, L: int = 3) -> int:
-    """Number of weight matrices of a phase-diagram model (1: UFM, 2: EUFM, ``L``: DUFM)."""
-    return _check_kind(kind, L)
 
 
 def phase_model(kind: Kind, K: int, n: int, d: int, lambda_W: Any, lambda_H: Any, *, L: int = 3,

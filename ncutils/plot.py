@@ -8,7 +8,6 @@ PDF and PNG with fixed metadata so an unchanged figure gives unchanged bytes.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+
+from .paths import atomic_path
 
 __all__ = [
     "LEVEL_PANELS",
@@ -467,14 +468,8 @@ def save(fig: Figure, name: str, folder: str | os.PathLike[str]) -> list[Path]:
     out = []
     for ext, meta in (("pdf", {"CreationDate": None, "ModDate": None}), ("png", {"Software": None})):
         path = folder / f"{name}.{ext}"
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}", suffix=f".{ext}")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             fig.savefig(tmp, format=ext, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         out.append(path)
     return out
 

@@ -11,8 +11,6 @@ checkpoint and resume.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from tqdm import tqdm  # plain text bar: no ipywidgets needed, nothing on stderr
 from .device import is_quiet, resolve_device, resolve_dtype
 from .metrics import nc_metrics_t
 from .models import FeatureModel, Params
+from .paths import atomic_path
 
 __all__ = ["DivergenceError", "GDResult", "gradient_descent", "record_steps"]
 
@@ -92,15 +91,8 @@ def _fingerprint(model: FeatureModel, **config: object) -> str:
 
 
 def _atomic_torch_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _record(model: FeatureModel, p: Params, y: Tensor, step: int, objective: Tensor) -> list[pd.DataFrame]:

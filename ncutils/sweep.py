@@ -35,7 +35,6 @@ import math
 import os
 import socket
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -48,7 +47,7 @@ import pandas as pd
 import yaml
 
 from .params import check_requirements, validate
-from .paths import resolve_path
+from .paths import atomic_path, resolve_path, write_json
 from .run import declared_parameters, load_profile, notebook_path
 
 __all__ = ["EXECUTORS", "SLURM_OPTIONS", "Sweep", "SweepRun", "collect", "load_sweep", "notebook_code_hash",
@@ -232,15 +231,6 @@ def load_sweep(path: str | os.PathLike[str]) -> Sweep:
 # --------------------------------------------------------------------------- #
 # status of runs
 # --------------------------------------------------------------------------- #
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, default=str)
-        fh.write("\n")
-    os.replace(tmp, path)
-
-
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
@@ -304,8 +294,8 @@ def execute_run(notebook: str, folder: str, params: dict[str, Any], threads: int
     with _hold(path):
         started = time.time()
         base = {"state": "running", "host": socket.gethostname(), "pid": os.getpid(), "started": started}
-        _write_json(path / "status.json", base)
-        _write_json(path / "params.json", params)
+        write_json(path / "status.json", base)
+        write_json(path / "params.json", params)
         run_params = {**params, "results_dir": str(path), "figures_dir": str(path / "figures")}
         try:
             rec = run_notebook(notebook, params=run_params, output=path / "notebook.ipynb", raise_on_error=False)
@@ -314,7 +304,7 @@ def execute_run(notebook: str, folder: str, params: dict[str, Any], threads: int
             ok, error = False, f"could not start: {err}"
         status = {**base, "state": "done" if ok else "failed", "error": error,
                   "wall_time_s": time.time() - started, "finished": time.time()}
-        _write_json(path / "status.json", status)
+        write_json(path / "status.json", status)
     return status
 
 
@@ -330,7 +320,7 @@ def _report(sweep: Sweep, say: Callable[[str], None], prefix: str = "[sweep]") -
 def _job_died(run: SweepRun, error: str) -> dict[str, Any]:
     """Record a run whose process died before it could write its own final status."""
     status = {**(_read_json(run.status_file) or {}), "state": "failed", "error": error, "wall_time_s": math.nan}
-    _write_json(run.status_file, status)
+    write_json(run.status_file, status)
     return status
 
 
@@ -461,11 +451,8 @@ def collect(sweep: Sweep) -> pd.DataFrame:
     for col in table.columns:  # lists/dicts as JSON text: CSV and Parquet hold scalars
         if table[col].map(lambda v: isinstance(v, list | dict)).any():
             table[col] = table[col].map(lambda v: json.dumps(v) if isinstance(v, list | dict) else v)
-    sweep.output.mkdir(parents=True, exist_ok=True)
-    for name, write in (("table.csv", lambda p: table.to_csv(p, index=False)),
-                        ("table.parquet", lambda p: table.to_parquet(p, index=False))):
-        fd, tmp = tempfile.mkstemp(dir=sweep.output, prefix=name, suffix=".tmp")
-        os.close(fd)
-        write(tmp)
-        os.replace(tmp, sweep.output / name)
+    with atomic_path(sweep.output / "table.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_path(sweep.output / "table.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
     return table

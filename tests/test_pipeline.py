@@ -10,7 +10,7 @@ import pytest
 
 from ncutils import params, plot, report
 from ncutils import run as runner
-from ncutils.paths import repo_root
+from ncutils.paths import atomic_path, repo_root, write_json
 
 NB = "01_ufm_mse"
 
@@ -198,3 +198,15 @@ def test_figures_goes_on_when_a_run_cannot_start(monkeypatch, capsys, tmp_path):
     assert calls == ["04_deep_ufm", "05_perturbation", "06_layer_peeled"]
     err = capsys.readouterr().err
     assert "could not run 05_perturbation: could not start: parameter data_root: mnist not found" in err
+
+
+def test_atomic_path_keeps_the_old_file_when_writing_fails_and_leaves_no_temporary(tmp_path):
+    target = write_json(tmp_path / "sub" / "a.json", {"x": 1})
+    assert json.loads(target.read_text()) == {"x": 1}
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half-writ")
+        raise RuntimeError("interrupted")
+    assert json.loads(target.read_text()) == {"x": 1}
+    write_json(target, {"x": 2})
+    assert json.loads(target.read_text()) == {"x": 2}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.json"]
