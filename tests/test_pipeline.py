@@ -210,3 +210,19 @@ def test_atomic_path_keeps_the_old_file_when_writing_fails_and_leaves_no_tempora
     write_json(target, {"x": 2})
     assert json.loads(target.read_text()) == {"x": 2}
     assert sorted(p.name for p in target.parent.iterdir()) == ["a.json"]
+
+
+def test_clean_gives_the_injected_parameters_cell_a_stable_id_and_drops_timings(tmp_path):
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    injected = new_code_cell("K = 3", metadata={"tags": ["injected-parameters"], "papermill": {"duration": 1.0}})
+    nb = new_notebook(cells=[new_code_cell("K = 4", metadata={"tags": ["parameters"]}), injected])
+    nb.metadata["papermill"] = {"start_time": "now", "parameters": {"K": 3}}
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    runner._clean(path, record={"profile": "small", "wall_time_s": 1.0})
+    out = nbformat.read(path, as_version=4)
+    assert out.cells[1].id == "injected-parameters" and "papermill" not in out.cells[1].metadata
+    assert out.cells[0].id == nb.cells[0].id
+    assert out.metadata.papermill == {"parameters": {"K": 3}}
+    assert out.metadata.ncutils == {"profile": "small", "wall_time_s": 1.0}
