@@ -19,6 +19,8 @@ all: figures
 
 $(STAMP): requirements.lock pyproject.toml
 	rm -rf $(VENV)
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); if [ "$$free" -lt 8 ]; then \
+	  echo "make: warning: $$free GiB free here; the environment needs about 7 GiB (torch and its CUDA libraries)" >&2; fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .

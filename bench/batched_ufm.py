@@ -26,12 +26,11 @@ import torch
 
 from ncutils import UFM, gradient_descent
 from ncutils.device import resolve_device
-from ncutils.phase import auto_chunk
+from ncutils.phase import auto_chunk, grid
 
 
 def problems(P: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    side = int(np.ceil(np.sqrt(P)))
-    lam = np.geomspace(2e-3, 1e-1, side)
+    lam = grid(2e-3, 1e-1, int(np.ceil(np.sqrt(P))))
     lw, lh = (g.ravel()[:P] for g in np.meshgrid(lam, lam, indexing="ij"))
     return tuple(lw.tolist()), tuple(lh.tolist())
 

@@ -12,7 +12,6 @@ tests read from headless Chromium.
 from __future__ import annotations
 
 import base64
-import html
 import json
 import os
 import re
@@ -125,40 +124,20 @@ def _fmt_params(params: dict[str, Any]) -> str:
 
 
 def _index(entries: list[GalleryEntry]) -> str:
-    cards = []
-    for e in entries:
-        status = {True: ("pass", "all theory checks pass"), False: ("fail", "some theory checks fail"),
-                  None: ("none", "no checks printed")}[e.passed]
-        wall = f"{e.wall_time_s:.0f} s" if e.wall_time_s is not None else "not recorded"
-        thumbs = "".join(f'<a href="{e.page}"><img src="img/{Path(e.page).stem}-{i}.png" alt="figure {i + 1} of '
-                         f'{html.escape(e.stem)}" loading="eager"></a>' for i in range(len(e.images)))
-        cards.append(f"""<section class="card {status[0]}">
-<h2><a href="{e.page}">{html.escape(e.title or e.stem)}</a>
-<span class="profile">profile {html.escape(e.profile)}</span></h2>
-<p class="paper">{html.escape(e.paper)}</p>
-<p><b class="status">{status[1]}</b> &middot; wall time {wall} &middot; {len(e.images)} figure(s)</p>
-<p class="params">parameters: {html.escape(_fmt_params(e.parameters))}</p>
-<div class="thumbs">{thumbs}</div>
-</section>""")
-    passed = sum(e.passed is True for e in entries)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>ncutils gallery</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 70em; margin: 2em auto; padding: 0 1em; color: #222; }}
-.card {{ border: 1px solid #ccc; border-left: 6px solid #999; border-radius: 4px; padding: .5em 1em; margin: 1em 0; }}
-.card.pass {{ border-left-color: #2a8f4a; }} .card.fail {{ border-left-color: #c0392b; }}
-.profile {{ font-size: .6em; color: #666; font-weight: normal; }}
-.paper {{ font-style: italic; }} .params {{ font-size: .85em; color: #444; }}
-.thumbs img {{ height: 140px; margin: .2em; border: 1px solid #eee; }}
-</style></head>
-<body>
-<h1>ncutils gallery</h1>
-<p>{len(entries)} executed notebooks; {passed} pass all their theory checks. Each card links to the rendered
-notebook. Regenerate with <code>make figures</code> then <code>make site</code>.</p>
-{"".join(cards)}
-{IMAGE_PROBE}
-</body></html>
-"""
+    """The gallery's index page: one card per executed notebook (template ``templates/gallery_index.html.j2``)."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
+    env = Environment(loader=PackageLoader("ncutils", "templates"), autoescape=True, undefined=StrictUndefined,
+                      keep_trailing_newline=True)
+    status = {True: ("pass", "all theory checks pass"), False: ("fail", "some theory checks fail"),
+              None: ("none", "no checks printed")}
+    cards = [dict(page=e.page, stem=e.stem, title=e.title or e.stem, profile=e.profile, paper=e.paper,
+                  status=status[e.passed][0], status_text=status[e.passed][1],
+                  wall=f"{e.wall_time_s:.0f} s" if e.wall_time_s is not None else "not recorded",
+                  params=_fmt_params(e.parameters),
+                  thumbs=[f"img/{Path(e.page).stem}-{i}.png" for i in range(len(e.images))]) for e in entries]
+    return env.get_template("gallery_index.html.j2").render(
+        cards=cards, passed=sum(e.passed is True for e in entries), image_probe=IMAGE_PROBE)
 
 
 def build_site(output: str | os.PathLike[str] = "site") -> Path:

@@ -38,6 +38,19 @@ def test_index_lists_every_executed_notebook_with_its_metadata(site):
     assert not re.search(r'<script[^>]*src="https?://[^"]*require', (site / entries[0]["page"]).read_text())
 
 
+def test_index_escapes_notebook_text():
+    from ncutils.site import GalleryEntry, _index
+
+    evil = GalleryEntry(Path("x.ipynb"), "09_x", "small", "UFM <script>alert(1)</script>", "A & B",
+                        {"loss": "<b>mse</b>", "results_dir": "hidden"}, None, False, [b"png"])
+    index = _index([evil])
+    assert "<script>alert" not in index and "&lt;script&gt;alert(1)&lt;/script&gt;" in index
+    assert "A &amp; B" in index and "loss = &lt;b&gt;mse&lt;/b&gt;" in index and "hidden" not in index
+    assert 'class="card fail"' in index and "some theory checks fail" in index and "not recorded" in index
+    assert 'href="09_x.small.html"' in index and 'src="img/09_x.small-0.png"' in index
+    assert index.count("<section") == 1 and "1 executed notebooks; 0 pass" in index
+
+
 def _dom(page: Path, profile: Path) -> str:
     out = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", page.as_uri()], capture_output=True,
                          text=True, timeout=120)
