@@ -90,11 +90,6 @@ def _fingerprint(model: FeatureModel, **config: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _atomic_torch_save(obj: object, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def _record(model: FeatureModel, p: Params, y: Tensor, step: int, objective: Tensor) -> list[pd.DataFrame]:
     S = objective.shape[0]
     runs = np.arange(S)
@@ -196,8 +191,9 @@ def gradient_descent(
 
     def save(step: int) -> None:
         if ckpt is not None:
-            _atomic_torch_save({"fingerprint": fingerprint, "step": step, "elapsed": elapsed + time.perf_counter() - t0,
-                                "params": {k: v.cpu() for k, v in p.items()}, "history": chunks}, ckpt)
+            with atomic_path(ckpt) as tmp:
+                torch.save({"fingerprint": fingerprint, "step": step, "elapsed": elapsed + time.perf_counter() - t0,
+                            "params": {k: v.cpu() for k, v in p.items()}, "history": chunks}, tmp)
 
     def check(f: Tensor, step: int) -> None:
         if not bool(torch.isfinite(f).all()):

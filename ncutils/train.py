@@ -24,6 +24,7 @@ from tqdm import tqdm
 from .data import DeviceBatches
 from .device import is_quiet
 from .models import RESNET_LAYERS, check_integer, check_integers
+from .paths import atomic_path
 
 __all__ = ["LOSSES", "SCHEDULES", "MLPResult", "TrainConfig", "TrainResult", "measure_network", "mlp_features",
            "train_mlp", "train_resnet"]
@@ -286,7 +287,7 @@ def train_resnet(cfg: TrainConfig, data: tuple[Tensor, Tensor, Tensor | None, Te
     Raises :class:`ncutils.solve.DivergenceError` when the training loss stops being finite.
     """
     from .models import resnet18
-    from .solve import DivergenceError, _atomic_torch_save
+    from .solve import DivergenceError
 
     dev = torch.device(device)
     cuda = dev.type == "cuda"
@@ -328,10 +329,11 @@ def train_resnet(cfg: TrainConfig, data: tuple[Tensor, Tensor, Tensor | None, Te
 
     def save(epoch: int) -> None:
         if ckpt is not None:
-            _atomic_torch_save({"fingerprint": cfg.fingerprint(), "epoch": epoch, "model": model.state_dict(),
-                                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                "generator": train.generator.get_state(), "history": rows,
-                                "train_time": t_train, "measure_time": t_measure}, ckpt)
+            with atomic_path(ckpt) as tmp:
+                torch.save({"fingerprint": cfg.fingerprint(), "epoch": epoch, "model": model.state_dict(),
+                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                            "generator": train.generator.get_state(), "history": rows,
+                            "train_time": t_train, "measure_time": t_measure}, tmp)
 
     show = (not is_quiet()) if progress is None else progress
     bar = tqdm(range(start + 1, cfg.epochs + 1), desc="ResNet18", disable=not show, initial=start, total=cfg.epochs)
