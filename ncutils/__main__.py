@@ -7,7 +7,7 @@ import sys
 
 import yaml
 
-from . import run as runner
+from .pipeline import runner
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("golden", help="regenerate tests/golden from the small profile")
     g.add_argument("--only", nargs="*", help="notebook stems or numbers")
     s = sub.add_parser("sweep", help="run a sweep file (many parameter sets of one notebook) and aggregate it")
-    s.add_argument("file", help="sweep YAML (see ncutils.sweep and the README)")
+    s.add_argument("file", help="sweep YAML (see ncutils.pipeline.sweep and the README)")
     s.add_argument("--retry-failed", action="store_true", help="re-run runs that failed before")
     s.add_argument("--only", metavar="KEY", help="run this one run (key or key prefix) alone, whatever its state")
     s.add_argument("--status", action="store_true", help="only report done/running/failed/pending and write the table")
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "sweep":
             return _sweep(args)
         if args.cmd == "site":
-            from .site import build_site
+            from .pipeline.site import build_site
 
             index = build_site(args.output)
             print(f"[ncutils] gallery: {index}")
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from . import sweep as sw
+    from .pipeline import sweep as sw
 
     spec = sw.load_sweep(args.file)
     if args.workers is not None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+import re
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
-__all__ = ["FLOOR", "check", "checks_table", "seeds_table", "summary"]
+__all__ = ["FLOOR", "check", "check_id", "checks_table", "seeds_table", "summary"]
+
+_ID = re.compile(r"^[a-z0-9][a-z0-9_.=-]*$")
 
 FLOOR = 1e-8
 
@@ -20,8 +24,18 @@ def _order(e: float) -> str:
     return f"<{FLOOR:.0e}" if e < FLOOR else f"<1e{math.floor(math.log10(e)) + 1}"
 
 
-def check(name: str, gd: float, theory: float, tol: float, kind: str = "rel") -> dict[str, Any]:
+def check_id(label: str) -> str:
+    """The default stable id of a check: its label in lower case, every run of other characters as ``_``."""
+    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+
+
+def check(name: str, gd: float, theory: float, tol: float, kind: str = "rel", *, id: str | None = None,
+          ) -> dict[str, Any]:
     """Compare a GD value with its theoretical prediction.
+
+    ``name`` is the display label; ``id`` the stable key of the check in ``summary.json`` and sweep tables
+    (default :func:`check_id` of the label — pass one explicitly when the label holds numbers that depend
+    on the run, such as the worst point of a sweep).
 
     ``kind="rel"``: error |gd − theory| / |theory| (theory ≠ 0); ``kind="abs"``:
     |gd − theory| (for quantities predicted to be 0, such as NC1). ``passed`` is
@@ -30,6 +44,9 @@ def check(name: str, gd: float, theory: float, tol: float, kind: str = "rel") ->
     it is < −tol.
     """
     gd, theory = float(gd), float(theory)
+    key = check_id(name) if id is None else id
+    if not _ID.match(key):
+        raise ValueError(f"parameter id must be lower-case letters, digits and _ . = -, got {key!r}")
     if kind not in ("rel", "abs", "below"):
         raise ValueError(f"kind must be 'rel', 'abs' or 'below', got {kind!r}")
     if kind in ("rel", "below") and theory == 0:
@@ -37,11 +54,11 @@ def check(name: str, gd: float, theory: float, tol: float, kind: str = "rel") ->
     if kind == "below":
         err = (gd - theory) / abs(theory)
         passed = math.isfinite(err) and err < -tol
-        return {"name": name, "gd": gd, "theory": theory, "rel_diff": err, "kind": kind, "tol": tol,
+        return {"id": key, "name": name, "gd": gd, "theory": theory, "rel_diff": err, "kind": kind, "tol": tol,
                 "passed": passed}
     err = abs(gd - theory) / (abs(theory) if kind == "rel" else 1.0)
     passed = math.isfinite(err) and err <= tol
-    return {"name": name, "gd": gd, "theory": theory, "rel_err" if kind == "rel" else "abs_err": err,
+    return {"id": key, "name": name, "gd": gd, "theory": theory, "rel_err" if kind == "rel" else "abs_err": err,
             "kind": kind, "tol": tol, "passed": passed}
 
 
@@ -53,6 +70,8 @@ def checks_table(checks: list[dict[str, Any]], digits: int = 4) -> pd.DataFrame:
 
     def sig(x: float) -> str:
         return "0" if x == 0 else f"<{FLOOR:.0e}" if abs(x) < FLOOR else f"{x:.{digits}g}"
+
+    import pandas as pd
 
     rows = []
     for c in checks:
@@ -70,6 +89,8 @@ def seeds_table(table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
     """A printable, nbval-stable version of :func:`ncutils.experiments.seed_table`: objective to
     ``digits`` digits, relative error and NC1 as orders of magnitude (values below ``FLOOR`` as ``<1e-08``)."""
 
+    import pandas as pd
+
     out = pd.DataFrame({"run": table.run, "objective": [f"{x:.{digits}g}" for x in table.objective],
                         "|rel_err|": [_order(x) for x in table.rel_err], "status": table.status,
                         "max NC1": [_order(x) for x in table.max_nc1], "min rank": table.min_rank})
@@ -77,5 +98,9 @@ def seeds_table(table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
 
 
 def summary(params: dict[str, Any], checks: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    """The machine-readable summary: ``{"params", "checks", "passed", **extra}``."""
+    """The machine-readable summary: ``{"params", "checks", "passed", **extra}``; check ids must be unique."""
+    ids = [c.get("id") for c in checks]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise ValueError(f"parameter checks holds duplicate ids {dup}: pass id= to check() to tell them apart")
     return {"params": params, "checks": checks, "passed": all(c["passed"] for c in checks), **extra}

@@ -1,0 +1,249 @@
+"""Notebook parameters: declared once, in the notebook's ``parameters`` cell; validated by its study.
+
+A notebook's ``parameters`` cell is the one place its parameters are written::
+
+    K: int = 4  # number of classes, at least 2
+
+— name, type, default and doc. :func:`notebook_schema` reads that cell (no kernel needed) and attaches
+to each name the :class:`~ncutils._validate.Rule` that checks it: the study's own ``RULES``
+(:mod:`ncutils.studies`), else the shared vocabulary :data:`~ncutils.studies._common.COMMON_RULES`.
+:func:`validate` checks names, types and ranges, :func:`check_requirements` the theory's hard
+requirements; both run before any kernel starts (runner, sweeps) and again in :func:`setup`, the first
+call of every notebook (``run = nc.setup("01_ufm_mse", globals())``), so JupyterLab users get the same
+errors as the command line.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import io
+import os
+import platform
+import random
+import tokenize
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._validate import Rule
+from ..device import resolve_device, resolve_dtype
+from ..paths import repo_root, resolve_path, write_json
+
+__all__ = ["Parameter", "Run", "check_requirements", "notebook_file", "notebook_schema", "parse_parameters", "setup",
+           "study_for", "validate"]
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One declared parameter: ``name: type = default  # doc`` in the notebook's parameters cell."""
+
+    name: str
+    type: str
+    default: Any
+    doc: str
+    rule: Rule
+
+
+def study_for(notebook: str) -> ModuleType:
+    """The study module of a notebook: ``01_ufm_mse`` → :mod:`ncutils.studies.ufm_mse` (the stem without its
+    number). Study modules outside the package are found through ``$NCUTILS_STUDIES_PATH`` (folders)."""
+    from .. import studies
+
+    stem = Path(str(notebook)).stem
+    slug = stem.split("_", 1)[1] if "_" in stem and stem[:2].isdigit() else stem
+    try:
+        module = importlib.import_module(f"ncutils.studies.{slug}")
+    except ModuleNotFoundError as err:
+        if err.name != f"ncutils.studies.{slug}":
+            raise
+        raise ValueError(f"notebook {stem} has no study module: expected ncutils/studies/{slug}.py (or {slug}.py in "
+                         f"a folder of $NCUTILS_STUDIES_PATH); studies are {studies.available()}") from None
+    if getattr(module, "NOTEBOOK", stem) != stem:
+        raise ValueError(f"study ncutils.studies.{slug} belongs to notebook {module.NOTEBOOK}, not {stem}")
+    return module
+
+
+def notebook_file(notebook: str | os.PathLike[str]) -> Path | None:
+    """``notebooks/<stem>.ipynb`` of this checkout (or ``notebook`` itself if it is a path), if it exists."""
+    p = Path(notebook)
+    if p.suffix == ".ipynb":
+        return p if p.exists() else None
+    cand = repo_root() / "notebooks" / f"{p.name}.ipynb"
+    return cand if cand.exists() else None
+
+
+def _comments(source: str) -> dict[int, str]:
+    out = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            out[tok.start[0]] = tok.string.lstrip("#").strip()
+    return out
+
+
+def parse_parameters(source: str, where: str = "parameters cell") -> dict[str, tuple[str, Any, str]]:
+    """``{name: (type, default, doc)}`` of a parameters cell: one ``name: type = literal  # doc`` per line."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as err:
+        raise ValueError(f"{where}: not valid Python: {err}") from None
+    comments = _comments(source)
+    out: dict[str, tuple[str, Any, str]] = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None):
+            raise ValueError(f"{where}, line {node.lineno}: every statement must be `name: type = value  # doc`")
+        try:
+            default = ast.literal_eval(node.value)
+        except ValueError:
+            raise ValueError(f"{where}, line {node.lineno}: the default of {node.target.id} must be a literal") from None
+        out[node.target.id] = (ast.unparse(node.annotation), default, comments.get(node.lineno, ""))
+    return out
+
+
+def _parameters_source(path: Path) -> str:
+    import json
+
+    nb = json.loads(path.read_text())
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not cells:
+        raise ValueError(f"{path} has no cell tagged 'parameters'")
+    src = cells[0]["source"]
+    return "".join(src) if isinstance(src, list) else src
+
+
+@lru_cache(maxsize=64)
+def _schema(stem: str, source: str) -> dict[str, Parameter]:
+    from ..studies._common import COMMON_RULES
+
+    study = study_for(stem)
+    rules = {**COMMON_RULES, **study.RULES}
+    out = {}
+    for name, (kind, default, doc) in parse_parameters(source, f"{stem}: parameters cell").items():
+        if name not in rules:
+            raise ValueError(f"{stem}: parameter {name} has no rule: add it to RULES in {study.__name__}")
+        out[name] = Parameter(name, kind, default, doc, rules[name])
+    return out
+
+
+def notebook_schema(notebook: str | os.PathLike[str], source: str | None = None) -> dict[str, Parameter]:
+    """Every parameter the notebook declares, with its rule; ``source``: the parameters cell's text (default:
+    read from the notebook file)."""
+    stem = Path(str(notebook)).stem
+    if source is None:
+        path = notebook_file(notebook)
+        if path is None:
+            raise ValueError(f"notebook {stem} not found (looked for {repo_root() / 'notebooks' / (stem + '.ipynb')})")
+        source = _parameters_source(path)
+    return _schema(stem, source)
+
+
+def validate(notebook: str, params: Mapping[str, Any], schema: Mapping[str, Parameter] | None = None) -> dict[str, Any]:
+    """Check names, types and ranges of ``params`` against the notebook's schema; return them validated.
+
+    A name the notebook does not declare is refused, listing the valid names.
+    """
+    schema = notebook_schema(notebook) if schema is None else schema
+    unknown = sorted(set(params) - set(schema))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for {Path(notebook).stem}; valid parameters are "
+                         f"{sorted(schema)}")
+    return {name: schema[name].rule.validate(name, value) for name, value in params.items()}
+
+
+def check_requirements(notebook: str, params: Mapping[str, Any], machine: bool = True) -> None:
+    """Raise ``ValueError`` for the first requirement of the notebook's study that ``params`` break
+    (requirements on parameters that are not given are skipped; ``machine=False`` skips those that depend on
+    this machine: dataset files, the device)."""
+    for req in study_for(notebook).REQUIREMENTS:
+        if req.machine and not machine:
+            continue
+        if not all(name in params for name in req.names):
+            continue
+        if not req.holds(params):
+            message = req.message(params) if callable(req.message) else req.message
+            raise ValueError(f"{message}; got {({name: params[name] for name in req.names})}")
+
+
+@dataclass
+class Run:
+    """What a notebook needs after :func:`setup`: validated parameters, device, folders."""
+
+    notebook: str
+    params: dict[str, Any]
+    device: torch.device
+    dtype: torch.dtype
+    results_dir: Path
+    figures_dir: Path
+    notes: list[str] = field(default_factory=list)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.params[key]
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Write ``obj`` as JSON into the results folder, atomically."""
+        return write_json(self.results_dir / name, obj, default=float)
+
+    def environment(self) -> dict[str, str]:
+        """Versions of python, torch, ncutils and the device (for the closing cell)."""
+        from .. import __version__
+
+        dev = str(self.device)
+        if self.device.type == "cuda":
+            dev += f" ({torch.cuda.get_device_name(self.device)})"
+        return {"python": platform.python_version(), "torch": torch.__version__,
+                "numpy": np.__version__, "ncutils": __version__, "device": dev}
+
+
+def setup(notebook: str, namespace: Mapping[str, Any] | None = None, /, **params: Any) -> Run:
+    """Validate every parameter, seed all generators, pick the device, create the folders.
+
+    In a notebook: ``run = nc.setup("01_ufm_mse", globals())`` takes every parameter the notebook declares
+    from its namespace (no name is typed twice). From code: ``nc.setup("01_ufm_mse", K=5)``; undeclared
+    names are refused, the others keep their defaults. Raises ``TypeError``/``ValueError`` naming the
+    parameter and its valid range. Prints a note (kept in ``Run.notes``) for each theorem assumption the
+    parameters break. ``results_dir`` defaults to ``outputs/<notebook>/<profile>`` under the repository
+    root; relative folders are resolved against the repository root, never the cwd.
+    """
+    stem = Path(str(notebook)).stem
+    if namespace is not None and params:
+        raise TypeError("setup takes either the notebook's namespace (globals()) or keyword parameters, not both")
+    schema = notebook_schema(stem) if notebook_file(stem) is not None or namespace is None else None
+    if schema is None:  # a notebook outside a checkout: its annotations are its declarations
+        annotations = dict(namespace.get("__annotations__", {}))  # type: ignore[union-attr]
+        src = "\n".join(f"{k}: {getattr(v, '__name__', v)} = {namespace[k]!r}"  # type: ignore[index]
+                        for k, v in annotations.items())
+        schema = notebook_schema(stem, src)
+    if namespace is not None:
+        missing = [name for name in schema if name not in namespace]
+        if missing:
+            raise ValueError(f"parameters {missing} of {stem} are not defined: run the parameters cell first")
+        given = {name: namespace[name] for name in schema}
+    else:
+        given = {**{name: p.default for name, p in schema.items()}, **params}
+    p = validate(stem, given, schema)
+    check_requirements(stem, p)
+    seed = p.get("seed", 0)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    device = resolve_device(p.get("device", "auto"))
+    dtype = resolve_dtype(p.get("dtype", "float64"))
+    results = p.get("results_dir") or f"outputs/{stem}/{p.get('profile', 'default')}"
+    run = Run(stem, p, device, dtype, resolve_path(results), resolve_path(p.get("figures_dir", "figures")))
+    run.results_dir.mkdir(parents=True, exist_ok=True)
+    run.figures_dir.mkdir(parents=True, exist_ok=True)
+    for assumption in study_for(stem).ASSUMPTIONS:
+        try:
+            broken = not assumption.holds(p)
+        except KeyError:  # the assumption involves a parameter this call does not set
+            broken = False
+        if broken:
+            run.notes.append(assumption.message)
+            print("NOTE:", assumption.message)
+    return run

@@ -1,0 +1,273 @@
+"""The one notebook runner: papermill with validated parameters and profiles.
+
+Used by ``make figures`` (:func:`figures`), ``make golden`` (:func:`golden`), the
+tests, and ``python -m ncutils run``. Not for use inside a running Jupyter
+kernel (papermill would hit "event loop is already running").
+
+* Parameters come from a named profile in ``profiles/<notebook>.yaml`` and/or
+  explicit pairs; names are checked against the notebook's own ``parameters``
+  cell and types/ranges against the notebook's study (:mod:`ncutils.studies`) *before* a kernel
+  starts.
+* Output is written atomically: a failed run never leaves a fresh-looking
+  notebook behind (the partial notebook is kept as ``*.failed.ipynb``).
+* :func:`figures` re-runs a notebook only when the hash of its code cells, its
+  profile, the ``ncutils`` sources or the lock file changed (content hashes, not
+  mtimes, which git resets).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import yaml
+
+from ..paths import repo_root
+from .params import check_requirements, notebook_schema, validate
+
+__all__ = [
+    "RunRecord",
+    "declared_parameters",
+    "figure_profiles",
+    "figures",
+    "golden",
+    "list_notebooks",
+    "load_profile",
+    "notebook_path",
+    "run_notebook",
+    "source_hash",
+]
+
+KERNEL_DISPLAY = {"name": "ncutils", "display_name": "Python (ncutils)", "language": "python"}
+
+
+@dataclass
+class RunRecord:
+    """Result of one notebook execution."""
+
+    notebook: str
+    profile: str | None
+    output: Path
+    ok: bool
+    wall_time_s: float
+    error: str | None = None
+    skipped: bool = False
+
+
+def list_notebooks() -> list[Path]:
+    """All numbered notebooks ``notebooks/NN_*.ipynb``, in order."""
+    return sorted(p for p in (repo_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def notebook_path(notebook: str | os.PathLike[str]) -> Path:
+    """A notebook by stem (``"01_ufm_mse"``), number (``"01"``) or path."""
+    p = Path(notebook)
+    if p.suffix == ".ipynb" and p.exists():
+        return p.resolve()
+    for cand in list_notebooks():
+        if cand.stem == str(notebook) or cand.stem.split("_", 1)[0] == str(notebook):
+            return cand
+    names = [c.stem for c in list_notebooks()]
+    raise ValueError(f"unknown notebook {str(notebook)!r}; available notebooks are {names}")
+
+
+def declared_parameters(path: Path) -> dict[str, Any]:
+    """The notebook's ``parameters`` cell as ``{name: default}``."""
+    return {name: p.default for name, p in notebook_schema(path).items()}
+
+
+def load_profile(notebook: str | os.PathLike[str], profile: str) -> dict[str, Any]:
+    """Parameters of ``profile`` in ``profiles/<notebook stem>.yaml`` (``paper`` may be empty)."""
+    stem = notebook_path(notebook).stem
+    path = repo_root() / "profiles" / f"{stem}.yaml"
+    if not path.exists():
+        raise ValueError(f"no profile file {path} for notebook {stem}")
+    profiles = yaml.safe_load(path.read_text()) or {}
+    if profile not in profiles:
+        raise ValueError(f"unknown profile {profile!r} for {stem}; profiles in {path.name}: {sorted(profiles)}")
+    return dict(profiles[profile] or {})
+
+
+def _clean(path: Path, kernel: dict[str, str] = KERNEL_DISPLAY, record: dict[str, Any] | None = None) -> None:
+    """Drop per-cell timing metadata and restore the ncutils kernelspec (quiet diffs); ``record`` (profile,
+    wall time of the run) is kept as the notebook's ``metadata.ncutils`` for the gallery (:mod:`ncutils.site`)."""
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell.id = "injected-parameters"  # papermill draws a random id per run: a diff on every re-run
+    nb.metadata.get("papermill", {}).pop("start_time", None)
+    nb.metadata.get("papermill", {}).pop("end_time", None)
+    nb.metadata.get("papermill", {}).pop("duration", None)
+    nb.metadata.get("papermill", {}).pop("input_path", None)
+    nb.metadata.get("papermill", {}).pop("output_path", None)
+    nb.metadata.get("papermill", {}).pop("environment_variables", None)
+    nb.metadata["kernelspec"] = dict(kernel)
+    if record is not None:
+        nb.metadata["ncutils"] = record
+    nbformat.write(nb, path)
+
+
+def run_notebook(
+    notebook: str | os.PathLike[str],
+    *,
+    profile: str | None = None,
+    params: dict[str, Any] | None = None,
+    output: str | os.PathLike[str] | None = None,
+    kernel_name: str = "python3",
+    timeout_s: int | None = None,
+    raise_on_error: bool = True,
+) -> RunRecord:
+    """Execute a notebook with papermill.
+
+    Parameters
+    ----------
+    notebook : stem, number or path of the notebook.
+    profile : a profile name in ``profiles/<stem>.yaml``; its values, then ``params``,
+        override the notebook's defaults. The profile name is passed as ``profile``.
+    output : the executed notebook; default ``outputs/<stem>/<profile>/<stem>.ipynb``.
+    kernel_name : ``"python3"`` runs the kernel in this very environment.
+
+    Raises
+    ------
+    ValueError : unknown notebook/profile/parameter, or a bad value — before any kernel starts.
+    RuntimeError : the notebook failed (when ``raise_on_error``), naming the cell's error.
+    """
+    import papermill
+
+    path = notebook_path(notebook)
+    declared = declared_parameters(path)
+    merged: dict[str, Any] = {}
+    if profile is not None:
+        merged.update(load_profile(path, profile))
+        if "profile" in declared:
+            merged["profile"] = profile
+    merged.update(params or {})
+    data_root = os.environ.get("NCUTILS_DATA_ROOT")
+    if data_root and "data_root" in declared and "data_root" not in merged:  # make figures DATA_ROOT=…
+        merged["data_root"] = data_root
+    checked = validate(path.stem, {**declared, **merged})
+    check_requirements(path.stem, checked)
+    # inject only what differs from the notebook's defaults (a paper run leaves the notebook untouched)
+    merged = {k: checked[k] for k in merged if checked[k] != declared.get(k, object())}
+    default_out = repo_root() / "outputs" / path.stem / (profile or "custom") / path.name
+    out = Path(output) if output is not None else default_out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}", suffix=".ipynb")
+    os.close(fd)
+    os.environ["NCUTILS_QUIET"] = "1"
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    t0 = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(path), tmp, parameters=merged, kernel_name=kernel_name, progress_bar=False,
+            cwd=str(repo_root()), execution_timeout=timeout_s,
+            # the kernel's own start-up log (e.g. ipykernel's local-TCP notice) is noise; cell output is kept
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        )
+    except Exception as err:  # papermill.PapermillExecutionError and kernel failures
+        failed = out.with_suffix(".failed.ipynb")
+        if os.path.exists(tmp):
+            os.replace(tmp, failed)
+        msg = f"{path.name} (profile {profile}) failed: {getattr(err, 'ename', type(err).__name__)}: " \
+              f"{getattr(err, 'evalue', err)}; partial notebook: {failed}"
+        if raise_on_error:
+            raise RuntimeError(msg) from err
+        return RunRecord(path.stem, profile, failed, False, time.perf_counter() - t0, msg)
+    wall = time.perf_counter() - t0
+    _clean(Path(tmp), record={"profile": profile, "wall_time_s": round(wall, 1)})
+    os.replace(tmp, out)
+    return RunRecord(path.stem, profile, out, True, wall)
+
+
+def source_hash(notebook: str | os.PathLike[str], profile: str) -> str:
+    """Hash of what a notebook's outputs depend on: its code cells, the profile's
+    parameters, every ``ncutils`` source file and the dependency lock file."""
+    path = notebook_path(notebook)
+    h = hashlib.sha256()
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            continue
+        h.update(cell.cell_type.encode() + b"\0" + cell.source.encode() + b"\0")
+    h.update(yaml.safe_dump(load_profile(path, profile), sort_keys=True).encode())
+    root = repo_root()
+    for src in sorted((root / "ncutils").rglob("*.py")):
+        h.update(src.relative_to(root).as_posix().encode() + src.read_bytes())
+    lock = root / "requirements.lock"
+    if lock.exists():
+        h.update(lock.read_bytes())
+    return h.hexdigest()
+
+
+def figure_profiles(notebook: str | os.PathLike[str]) -> list[str]:
+    """The profiles ``make figures`` runs: ``paper`` first, then every other profile of
+    ``profiles/<stem>.yaml`` except ``small`` (the CI profile) — e.g. a second paper figure's
+    settings or the held-out check settings — in file order."""
+    stem = notebook_path(notebook).stem
+    path = repo_root() / "profiles" / f"{stem}.yaml"
+    names = list((yaml.safe_load(path.read_text()) or {}) if path.exists() else {})
+    return ["paper", *[p for p in names if p not in ("paper", "small")]]
+
+
+def figures(only: list[str] | None = None, force: bool = False, profile: str | None = None) -> list[RunRecord]:
+    """Run every notebook at paper settings, refreshing ``figures/``.
+
+    The ``paper`` profile runs in place (``notebooks/NN_*.ipynb`` gets the outputs a GitHub
+    reader sees); the other profiles (:func:`figure_profiles`) write their notebook to
+    ``outputs/<stem>/<profile>/``. ``profile`` runs that one profile only. Skips
+    runs whose :func:`source_hash` matches the stamp of their last successful run.
+    """
+    stamps = repo_root() / "outputs" / "stamps"
+    stamps.mkdir(parents=True, exist_ok=True)
+    records = []
+    for path in list_notebooks():
+        if only and path.stem not in only and path.stem[:2] not in only:
+            continue
+        for prof in [profile] if profile else figure_profiles(path):
+            records.append(_figure_run(path, prof, stamps, force))
+    return records
+
+
+def _figure_run(path: Path, profile: str, stamps: Path, force: bool) -> RunRecord:
+    digest = source_hash(path, profile)
+    stamp = stamps / f"{path.stem}.{profile}.sha256"
+    if not force and stamp.exists() and stamp.read_text().strip() == digest:
+        print(f"[ncutils] {path.stem} ({profile}): up to date, skipped", flush=True)
+        return RunRecord(path.stem, profile, path, True, 0.0, skipped=True)
+    print(f"[ncutils] {path.stem}: running profile {profile} ...", flush=True)
+    tmp_out = repo_root() / "outputs" / path.stem / profile / path.name
+    try:
+        rec = run_notebook(path, profile=profile, output=tmp_out, raise_on_error=False)
+    except ValueError as err:  # refused before any kernel started (bad parameters, missing dataset): go on
+        rec = RunRecord(path.stem, profile, tmp_out, False, 0.0, error=f"could not start: {err}")
+    if rec.ok:
+        if profile == "paper":
+            shutil.copyfile(tmp_out, path)
+            rec.output = path
+        stamp.write_text(digest + "\n")
+        print(f"[ncutils] {path.stem} ({profile}): done in {rec.wall_time_s:.1f} s", flush=True)
+    else:
+        print(f"[ncutils] {path.stem} ({profile}): FAILED: {rec.error}", file=sys.stderr, flush=True)
+    return rec
+
+
+def golden(only: list[str] | None = None, profile: str = "small") -> list[RunRecord]:
+    """Regenerate the golden notebooks ``tests/golden/NN_*.ipynb`` (the small profile)."""
+    records = []
+    for path in list_notebooks():
+        if only and path.stem not in only and path.stem[:2] not in only:
+            continue
+        out = repo_root() / "tests" / "golden" / path.name
+        records.append(run_notebook(path, profile=profile, output=out))
+        print(f"[ncutils] golden {path.stem}: {records[-1].wall_time_s:.1f} s", flush=True)
+    return records

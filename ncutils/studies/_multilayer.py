@@ -1,0 +1,155 @@
+"""Steps shared by the multi-layer UFM studies (notebooks 02–04): checks against the collapsed optimum, seed tables, init-scale studies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from matplotlib.figure import Figure
+
+from .. import theory
+from ..models import DeepUFM
+from ..plot import finish_axes as _finish
+from ..plot import style
+from ..report import check
+from ..solve import GDResult, gradient_descent
+from ._common import (
+    POSITIVE,
+    Rule,
+    best_run,
+    positive_list,
+)
+
+#: Parameters of the extended UFM shared by notebooks 02 and 03.
+MULTILAYER_RULES: dict[str, Rule] = {
+    "lambda_W1": POSITIVE,
+    "lambda_W2": POSITIVE,
+    "lambda_H1": POSITIVE,
+    "init_scales": Rule(list, check=positive_list("initialization stds")),
+}
+
+
+def _deep(gd: GDResult) -> DeepUFM:
+    if not isinstance(gd.model, DeepUFM):
+        raise TypeError(f"expected a DeepUFM result, got {type(gd.model).__name__}")
+    return gd.model
+
+
+def deep_ufm_checks(gd: GDResult, opt: theory.DeepUFMOptimum, *, run: int | None = None, label: str = "",
+                    tol: float = 1e-4, zero_tol: float = 1e-6, frame_tol: float = 1e-3,
+                    frame_levels: list[int] | None = None) -> list[dict[str, Any]]:
+    """GD-versus-theory checks of a multi-layer UFM run against its collapsed optimum (Tirer & Bruna 2022, Thms 4.1–4.2; Súkeník et al. 2023, Thm 3).
+
+    Relative errors (``tol``) for f*, the fit s (output means s·I), ‖H₁‖², every ‖W_l‖² and every
+    level's ‖μ_k‖²; absolute errors for NC1 at every level (``zero_tol``) and, at the levels where
+    the theory predicts an orthogonal frame (``frame_levels``; default: all levels of the linear
+    model, levels 2…L of the ReLU model — the pre-ReLU Gram of H₁ is not determined), NC2 to the
+    orthogonal frame and NC3 (``nc3_gram``; ``nc3_orthogonal`` for the classifier), ``frame_tol``.
+    ``run``: which run to check (default :func:`best_run`; the seed table says how many runs got there).
+    """
+    m = _deep(gd)
+    r = best_run(gd) if run is None else run
+    if frame_levels is None:
+        frame_levels = list(range(1 if m.activation == "linear" else 2, m.L + 1))
+    pre = f"{label}: " if label else ""
+
+    def final(metric: str, level: str = "model") -> float:
+        return float(gd.final(metric, level)[r])
+
+    out = [check(f"{pre}objective f*", final("objective"), opt.objective, tol),
+           check(f"{pre}fit s (output means s I)", final("fit"), opt.s, tol),
+           check(f"{pre}||H1||_F^2", final("norm_H1_sq"), opt.norm_H_sq, tol)]
+    out += [check(f"{pre}||W{layer}||_F^2", final(f"norm_W{layer}_sq"), opt.norm_W_sq[layer - 1], tol)
+            for layer in range(1, m.L + 1)]
+    out += [check(f"{pre}||mu_k||^2 at H{layer}", final("mean_norm_sq", f"H{layer}"), opt.mean_norm_sq[layer - 1], tol)
+            for layer in range(1, m.L + 1)]
+    out += [check(f"{pre}NC1 at H{layer}", final("nc1", f"H{layer}"), 0.0, zero_tol, kind="abs")
+            for layer in range(1, m.L + 1)]
+    for layer in frame_levels:
+        out.append(check(f"{pre}NC2 to orthogonal at H{layer}", final("nc2_orthogonal", f"H{layer}"), 0.0,
+                         frame_tol, kind="abs"))
+        nc3 = "nc3_orthogonal" if layer == m.L else "nc3_gram"
+        out.append(check(f"{pre}NC3 ({nc3[4:]}) at H{layer}", final(nc3, f"H{layer}"), 0.0, frame_tol, kind="abs"))
+    return out
+
+
+def class_mean_ranks(gd: GDResult, rel_tol: float = 1e-3) -> pd.DataFrame:
+    """Final singular values of every level's class means, per run and level, normalized by the
+    largest, with the numerical rank (#{σ_k > rel_tol·σ_1}). Columns: ``run, level, k, sv, sv_rel, rank``."""
+    h = gd.history
+    last = h[(h.step == h.step.max()) & h.metric.astype(str).str.startswith("sv_")].copy()
+    last["level"] = last.level.astype(str)
+    last["k"] = last.metric.astype(str).str[3:].astype(int)
+    last = last.rename(columns={"value": "sv"})[["run", "level", "k", "sv"]].sort_values(["run", "level", "k"])
+    top = last.groupby(["run", "level"]).sv.transform("max")
+    last["sv_rel"] = last.sv / top
+    last["rank"] = last.assign(big=last.sv_rel > rel_tol).groupby(["run", "level"]).big.transform("sum")
+    return last.reset_index(drop=True)
+
+
+def seed_table(gd: GDResult, opt: theory.DeepUFMOptimum, reach_tol: float = 1e-3,
+               rank_tol: float = 1e-3) -> pd.DataFrame:
+    """One row per run: final objective, its relative error to f*, whether it got there
+    (``reach_tol``), whether it went *below* f* (a lower, non-collapsed solution), the largest
+    NC1 over levels and the smallest class-mean rank over levels."""
+    m = _deep(gd)
+    f = gd.final("objective")
+    rel = (f - opt.objective) / opt.objective
+    nc1 = np.max([gd.final("nc1", f"H{layer}") for layer in range(1, m.L + 1)], axis=0)
+    ranks = class_mean_ranks(gd, rank_tol).groupby("run")["rank"].min().to_numpy()
+    status = np.where(np.abs(rel) <= reach_tol, "at f*", np.where(rel < 0, "below f*", "above f*"))
+    return pd.DataFrame({"run": np.arange(len(f)), "objective": f, "rel_err": rel, "status": status,
+                         "max_nc1": nc1, "min_rank": ranks})
+
+
+def init_scale_study(model: DeepUFM, scales: list[float] | np.ndarray, *, seeds: int, lr: float, steps: int,
+                     seed: int = 0, device: Any = "auto", dtype: Any = "float64",
+                     record_every: int | None = None) -> tuple[GDResult, pd.DataFrame]:
+    """GD from initializations of several scales × ``seeds`` seeds, as one batched run.
+
+    Run ``i·seeds + j`` starts from scale ``scales[i]`` times the j-th standard-normal draw (the same
+    draws for every scale). Returns the result and a table ``run, init_std, seed``.
+    """
+    sc = np.asarray(scales, dtype=float)
+    if sc.ndim != 1 or sc.size < 1 or not np.all(np.isfinite(sc) & (sc > 0)):
+        raise ValueError(f"scales must be a non-empty list of positive numbers, got {scales!r}")
+    if model.runs() is not None:
+        raise ValueError("init_scale_study needs scalar hyperparameters (the runs are the scales × seeds)")
+    base = model.init(seeds, 1.0, torch.Generator().manual_seed(int(seed)), torch.float64)
+    init = {k: torch.cat([float(x) * v for x in sc]) for k, v in base.items()}
+    gd = gradient_descent(model, lr=lr, steps=steps, runs=len(sc) * seeds, init=init, device=device,
+                          dtype=dtype, record_every=record_every, desc="init scales")
+    table = pd.DataFrame({"run": np.arange(len(sc) * seeds), "init_std": np.repeat(sc, seeds),
+                          "seed": np.tile(np.arange(seeds), len(sc))})
+    return gd, table
+
+
+def init_scales_figure(study: Any, table: pd.DataFrame, f_star: float, title: str | None = None) -> Figure:
+    """The initialization-scale study (:func:`ncutils.experiments.init_scale_study`): objective along GD,
+    one line per run coloured by init std (left), and the final |f/f* − 1| per seed (right). The
+    dotted line is the trivial stationary point f = 1/2 (H = 0) where a too-small initialization stalls."""
+    style()
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(8.4, 3.3), constrained_layout=True)
+    h = study.history
+    obj = h[h.metric == "objective"].pivot_table(index="step", columns="run", values="value", observed=True)
+    scales = list(dict.fromkeys(table.init_std))
+    colors = dict(zip(scales, sns.color_palette("viridis", len(scales)), strict=True))
+    for std in scales:
+        runs = table.run[table.init_std == std].tolist()
+        lines = ax0.plot(obj.index, obj[runs].to_numpy(), color=colors[std], lw=0.9, alpha=0.6)
+        lines[0].set_label(f"init std {std:g}")
+    ax0.axhline(f_star, color="C3", ls="--", lw=1.2, label="f* (theory)")
+    ax0.axhline(0.5, color="0.4", ls=":", lw=1, label="f = 1/2 (H = 0)")
+    _finish(ax0, "objective", "GD step", ylog=True)
+    err = study.final("objective")[table.run] / f_star - 1
+    ax1.scatter(table.init_std, np.clip(np.abs(err), 1e-16, None), s=18, facecolors="none", edgecolors="C0")
+    ax1.axhline(0.5 / f_star - 1, color="0.4", ls=":", lw=1, label="stall at H = 0 (f = 1/2)")
+    _finish(ax1, "final |f / f* − 1| per seed", "init std", xlog=True, ylog=True)
+    if title:
+        fig.suptitle(title)
+    return fig
+

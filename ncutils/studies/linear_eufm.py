@@ -1,0 +1,44 @@
+"""Notebook 02 — the linear extended UFM (Tirer & Bruna, ICML 2022, §4.1, Theorem 4.1; Figs. 3, 8)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..solve import GDResult
+from ._common import (
+    Assumption,
+    Requirement,
+    Rule,
+    best_run,
+    width_at_least,
+)
+from ._multilayer import MULTILAYER_RULES, deep_ufm_checks, init_scale_study, init_scales_figure, seed_table
+
+__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "best_run", "deep_ufm_checks", "init_scale_study", "init_scales_figure", "level_ratio", "seed_table"]
+
+NOTEBOOK = "02_linear_eufm"
+
+#: Rules of the parameters that are this notebook's own (the rest: ``COMMON_RULES``).
+RULES: dict[str, Rule] = {**MULTILAYER_RULES}
+#: Hard requirements of the theory: a run whose parameters break one fails before any compute.
+REQUIREMENTS: list[Requirement] = [width_at_least("d", "K")]
+#: Assumptions of the theorem: runs go on, but say so.
+ASSUMPTIONS: list[Assumption] = []
+
+
+def level_ratio(gd: GDResult, metric: str, upper: str, lower: str, run: int | None = None,
+                floor: float = 1e-20) -> pd.Series:
+    """``metric(upper) / metric(lower)`` along GD (per recorded step, run ``run`` or the median over runs).
+
+    Steps where either value is below ``floor`` are dropped: there both are round-off (NC1 of a
+    collapsed float64 run is ~1e-30) and their ratio means nothing.
+    """
+    h = gd.history
+    sel = h[h.metric == metric]
+    wide = sel.pivot_table(index=["step", "run"], columns="level", values="value", observed=True)
+    wide = wide[(wide[upper] >= floor) & (wide[lower] >= floor)]
+    ratio = (wide[upper] / wide[lower]).rename(f"{metric}({upper})/{metric}({lower})")
+    if run is not None:
+        return ratio.xs(run, level="run")
+    return ratio.groupby(level="step").median()
+

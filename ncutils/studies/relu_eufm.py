@@ -1,0 +1,165 @@
+"""Notebook 03 — the ReLU extended UFM (Tirer & Bruna, ICML 2022, §4.2, Theorem 4.2; Figs. 4, 9)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from matplotlib.figure import Figure
+
+from .. import theory
+from ..metrics import class_means_t
+from ..models import DeepUFM
+from ..plot import finish_axes as _finish
+from ..plot import style
+from ..report import check
+from ..solve import GDResult, gradient_descent
+from ._common import (
+    POSITIVE,
+    Assumption,
+    Requirement,
+    Rule,
+    best_run,
+    width_at_least,
+)
+from ._multilayer import MULTILAYER_RULES, _deep, deep_ufm_checks, init_scale_study, init_scales_figure, seed_table
+
+__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "best_run", "deep_ufm_checks", "dufm_sweep_checks", "dufm_threshold_sweep", "dufm_threshold_sweep_figure", "gram_cosines_figure", "init_scale_study", "init_scales_figure", "mean_gram_cosines", "seed_table"]
+
+NOTEBOOK = "03_relu_eufm"
+
+#: Rules of the parameters that are this notebook's own (the rest: ``COMMON_RULES``).
+RULES: dict[str, Rule] = {
+    **MULTILAYER_RULES,
+    "studies": Rule(bool),
+    "sweep_ratio_max": POSITIVE,
+    "sweep_seeds": Rule(int, low=1),
+}
+#: Hard requirements of the theory: a run whose parameters break one fails before any compute.
+REQUIREMENTS: list[Requirement] = [width_at_least("d", "K")]
+#: Assumptions of the theorem: runs go on, but say so.
+ASSUMPTIONS: list[Assumption] = []
+
+
+def mean_gram_cosines(gd: GDResult) -> pd.DataFrame:
+    """Final pairwise cosines cos(μ_k, μ_k') of every level's (uncentred) class means, per run.
+
+    Columns ``run, level, pair, cosine`` — e.g. to show that the ReLU EUFM's H₁ Gram is not fixed
+    across seeds (Tirer & Bruna 2022, §4.2) while H₂'s is the identity.
+    """
+    m = _deep(gd)
+    feats = m.forward(gd.params)[0]
+    y = m.labels(feats[0].device)
+    iu = torch.triu_indices(m.K, m.K, offset=1)
+    rows = []
+    for layer, H in enumerate(feats, start=1):
+        M = class_means_t(H.to(torch.float64), y, m.K)
+        Mn = M / torch.linalg.vector_norm(M, dim=-1, keepdim=True)
+        cos = (Mn @ Mn.transpose(-1, -2))[:, iu[0], iu[1]].cpu().numpy()
+        for r in range(cos.shape[0]):
+            for j in range(cos.shape[1]):
+                rows.append({"run": r, "level": f"H{layer}", "pair": f"{int(iu[0, j]) + 1}-{int(iu[1, j]) + 1}",
+                             "cosine": float(cos[r, j])})
+    return pd.DataFrame(rows)
+
+
+def dufm_threshold_sweep(
+    K: int, n: int, d: int, ratios: np.ndarray | list[float], *, L: int = 2, activation: str = "relu",
+    lr: float, steps: int, init_std: float, seeds: int = 1, seed: int = 0, device: Any = "auto",
+    dtype: Any = "float64",
+) -> pd.DataFrame:
+    """GD across the existence threshold of the multi-layer UFM, all points × seeds as one batched run.
+
+    All λ equal to λ; ``ratios`` = (Km/2)q / threshold (1 = the threshold: K q = 2^{−4/3} for L = 2),
+    so λ = (2 ratio·threshold/(K m))·n^{−1/m}. Returns one row per point: GD (the seed with the lowest
+    objective — the theory is about the *global* minimizer, and single ReLU runs can stop at partial
+    solutions — and how many seeds reached the global value within 1e-4) and theory (global optimum,
+    and the metastable collapsed branch that survives past the threshold) for f and the last level's ‖μ_k‖².
+    """
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
+    r = np.asarray(ratios, dtype=float)
+    if r.ndim != 1 or r.size < 1 or not np.all(r > 0):
+        raise ValueError(f"ratios must be a non-empty 1-D list of positive numbers, got {ratios!r}")
+    m_ = L + 1
+    q = 2 * r * theory.dufm_threshold(m_) / (K * m_)
+    lam = tuple(float(x) for x in q / n ** (1 / m_))  # q = (n λ^m)^{1/m} = n^{1/m} λ
+    per_run = tuple(x for x in lam for _ in range(seeds))  # point i, seed j → run i·seeds + j
+    model = DeepUFM(K=K, n=n, d=d, L=L, activation=activation,  # type: ignore[arg-type]
+                    lambda_W=(per_run,) * L, lambda_H=per_run)
+    gd = gradient_descent(model, lr=lr, steps=steps, init_std=init_std, seed=seed, device=device,
+                          dtype=dtype, record_every=steps, desc="threshold sweep")
+    rows = []
+    for i, x in enumerate(lam):
+        opt = theory.dufm_optimum(K, n, x, [x] * L)
+        meta = theory.dufm_optimum(K, n, x, [x] * L, branch="collapsed")
+        rows.append({"ratio": r[i], "lambda": x, "objective_theory": opt.objective,
+                     "objective_metastable": meta.objective if meta.collapsed else np.nan,
+                     "mean_norm_sq_theory": opt.mean_norm_sq[-1],
+                     "mean_norm_sq_metastable": meta.mean_norm_sq[-1] if meta.collapsed else np.nan})
+    df = pd.DataFrame(rows)
+    f = gd.final("objective").reshape(len(lam), seeds)
+    best = f.argmin(axis=1)
+    df["objective_gd"] = f[np.arange(len(lam)), best]
+    df["mean_norm_sq_gd"] = gd.final("mean_norm_sq", f"H{L}").reshape(len(lam), seeds)[np.arange(len(lam)), best]
+    df["seeds_at_theory"] = (np.abs(f / df.objective_theory.to_numpy()[:, None] - 1) <= 1e-4).sum(axis=1)
+    df["objective_rel_err"] = (df.objective_gd - df.objective_theory).abs() / df.objective_theory
+    return df
+
+
+def dufm_sweep_checks(sweep: pd.DataFrame, tol: float = 1e-4) -> list[dict[str, Any]]:
+    """Checks of a threshold sweep (:func:`dufm_threshold_sweep`) that hold whatever GD's luck near the threshold.
+
+    (1) GD's best objective is never below the global optimum (by more than round-off, 1e-9 relative) at any
+    point; (2) at the smallest ratio GD reaches the collapsed global optimum; (3) at the largest ratio, past
+    the metastable branch, GD reaches f = 1/2 (H = 0). Between them GD from random initializations can stop
+    at partial solutions or at 0 — reported in ``seeds_at_theory``, not checked.
+    """
+    rel = (sweep.objective_gd - sweep.objective_theory) / sweep.objective_theory
+    first, last = sweep.iloc[0], sweep.iloc[-1]
+    return [
+        check(f"sweep: GD below the global f* (worst of {len(sweep)} points)", max(0.0, float(-rel.min())), 0.0,
+              1e-9, kind="abs", id="sweep_never_below_global"),
+        check(f"sweep: f at ratio {first.ratio:.3g} (collapsed)", first.objective_gd, first.objective_theory, tol,
+              id="sweep_smallest_ratio_objective"),
+        check(f"sweep: f at ratio {last.ratio:.3g} (H = 0)", last.objective_gd, last.objective_theory, tol,
+              id="sweep_largest_ratio_objective"),
+    ]
+
+
+def gram_cosines_figure(df: pd.DataFrame, title: str | None = None) -> Figure:
+    """Pairwise cosines of class means per level, one dot per run and pair (``df`` from
+    :func:`ncutils.experiments.mean_gram_cosines`); 0 (orthogonal frame) dashed."""
+    style()
+    fig, ax = plt.subplots(figsize=(1.2 + 1.6 * df.level.nunique(), 3.2), constrained_layout=True)
+    sns.stripplot(data=df, x="level", y="cosine", hue="pair", dodge=True, ax=ax, size=4, jitter=0.15)
+    ax.axhline(0.0, color="0.4", ls="--", lw=1)
+    ax.set_ylabel("cos(μ_k, μ_k')")
+    ax.legend(title="classes", fontsize="x-small", ncol=2)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def dufm_threshold_sweep_figure(df: pd.DataFrame, level_label: str = "last level", title: str | None = None) -> Figure:
+    """f and ‖μ_k‖² against (Km/2)q / threshold (``df`` from :func:`ncutils.experiments.dufm_threshold_sweep`):
+    global optimum (line, with its jump at 1), metastable collapsed branch (dotted), GD (markers)."""
+    style()
+    fig, axes = plt.subplots(1, 2, figsize=(7.8, 3.2), constrained_layout=True)
+    for ax, (key, label) in zip(axes, [("mean_norm_sq", f"‖μ_k‖², {level_label}"), ("objective", "objective f")],
+                                strict=True):
+        for side in (df.ratio <= 1, df.ratio > 1):
+            ax.plot(df.ratio[side], df[f"{key}_theory"][side], color="C0",
+                    label="theory (global)" if side.iloc[0] else None)
+        ax.plot(df.ratio, df[f"{key}_metastable"], color="C2", ls=":", label="collapsed branch (local)")
+        ax.plot(df.ratio, df[f"{key}_gd"], "o", color="C1", ms=5, mfc="none", label="GD")
+        ax.axvline(1.0, color="0.4", ls="--", lw=1, label="threshold")
+        _finish(ax, label, "(K m / 2) q / threshold")
+    if title:
+        fig.suptitle(title)
+    return fig
+

@@ -1,0 +1,132 @@
+"""Notebook 01 — the UFM with MSE loss (Tirer & Bruna, ICML 2022, §3, Theorem 3.1; Fig. 1): parameters, steps, checks, figures."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .. import theory
+from ..models import UFM
+from ..plot import finish_axes as _finish
+from ..plot import style
+from ..report import check
+from ..solve import GDResult, gradient_descent
+from ._common import (
+    POSITIVE,
+    Assumption,
+    Requirement,
+    Rule,
+)
+
+__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "sweep_check", "threshold_sweep_figure", "ufm_checks", "ufm_threshold_sweep"]
+
+NOTEBOOK = "01_ufm_mse"
+
+#: Rules of the parameters that are this notebook's own (the rest: ``COMMON_RULES``).
+RULES: dict[str, Rule] = {
+    "sweep_c_max": POSITIVE,
+}
+#: Hard requirements of the theory: a run whose parameters break one fails before any compute.
+REQUIREMENTS: list[Requirement] = []
+#: Assumptions of the theorem: runs go on, but say so.
+ASSUMPTIONS: list[Assumption] = [
+    Assumption(lambda p: p["d"] >= p["K"],
+               "d < K: Tirer & Bruna's Theorem 3.1 assumes d >= K (an orthogonal frame of K means needs "
+               "K dimensions); the run goes on but the closed forms need not apply"),
+]
+
+
+def ufm_checks(gd: GDResult, opt: theory.UFMOptimum, tol: float = 1e-4, zero_tol: float = 1e-6,
+               run: int = 0) -> list[dict[str, Any]]:
+    """GD-versus-theory checks for a UFM run (MSE or CE, with or without bias).
+
+    Relative errors (``tol``) for f*, ‖μ_k‖², the fit diag(WM), ‖W‖², ‖H‖² (and b*);
+    absolute errors (``zero_tol``) for the metrics the theorem sends to 0 — NC1 and
+    NC2/NC3 towards the frame of the model: orthogonal (bias-free MSE) or simplex
+    ETF (MSE with bias, CE) — and a relative check of what tells the frames apart,
+    which must equal :func:`ncutils.theory.frame_distance` (K): NC2 to the orthogonal
+    frame for an ETF; NC3 (ETF) for the orthogonal frame (its centred means *are* an
+    ETF, but W ∝ Mᵀ is not ∝ M̃ᵀ).
+    """
+    m = gd.model
+    assert isinstance(m, UFM)
+    etf = m.bias or m.loss == "ce"
+    own = "etf" if etf else "orthogonal"
+    label = f"{m.loss.upper()}{' + bias' if m.bias else ''}"
+
+    def final(metric: str, level: str = "model") -> float:
+        return float(gd.final(metric, level)[run])
+
+    out = [
+        check(f"{label}: objective f*", final("objective"), opt.objective, tol),
+        check(f"{label}: mean ||mu_k||^2", final("mean_norm_sq", "H"), opt.mean_norm_sq, tol),
+        check(f"{label}: diag(W M)", final("fit"), opt.fit, tol),
+        check(f"{label}: ||W||_F^2", final("norm_W_sq"), opt.norm_W_sq, tol),
+        check(f"{label}: ||H||_F^2", final("norm_H_sq"), opt.norm_H_sq, tol),
+    ]
+    if opt.bias is not None:
+        out.append(check(f"{label}: bias b_k", final("bias_mean"), opt.bias, tol))
+    out += [
+        check(f"{label}: NC1", final("nc1", "H"), 0.0, zero_tol, kind="abs"),
+        check(f"{label}: NC2 to {own}", final(f"nc2_{own}", "H"), 0.0, zero_tol, kind="abs"),
+        check(f"{label}: NC3 ({own})", final(f"nc3_{own}", "H"), 0.0, zero_tol, kind="abs"),
+    ]
+    distinct = "nc2_orthogonal" if etf else "nc3_etf"
+    out.append(check(f"{label}: {'NC2 to orthogonal' if etf else 'NC3 (ETF)'} = frame distance",
+                     final(distinct, "H"), theory.frame_distance(m.K), tol))
+    return out
+
+
+def ufm_threshold_sweep(
+    K: int, n: int, d: int, c_values: np.ndarray | list[float], *, loss: str = "mse", bias: bool = False,
+    lr: float, steps: int, init_std: float, seed: int, device: Any = "auto", dtype: Any = "float64",
+) -> pd.DataFrame:
+    """GD across the threshold c = K√(nλ_Hλ_W) with λ_W = λ_H = c/(K√n), all points as one batched run.
+
+    Returns one row per c: the GD and theory values of f and ‖μ_k‖² and their relative error.
+    """
+    c = np.asarray(c_values, dtype=float)
+    if c.ndim != 1 or c.size < 1 or not np.all(c > 0):
+        raise ValueError(f"c_values must be a non-empty 1-D list of positive numbers, got {c_values!r}")
+    lam = tuple(float(x) for x in c / (K * math.sqrt(n)))
+    model = UFM(K=K, n=n, d=d, lambda_W=lam, lambda_H=lam, loss=loss, bias=bias)  # type: ignore[arg-type]
+    gd = gradient_descent(model, lr=lr, steps=steps, init_std=init_std, seed=seed, device=device,
+                          dtype=dtype, record_every=steps, desc="threshold sweep")
+    optimum = theory.ufm_ce_optimum if loss == "ce" else (
+        lambda K, n, lw, lh: theory.ufm_mse_optimum(K, n, lw, lh, bias))
+    th = [optimum(K, n, x, x) for x in lam]
+    df = pd.DataFrame({
+        "c": c, "lambda": lam,
+        "objective_gd": gd.final("objective"), "objective_theory": [t.objective for t in th],
+        "mean_norm_sq_gd": gd.final("mean_norm_sq", "H"), "mean_norm_sq_theory": [t.mean_norm_sq for t in th],
+    })
+    df["objective_rel_err"] = (df.objective_gd - df.objective_theory).abs() / df.objective_theory
+    return df
+
+
+def sweep_check(sweep: pd.DataFrame, tol: float = 1e-4) -> dict[str, Any]:
+    """The worst point of a threshold sweep as one relative-error check of f."""
+    worst = sweep.loc[sweep.objective_rel_err.idxmax()]
+    return check(f"sweep: f at c = {worst.c:.3g} (worst of {len(sweep)})", worst.objective_gd,
+                 worst.objective_theory, tol, id="sweep_worst_objective")
+
+
+def threshold_sweep_figure(df: pd.DataFrame, title: str | None = None) -> Figure:
+    """‖μ_k‖² and f against c: theory as lines, GD as markers (``df`` from
+    :func:`ncutils.experiments.ufm_threshold_sweep`); the threshold c = 1 dashed."""
+    style()
+    fig, axes = plt.subplots(1, 2, figsize=(7.6, 3.2), constrained_layout=True)
+    for ax, (key, label) in zip(axes, [("mean_norm_sq", "mean ‖μ_k‖²"), ("objective", "objective f")], strict=True):
+        ax.plot(df.c, df[f"{key}_theory"], color="C0", label="theory")
+        ax.plot(df.c, df[f"{key}_gd"], "o", color="C1", ms=5, mfc="none", label="GD")
+        ax.axvline(1.0, color="0.4", ls="--", lw=1, label="c = 1")
+        _finish(ax, label, "c = K √(n λ_H λ_W)")
+    if title:
+        fig.suptitle(title)
+    return fig
+
