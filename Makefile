@@ -68,7 +68,8 @@ lint: venv
 
 ## lock: re-pin every dependency from the current environment
 lock: venv
-	{ head -n 2 requirements.lock; $(PY) -m pip freeze --all --exclude-editable | grep -v -i -E '^(ncutils|pip)=='; } > requirements.lock.new
+	{ head -n 2 requirements.lock; $(PY) -m pip freeze --all --exclude-editable | grep -v -i -E '^(ncutils|neural-collapse-utils|pip)==' \
+	  | sed -E 's/^((nvidia-[^=]*|triton)==.*)$$/\1 ; platform_system == "Linux" and platform_machine == "x86_64"/'; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
 clean:

@@ -26,7 +26,7 @@ class ParameterTypeError(TypeError, ValueError):
 
 
 def _type_name(kind: type | tuple[type, ...]) -> str:
-    names = {int: "an integer", float: "a number", bool: "a bool (true/false)", str: "a string", list: "a list"}
+    names = {int: "an integer", float: "a finite number", bool: "a bool (true/false)", str: "a string", list: "a list"}
     if isinstance(kind, tuple):
         return " or ".join(names.get(k, f"a {k.__name__}") for k in kind)
     return names.get(kind, f"a {kind.__name__}")

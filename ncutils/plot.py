@@ -181,7 +181,7 @@ def save(fig: Figure, name: str, folder: str | os.PathLike[str]) -> list[Path]:
 
 def sweep_metric(table: pd.DataFrame, x: str, y: str, hue: str | None = None, logx: bool = False,
                  logy: bool = False, title: str | None = None) -> Figure:
-    """A metric of a sweep (a column of :func:`ncutils.sweep.collect`'s table, e.g. ``checks[objective].gd``)
+    """A metric of a sweep (a column of :func:`ncutils.pipeline.sweep.collect`'s table, e.g. ``checks[objective].gd``)
     against a swept parameter: mean over the other parameters (seeds) with a ±1 sd band, one line per ``hue``.
     Failed runs (status ≠ done) are left out."""
     style()

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from ncutils import experiments, theory
+from ncutils import theory
 from ncutils.models import UFM
 from ncutils.solve import gradient_descent
+from ncutils.studies import ufm_mse as experiments
 
 
 def test_threshold_sweep_matches_theory_on_both_sides():

@@ -8,9 +8,9 @@ import matplotlib.pyplot as plt
 import nbformat
 import pytest
 
-from ncutils import params, plot, report
-from ncutils import run as runner
+from ncutils import plot, report
 from ncutils.paths import atomic_path, repo_root, write_json
+from ncutils.pipeline import params, runner
 
 NB = "01_ufm_mse"
 
@@ -18,17 +18,17 @@ NB = "01_ufm_mse"
 @pytest.mark.parametrize(
     "bad,match",
     [
-        ({"lambda_W": -0.1}, r"lambda_W must be a float in \[0, inf\)"),
-        ({"K": 1}, r"K must be a int in \[2, inf\)"),
-        ({"n": 0}, r"n must be a int in \[1, inf\)"),
+        ({"lambda_W": -0.1}, r"lambda_W must be a finite number in \[0, inf\)"),
+        ({"K": 1}, r"K must be an integer in \[2, inf\)"),
+        ({"n": 0}, r"n must be an integer in \[1, inf\)"),
         ({"d": 0}, r"parameter d must"),
-        ({"lr": 0.0}, r"lr must be a float in \(0, inf\)"),
+        ({"lr": 0.0}, r"lr must be a finite number in \(0, inf\)"),
         ({"steps": 0}, "steps must"),
-        ({"steps": 1.5}, r"steps must be a int .* got 1.5 \(float\)"),
-        ({"K": "4"}, r"K must be a int .* \(str\)"),
+        ({"steps": 1.5}, r"steps must be an integer .* got 1.5 \(float\)"),
+        ({"K": "4"}, r"K must be an integer .* \(str\)"),
         ({"device": "tpu"}, r"device: device must be 'auto', 'cpu'"),
         ({"dtype": "half"}, r"dtype must be one of \('float64', 'float32'\)"),
-        ({"bogus": 1}, r"unknown parameter\(s\) \['bogus'\]; valid parameters are"),
+        ({"bogus": 1}, r"unknown parameter\(s\) \['bogus'\] for 01_ufm_mse; valid parameters are"),
     ],
 )
 def test_bad_parameters_fail_before_any_compute(bad, match, monkeypatch):
@@ -63,26 +63,49 @@ def test_unknown_notebook_and_profile():
 
 
 @pytest.mark.parametrize("nb", [p.stem for p in runner.list_notebooks()])
-def test_every_parameter_is_typed_and_documented(nb):
-    """`papermill --help-notebook` prints a type and help text for every parameter."""
+def test_every_parameter_is_declared_once_typed_documented_and_ruled(nb):
+    """The parameters cell is the one declaration: every name has a type, a doc and a rule (from the notebook's
+    study or the shared vocabulary, never the type-only fallback), the annotated type is the rule's; the study
+    has no rule its notebook does not declare; the notebook hands its namespace to setup instead of retyping
+    its names; `papermill --help-notebook` lists them."""
     import papermill
 
-    info = papermill.inspect_notebook(str(runner.notebook_path(nb)))
-    for name, spec in info.items():
-        assert spec["inferred_type_name"] != "None", name
-        assert spec["help"].strip(), name
-        assert name in params.RULES, f"{name} has no validation rule"
+    from ncutils.studies._common import COMMON_RULES
+
+    study = params.study_for(nb)
+    schema = params.notebook_schema(nb)
+    assert set(schema) == set(papermill.inspect_notebook(str(runner.notebook_path(nb))))
+    for name, p in schema.items():
+        assert p.doc.strip(), f"{name} has no doc comment"
+        rule = study.RULES.get(name, COMMON_RULES.get(name))
+        assert rule is p.rule, f"{name} has no rule in {study.__name__} or COMMON_RULES"
+        assert p.type == rule.kind.__name__, f"{name}: annotated {p.type}, rule checks {rule.kind.__name__}"
+        assert rule.validate(name, p.default) == p.default  # the defaults themselves are valid
+    assert not set(study.RULES) - set(schema), f"{study.__name__} has rules for undeclared names"
+    for path in (runner.notebook_path(nb), repo_root() / "tests" / "golden" / f"{nb}.ipynb"):
+        code = [c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+        assert sum(f'nc.setup("{nb}", globals())' in c for c in code) == 1, path
+        assert not any("nc.setup(" in c and "globals()" not in c for c in code), path
     out = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(runner.notebook_path(nb))],
                          capture_output=True, text=True, check=True).stdout
-    for name in info:
+    for name in schema:
         assert name in out
+
+
+def test_setup_refuses_names_the_notebook_does_not_declare():
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['beta'\] for 01_ufm_mse; valid parameters are"):
+        params.setup("01_ufm_mse", beta=2.0)
+    with pytest.raises(TypeError, match=r"parameter K must be an integer in \[2, inf\), got '3' \(str\)"):
+        params.setup("01_ufm_mse", K="3")
+    with pytest.raises(ValueError, match=r"parameters \['d'\] of 01_ufm_mse are not defined"):
+        params.setup("01_ufm_mse", {k: v.default for k, v in params.notebook_schema("01_ufm_mse").items() if k != "d"})
 
 
 def test_profiles_use_declared_names():
     for nb in runner.list_notebooks():
         declared = runner.declared_parameters(nb)
         for prof in ["small", *runner.figure_profiles(nb)]:
-            checked = params.validate({**declared, **runner.load_profile(nb, prof)}, declared)
+            checked = params.validate(nb, {**declared, **runner.load_profile(nb, prof)})
             params.check_requirements(nb.stem, checked, machine=False)  # datasets are checked at run time
 
 
@@ -95,12 +118,12 @@ def test_figure_profiles():
 @pytest.mark.parametrize(
     "nb,bad,match",
     [
-        ("02", {"lambda_W1": -0.005}, r"parameter lambda_W1 must be a float in \(0, inf\), got -0.005"),
-        ("03", {"lambda_H1": -1.0}, r"parameter lambda_H1 must be a float in \(0, inf\)"),
-        ("04", {"lambda_W": -0.004}, r"parameter lambda_W must be a float in \[0, inf\)"),
+        ("02", {"lambda_W1": -0.005}, r"parameter lambda_W1 must be a finite number in \(0, inf\), got -0.005"),
+        ("03", {"lambda_H1": -1.0}, r"parameter lambda_H1 must be a finite number in \(0, inf\)"),
+        ("04", {"lambda_W": -0.004}, r"parameter lambda_W must be a finite number in \[0, inf\)"),
         ("04", {"depths": [2, 0]}, r"parameter depths: must be a non-empty list of integers >= 1 \(depths L\)"),
         ("04", {"depths": []}, r"parameter depths: must be a non-empty list"),
-        ("04", {"multi_L": 0}, r"parameter multi_L must be a int in \[1, inf\)"),
+        ("04", {"multi_L": 0}, r"parameter multi_L must be an integer in \[1, inf\)"),
         ("04", {"activation": "tanh"}, r"parameter activation must be one of \('relu', 'linear'\), got 'tanh'"),
         ("04", {"width": 1}, r"parameter width must be >= K .* got \{'width': 1, 'K': 2\}"),
         ("04", {"width_study": [30, 5]}, r"parameter width_study must be >= multi_K"),

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ncutils.run import list_notebooks
-from ncutils.site import build_site
+from ncutils.pipeline.runner import list_notebooks
+from ncutils.pipeline.site import build_site
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -39,7 +39,7 @@ def test_index_lists_every_executed_notebook_with_its_metadata(site):
 
 
 def test_index_escapes_notebook_text():
-    from ncutils.site import GalleryEntry, _index
+    from ncutils.pipeline.site import GalleryEntry, _index
 
     evil = GalleryEntry(Path("x.ipynb"), "09_x", "small", "UFM <script>alert(1)</script>", "A & B",
                         {"loss": "<b>mse</b>", "results_dir": "hidden"}, None, False, [b"png"])

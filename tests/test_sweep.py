@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from ncutils import plot, sweep
+from ncutils import plot
 from ncutils.__main__ import main
+from ncutils.pipeline import sweep
 
 PROBE = '''
 import json, pathlib, time
@@ -75,8 +76,8 @@ def test_load_sweep_expands_grid_zip_and_seeds(probe, tmp_path):
     ("grid: {lambda_W: []}\n", "grid.lambda_W is an empty list"),
     ("grid: {lambda_X: [1]}\n", "unknown parameter(s) ['lambda_X'] in 'grid'"),
     ("zip: {K: [3, 4], n: [1]}\n", "must have equal lengths"),
-    ("grid: {lambda_W: [-1.0]}\n", "parameter lambda_W must be a float in [0, inf), got -1.0"),
-    ("grid: {K: [1]}\n", "parameter K must be a int in [2, inf)"),
+    ("grid: {lambda_W: [-1.0]}\n", "parameter lambda_W must be a finite number in [0, inf), got -1.0"),
+    ("grid: {K: [1]}\n", "parameter K must be an integer in [2, inf)"),
     ("executor: cloud\n", "executor must be one of"),
     ("slurm: {gpus: 1}\n", "unknown slurm option(s) ['gpus']"),
     ("params: {results_dir: x}\n", "chooses each run's folders itself"),

@@ -51,9 +51,10 @@ class Parameter:
     rule: Rule
 
 
-def study_for(notebook: str) -> ModuleType:
+def study_for(notebook: str | os.PathLike[str], required: bool = True) -> ModuleType | None:
     """The study module of a notebook: ``01_ufm_mse`` → :mod:`ncutils.studies.ufm_mse` (the stem without its
-    number). Study modules outside the package are found through ``$NCUTILS_STUDIES_PATH`` (folders)."""
+    number). Study modules outside the package are found through ``$NCUTILS_STUDIES_PATH`` (folders).
+    A notebook without a study (``required=False``: e.g. a user's own notebook run by path) gives ``None``."""
     from .. import studies
 
     stem = Path(str(notebook)).stem
@@ -63,6 +64,8 @@ def study_for(notebook: str) -> ModuleType:
     except ModuleNotFoundError as err:
         if err.name != f"ncutils.studies.{slug}":
             raise
+        if not required:
+            return None
         raise ValueError(f"notebook {stem} has no study module: expected ncutils/studies/{slug}.py (or {slug}.py in "
                          f"a folder of $NCUTILS_STUDIES_PATH); studies are {studies.available()}") from None
     if getattr(module, "NOTEBOOK", stem) != stem:
@@ -117,33 +120,41 @@ def _parameters_source(path: Path) -> str:
     return "".join(src) if isinstance(src, list) else src
 
 
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list}
+
+
 @lru_cache(maxsize=64)
-def _schema(stem: str, source: str) -> dict[str, Parameter]:
+def _schema(stem: str, source: str, known: bool) -> dict[str, Parameter]:
     from ..studies._common import COMMON_RULES
 
-    study = study_for(stem)
-    rules = {**COMMON_RULES, **study.RULES}
+    study = study_for(stem, required=known)
+    rules = {**COMMON_RULES, **(study.RULES if study is not None else {})}
     out = {}
     for name, (kind, default, doc) in parse_parameters(source, f"{stem}: parameters cell").items():
-        if name not in rules:
+        if kind not in _TYPES:
+            raise ValueError(f"{stem}: parameter {name} must be annotated with one of {sorted(_TYPES)}, got {kind}")
+        rule = rules.get(name)
+        if rule is None and study is not None:
             raise ValueError(f"{stem}: parameter {name} has no rule: add it to RULES in {study.__name__}")
-        out[name] = Parameter(name, kind, default, doc, rules[name])
+        out[name] = Parameter(name, kind, default, doc, rule or Rule(_TYPES[kind]))  # no study: its type only
     return out
 
 
 def notebook_schema(notebook: str | os.PathLike[str], source: str | None = None) -> dict[str, Parameter]:
     """Every parameter the notebook declares, with its rule; ``source``: the parameters cell's text (default:
-    read from the notebook file)."""
+    read from the notebook file). A notebook of this checkout (``notebooks/``) must have a study; a notebook
+    given by a path elsewhere may not, and then its parameters are checked by their annotated type only."""
     stem = Path(str(notebook)).stem
+    path = notebook_file(notebook)
+    known = path is None or path.resolve().parent == (repo_root() / "notebooks").resolve()
     if source is None:
-        path = notebook_file(notebook)
         if path is None:
             raise ValueError(f"notebook {stem} not found (looked for {repo_root() / 'notebooks' / (stem + '.ipynb')})")
         source = _parameters_source(path)
-    return _schema(stem, source)
+    return _schema(stem, source, known)
 
 
-def validate(notebook: str, params: Mapping[str, Any], schema: Mapping[str, Parameter] | None = None) -> dict[str, Any]:
+def validate(notebook: str | os.PathLike[str], params: Mapping[str, Any], schema: Mapping[str, Parameter] | None = None) -> dict[str, Any]:
     """Check names, types and ranges of ``params`` against the notebook's schema; return them validated.
 
     A name the notebook does not declare is refused, listing the valid names.
@@ -156,11 +167,12 @@ def validate(notebook: str, params: Mapping[str, Any], schema: Mapping[str, Para
     return {name: schema[name].rule.validate(name, value) for name, value in params.items()}
 
 
-def check_requirements(notebook: str, params: Mapping[str, Any], machine: bool = True) -> None:
+def check_requirements(notebook: str | os.PathLike[str], params: Mapping[str, Any], machine: bool = True) -> None:
     """Raise ``ValueError`` for the first requirement of the notebook's study that ``params`` break
     (requirements on parameters that are not given are skipped; ``machine=False`` skips those that depend on
     this machine: dataset files, the device)."""
-    for req in study_for(notebook).REQUIREMENTS:
+    study = study_for(notebook, required=False)
+    for req in study.REQUIREMENTS if study is not None else []:
         if req.machine and not machine:
             continue
         if not all(name in params for name in req.names):
@@ -238,7 +250,8 @@ def setup(notebook: str, namespace: Mapping[str, Any] | None = None, /, **params
     run = Run(stem, p, device, dtype, resolve_path(results), resolve_path(p.get("figures_dir", "figures")))
     run.results_dir.mkdir(parents=True, exist_ok=True)
     run.figures_dir.mkdir(parents=True, exist_ok=True)
-    for assumption in study_for(stem).ASSUMPTIONS:
+    study = study_for(stem, required=False)
+    for assumption in study.ASSUMPTIONS if study is not None else []:
         try:
             broken = not assumption.holds(p)
         except KeyError:  # the assumption involves a parameter this call does not set

@@ -30,7 +30,7 @@ from typing import Any
 import nbformat
 import yaml
 
-from ..paths import repo_root
+from ..paths import repo_root, resolve_path
 from .params import check_requirements, notebook_schema, validate
 
 __all__ = [
@@ -155,7 +155,7 @@ def run_notebook(
     data_root = os.environ.get("NCUTILS_DATA_ROOT")
     if data_root and "data_root" in declared and "data_root" not in merged:  # make figures DATA_ROOT=…
         merged["data_root"] = data_root
-    checked = validate(path.stem, {**declared, **merged})
+    checked = validate(path, {**declared, **merged})
     check_requirements(path.stem, checked)
     # inject only what differs from the notebook's defaults (a paper run leaves the notebook untouched)
     merged = {k: checked[k] for k in merged if checked[k] != declared.get(k, object())}
@@ -166,7 +166,7 @@ def run_notebook(
     os.close(fd)
     os.environ["NCUTILS_QUIET"] = "1"
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     try:
         papermill.execute_notebook(
             str(path), tmp, parameters=merged, kernel_name=kernel_name, progress_bar=False,
@@ -184,9 +184,25 @@ def run_notebook(
             raise RuntimeError(msg) from err
         return RunRecord(path.stem, profile, failed, False, time.perf_counter() - t0, msg)
     wall = time.perf_counter() - t0
-    _clean(Path(tmp), record={"profile": profile, "wall_time_s": round(wall, 1)})
+    record: dict[str, Any] = {"profile": profile, "wall_time_s": round(wall, 1)}
+    record.update(_summary_record(checked, path.stem, since=started))
+    _clean(Path(tmp), record=record)
     os.replace(tmp, out)
     return RunRecord(path.stem, profile, out, True, wall)
+
+
+def _summary_record(params: dict[str, Any], stem: str, since: float) -> dict[str, Any]:
+    """``passed`` and the per-check pass/fail (by check id) of the ``summary.json`` this run wrote (a summary
+    older than the run is not this run's: then nothing is recorded)."""
+    import json
+
+    folder = params.get("results_dir") or f"outputs/{stem}/{params.get('profile', 'default')}"
+    path = resolve_path(folder) / "summary.json"
+    if not path.exists() or path.stat().st_mtime < since:
+        return {}
+    summary = json.loads(path.read_text())
+    checks = {c.get("id", c.get("name")): bool(c.get("passed")) for c in summary.get("checks", [])}
+    return {"passed": bool(summary.get("passed")), "checks": checks}
 
 
 def source_hash(notebook: str | os.PathLike[str], profile: str) -> str:

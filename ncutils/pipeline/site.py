@@ -40,8 +40,6 @@ window.addEventListener("load", function () {
 });
 </script>"""
 
-_PASSED = re.compile(r"all checks passed: (True|False)")
-
 
 @dataclass
 class GalleryEntry:
@@ -78,14 +76,11 @@ def _entry(path: Path, profile: str) -> GalleryEntry:
     title, paper = _markdown_header(nb)
     record = nb.metadata.get("ncutils", {})
     params = dict(nb.metadata.get("papermill", {}).get("parameters", {}) or {})
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-                   if o.get("output_type") == "stream")
-    found = _PASSED.findall(text)
     images = [base64.b64decode(o["data"]["image/png"]) for c in nb.cells if c.cell_type == "code"
               for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     profile = record.get("profile") or params.get("profile") or profile
     return GalleryEntry(path, path.stem, profile, title, paper, params,
-                        record.get("wall_time_s"), (found[-1] == "True") if found else None, images)
+                        record.get("wall_time_s"), record.get("passed"), images)
 
 
 def gallery_entries() -> list[GalleryEntry]:

@@ -214,7 +214,7 @@ def load_sweep(path: str | os.PathLike[str]) -> Sweep:
             swept = {**dict(zip(grid_lists, combo, strict=True)), **zrow}
             merged = {**base, **fixed, **swept}
             try:
-                checked = validate(nb.stem, {**declared, **merged})
+                checked = validate(nb, {**declared, **merged})
                 check_requirements(nb.stem, checked, machine=False)
             except ValueError as err:
                 raise _fail(source, f"run {swept}: {err}") from None
@@ -422,9 +422,10 @@ def _flatten(obj: Any, prefix: str, out: dict[str, Any]) -> None:
     if isinstance(obj, dict):
         for k, v in obj.items():
             _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
-    elif isinstance(obj, list) and obj and all(isinstance(c, dict) and "name" in c for c in obj):
-        for c in obj:  # the checks list: one column group per check name
-            _flatten({k: v for k, v in c.items() if k != "name"}, f"{prefix}[{c['name']}]", out)
+    elif isinstance(obj, list) and obj and all(isinstance(c, dict) and ("id" in c or "name" in c) for c in obj):
+        for c in obj:  # the checks list: one column group per check id (its label may hold run-dependent numbers)
+            key = c.get("id", c.get("name"))
+            _flatten({k: v for k, v in c.items() if k not in ("id", "name")}, f"{prefix}[{key}]", out)
     elif isinstance(obj, list):
         out[prefix] = json.dumps(obj)
     else:
@@ -434,7 +435,7 @@ def _flatten(obj: Any, prefix: str, out: dict[str, Any]) -> None:
 def collect(sweep: Sweep) -> pd.DataFrame:
     """One tidy row per run: ``key``, ``status``, ``wall_time_s``, ``error``, every parameter (``param.<name>``
     for fixed ones, plain names for swept ones) and every ``summary.json`` field (nested keys joined with
-    ``.``, checks as ``checks[<name>].<field>``). Written atomically to ``table.csv`` and ``table.parquet``."""
+    ``.``, checks as ``checks[<id>].<field>``). Written atomically to ``table.csv`` and ``table.parquet``."""
     rows = []
     for r in sweep.runs:
         status = _read_json(r.status_file) or {}
