@@ -1,4 +1,4 @@
-"""Command line: ``python -m ncutils {run,figures,golden,sweep,site} …``."""
+"""Command line: ``ncutils {run,figures,golden,sweep,site,twins} …`` (or ``python -m ncutils …``)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--executor", choices=("local", "submitit-local", "slurm"), help="override the file's executor")
     w = sub.add_parser("site", help="render every executed notebook to an offline HTML gallery (site/)")
     w.add_argument("-o", "--output", default="site", help="output folder (default: site/)")
+    t = sub.add_parser("twins", help="rewrite notebooks/scripts/*.py (jupytext twins) from the notebooks")
+    t.add_argument("--check", action="store_true", help="only list the twins that differ (exit 1 if any)")
     args = ap.parse_args(argv)
 
     try:
@@ -44,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "sweep":
             return _sweep(args)
+        if args.cmd == "twins":
+            from .pipeline import twins
+
+            stale = twins.stale_twins() if args.check else twins.write_twins()
+            for nb in stale:
+                print(f"{'stale' if args.check else 'wrote'}: {twins.twin_path(nb)}")
+            return 1 if args.check and stale else 0
         if args.cmd == "site":
             from .pipeline.site import build_site
 

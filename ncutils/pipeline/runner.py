@@ -46,7 +46,8 @@ __all__ = [
     "source_hash",
 ]
 
-KERNEL_DISPLAY = {"name": "ncutils", "display_name": "Python (ncutils)", "language": "python"}
+#: the notebooks run in the standard kernel of the environment JupyterLab (or the runner) starts from
+KERNEL_DISPLAY = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 
 
 @dataclass

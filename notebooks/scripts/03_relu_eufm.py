@@ -1,0 +1,169 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,scripts//py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 — The extended UFM with a ReLU layer
+#
+# **Tirer & Bruna, *Extended unconstrained features model for exploring deep neural collapse*, ICML 2022, §4 (Figs. 4 and 9).**
+#
+# Model: $f=\frac{1}{2Kn}\|W_2\,\sigma(W_1H_1)-Y\|_F^2+\frac{\lambda_{W_2}}{2}\|W_2\|_F^2+\frac{\lambda_{W_1}}{2}\|W_1\|_F^2+\frac{\lambda_{H_1}}{2}\|H_1\|_F^2$,
+# $\sigma=$ ReLU, levels $H_1$ and $H_2=\sigma(W_1H_1)$, no bias, MSE.
+#
+# Claim (paper): the deepest features $H_2$ collapse to a **non-negative orthogonal frame** — the structured
+# collapse appears only at the last level, as in real networks. The closed forms of the collapsed branch are those
+# of the linear model (SPEC §3, derived): $f^*=\min_s(s-1)^2/2+\tfrac{3K}{2}q\,s^{2/3}$, non-zero iff
+# $Kq\le2^{-4/3}$, where the minimizing $s$ jumps from $1/2$ to $0$. The Gram of $H_1$'s means is *not* determined
+# at the optimum (equal norms, arbitrary non-positive off-diagonals): NC1 → 0 at both levels, NC2($H_1$) does not.
+
+# %% tags=["parameters"]
+K: int = 4  # number of classes, at least 2
+d: int = 20  # width of H1 and H2; at least K
+n: int = 50  # samples per class
+lambda_W1: float = 0.005  # weight decay of the hidden layer W1, positive
+lambda_W2: float = 0.005  # weight decay of the classifier W2, positive
+lambda_H1: float = 0.005  # weight decay of the free features H1, positive
+lr: float = 0.1  # plain GD step size (paper slides: 0.1)
+steps: int = 200000  # GD steps
+record_every: int = 1000  # record objective and metrics every k steps
+seeds: int = 10  # independent initializations, run as one batched tensor program
+init_std: float = 0.5  # std of the N(0, std^2) initialization of H1, W1, W2
+studies: bool = True  # run the initialization study and the threshold sweep (sections 3 and 4)
+init_scales: list = [0.01, 0.1, 0.2236, 0.5]  # initialization stds compared in the stall study
+study_steps: int = 50000  # GD steps of the initialization study
+sweep_points: int = 15  # points of the sweep across the existence threshold
+sweep_ratio_max: float = 1.4  # largest K q / 2^(-4/3) of the sweep
+sweep_steps: int = 50000  # GD steps at every point of the sweep
+sweep_seeds: int = 4  # seeds per sweep point (the best one is compared with the global optimum)
+seed: int = 0  # random seed of the initializations
+device: str = "auto"  # auto | cpu | cuda | cuda:N
+dtype: str = "float64"  # float64 (theory checks) or float32
+tag: str = "fig4"  # name of this setting in figure file names
+results_dir: str = ""  # folder of summary.json; empty: outputs/03_relu_eufm/<profile>
+figures_dir: str = "figures"  # folder of the PDF/PNG figures, relative to the repository root
+profile: str = "paper"  # name of the parameter profile (set by the runner)
+
+# %%
+import numpy as np
+
+import ncutils as nc
+from ncutils.studies import relu_eufm as study
+
+run = nc.setup("03_relu_eufm", globals())
+opt = nc.theory.eufm_optimum(K, n, lambda_W1, lambda_W2, lambda_H1)
+gd_args = dict(lr=lr, steps=steps, runs=seeds, record_every=record_every, init_std=init_std, seed=seed,
+               device=run.device, dtype=run.dtype)
+print(f"q = {opt.q:.6g}, K q = {K * opt.q:.4f} (collapse needs K q <= 2^(-4/3) = {nc.theory.eufm_threshold():.4f})")
+print(f"theory: f* = {opt.objective:.6f}, s = {opt.s:.6f}, ||mu_1||^2 = {opt.mean_norm_sq[0]:.4f}, "
+      f"||mu_2||^2 = {opt.mean_norm_sq[1]:.4f}")
+
+# %% [markdown]
+# ## 1. Linear vs ReLU, side by side
+#
+# Both models from the same `seeds` initializations (each a batched program). Thin lines are seeds, colours are
+# levels. NC3 is $W_2$ vs $M_2$ for the classifier and the row-space alignment `nc3_gram` of $W_1$ with $H_1$'s means.
+
+# %%
+relu = nc.extended_ufm(K, n, d, "relu", lambda_W1, lambda_W2, lambda_H1)
+linear = nc.extended_ufm(K, n, d, "linear", lambda_W1, lambda_W2, lambda_H1)
+gd_relu = nc.gradient_descent(relu, desc="ReLU EUFM", **gd_args)
+gd_lin = nc.gradient_descent(linear, desc="linear EUFM", **gd_args)
+results = {"linear": gd_lin, "ReLU": gd_relu}
+fig = nc.plot.level_panels(results, theory={k: opt.objective for k in results},
+                           title=f"Extended UFM, linear vs ReLU (K={K}, d={d}, n={n})")
+nc.plot.save(fig, f"tb22_{tag}_linear_vs_relu", run.figures_dir);
+
+# %% [markdown]
+# With ReLU, NC1 still falls to round-off at both levels, and $H_2$ reaches the orthogonal frame; $H_1$'s NC2 to
+# the orthogonal frame levels off at a seed-dependent value instead of going to 0.
+#
+# ## 2. The Gram of $H_1$'s means is not fixed
+#
+# Pairwise cosines of the class means at the end of GD, one dot per seed and pair: at $H_2$ all are 0 (a
+# non-negative orthogonal frame); at $H_1$ they are non-positive and differ from seed to seed.
+
+# %%
+cos = study.mean_gram_cosines(gd_relu)
+fig = study.gram_cosines_figure(cos, title="ReLU EUFM: cos(mu_k, mu_k') per seed")
+nc.plot.save(fig, f"tb22_{tag}_relu_gram", run.figures_dir)
+print(cos.groupby("level").cosine.agg(["min", "max"]).to_string(float_format="{:.3f}".format))
+
+# %% [markdown]
+# ## 3. Initialization scale: stalls and partial solutions
+#
+# From a tiny initialization GD sits at the saddle $H=0$ ($f=1/2$). In between, some seeds stop at *partial*
+# solutions where a few samples' pre-activations are dead (their ReLU gradient is 0), which GD cannot leave.
+# All scales × seeds run as one batched program; the seed table reports every run.
+
+# %%
+if studies:
+    study, scales = study.init_scale_study(relu, init_scales, seeds=seeds, lr=lr, steps=study_steps,
+                                                    seed=seed, device=run.device, dtype=run.dtype,
+                                                    record_every=record_every)
+    scales["rel_err"] = study.final("objective") / opt.objective - 1
+    scales["reached"] = scales.rel_err.abs() <= 1e-3
+    fig = study.init_scales_figure(study, scales, opt.objective,
+                              title="ReLU EUFM: final objective vs initialization scale")
+    nc.plot.save(fig, f"tb22_{tag}_relu_init", run.figures_dir)
+    print(scales.groupby("init_std").agg(at_f_star=("reached", "sum"), worst_rel_err=("rel_err", "max"))
+          .to_string(float_format="{:.1e}".format))
+
+# %% [markdown]
+# ## 4. Across the existence threshold: a discontinuous jump
+#
+# All three λ equal; the sweep moves $Kq$ across $2^{-4/3}$ (x-axis: $Kq/2^{-4/3}$); every point runs
+# `sweep_seeds` seeds, all points and seeds one batched program, and the best seed of each point is shown (single
+# ReLU runs can stop at partial solutions; the table counts the seeds that reached the global value). The global optimum jumps from $s=1/2$ to $0$ at the threshold; past it the collapsed branch
+# survives as a *local* minimum (dotted), and GD started from a non-small initialization can still land on it.
+
+# %%
+if studies:
+    ratios = np.linspace(0.2, sweep_ratio_max, sweep_points)
+    sweep = study.dufm_threshold_sweep(K, n, d, ratios, L=2, activation="relu", lr=lr, steps=sweep_steps,
+                                                init_std=init_std, seeds=sweep_seeds, seed=seed, device=run.device,
+                                                dtype=run.dtype)
+    fig = study.dufm_threshold_sweep_figure(sweep, level_label="H2", title="ReLU EUFM across K q = 2^(-4/3)")
+    nc.plot.save(fig, f"tb22_{tag}_relu_threshold", run.figures_dir)
+    print(sweep[["ratio", "objective_gd", "objective_theory", "objective_metastable", "seeds_at_theory"]].to_string(
+        float_format="{:.5f}".format))
+
+# %% [markdown]
+# ## Summary: GD vs theory
+#
+# Checks on the best seed of each model (the seed table shows how many seeds got to $f^*$ and where the others
+# stopped); NC2/NC3 are checked at $H_2$ for ReLU (where the theory predicts the frame) and at both levels for the
+# linear model. The sweep is checked where the theory is unambiguous for GD: its best seed is never below the
+# global $f^*$, it reaches the collapsed optimum at the smallest ratio and $f=1/2$ at the largest; in between, how
+# many seeds got to $f^*$ is reported, not checked.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+checks = study.deep_ufm_checks(gd_relu, opt, label="ReLU")
+checks += study.deep_ufm_checks(gd_lin, opt, label="linear")
+extra = {}
+if studies:
+    checks += study.dufm_sweep_checks(sweep)
+    extra = dict(init_study=scales.to_dict("records"), sweep=sweep.to_dict("records"))
+seeds_relu = study.seed_table(gd_relu, opt)
+summary = nc.report.summary(run.params, checks, theory=opt.as_dict(), seeds=seeds_relu.to_dict("records"),
+                            gram_cosines=cos.to_dict("records"), **extra,
+                            wall_time_s={"relu": gd_relu.wall_time_s, "linear": gd_lin.wall_time_s},
+                            notes=run.notes)
+run.write_json("summary.json", summary)
+print(nc.report.checks_table(checks).to_string())
+print(nc.report.seeds_table(seeds_relu).to_string())
+print("all checks passed:", summary["passed"])
+
+# %%
+print(run.environment())

@@ -1,0 +1,203 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,scripts//py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 — The deep UFM: deep neural collapse and the low-rank bias
+#
+# **Súkeník, Mondelli & Lampert, *Deep neural collapse is provably optimal for the deep unconstrained features
+# model*, NeurIPS 2023; Súkeník, Lampert & Mondelli, *Neural collapse versus low-rank bias: is deep neural collapse
+# really optimal?*, NeurIPS 2024 (arXiv 2405.14468), Fig. 2 (top).**
+#
+# Model ($L$ weight layers, ReLU, no biases, MSE, $N=Kn$):
+# $f=\frac{1}{2N}\|W_L\sigma(W_{L-1}\sigma(\cdots\sigma(W_1H_1)))-Y\|_F^2+\sum_l\frac{\lambda_{W_l}}{2}\|W_l\|_F^2+\frac{\lambda_{H_1}}{2}\|H_1\|_F^2$,
+# levels $H_1$ (free) and $H_{l+1}=\sigma(W_lH_l)$.
+#
+# * **Binary ($K=2$), paper:** the unique global optimum has deep neural collapse (DNC) in every layer —
+#   within-class collapse, post-ReLU class means orthogonal with equal norms, weights aligned with the means.
+# * **Closed form (derived, SPEC §4):** with $m=L+1$ and $q=(n\lambda_{H_1}\prod_l\lambda_{W_l})^{1/m}$,
+#   $f_{DNC}=\min_{s\in[0,1]}(s-1)^2/2+\tfrac{Km}{2}q\,s^{2/m}$, layer norms $a_1^2=T/(n\lambda_{H_1})$,
+#   $a_{l+1}^2=a_l^2T/\lambda_{W_l}$, $T=qs^{2/m}$; non-zero iff $\tfrac{Km}{2}q\le((m-2)/(m-1))^{(m-2)/m}\,m/(2(m-1))$.
+# * **$K>2$, $L\ge3$ (follow-up paper):** DNC is *not* optimal; the low-rank bias of multi-layer L2 regularization
+#   gives lower-loss solutions whose intermediate class means have rank $<K$ (DNC1 still holds; DNC2/3 fail).
+
+# %% tags=["parameters"]
+K: int = 2  # classes of the binary part (the DNC theorem is binary)
+n: int = 50  # samples per class of the binary part
+width: int = 20  # width of every level of the binary part, at least K
+depths: list = [2, 3, 4, 5]  # numbers of weight layers L of the binary part
+activation: str = "relu"  # relu (the deep UFM) or linear (a contrast without ReLU)
+lambda_W: float = 0.004  # weight decay of every W_l (both parts), non-negative
+lambda_H: float = 0.004  # weight decay of H1 (both parts), non-negative
+lr: float = 0.5  # plain GD step size (both parts)
+steps: int = 150000  # GD steps of the binary part (NC2 converges slowly at depth 5)
+record_every: int = 1000  # record objective and metrics every k steps
+seeds: int = 10  # independent initializations per setting, one batched tensor program
+init_std: float = 0.2236  # std of the N(0, std^2) initialization, binary part (1/sqrt(width))
+multi_K: int = 10  # classes of the low-rank part (Sukenik et al. 2024, Fig. 2 top)
+multi_n: int = 5  # samples per class of the low-rank part (open in the paper; see section 2)
+multi_width: int = 30  # width of every level of the low-rank part, at least multi_K
+multi_L: int = 4  # weight layers of the low-rank part
+multi_steps: int = 300000  # GD steps of the low-rank part
+multi_init_std: float = 0.1826  # init std of the low-rank part (1/sqrt(multi_width))
+width_study: list = [10, 30, 60]  # widths compared for how often GD reaches DNC
+lambda_study: list = [0.002, 0.004, 0.008]  # weight decays (all layers) compared for the rank
+study_steps: int = 60000  # GD steps of the width and weight-decay studies
+seed: int = 0  # random seed of the initializations
+device: str = "auto"  # auto | cpu | cuda | cuda:N
+dtype: str = "float64"  # float64 (theory checks) or float32
+results_dir: str = ""  # folder of summary.json; empty: outputs/04_deep_ufm/<profile>
+figures_dir: str = "figures"  # folder of the PDF/PNG figures, relative to the repository root
+profile: str = "paper"  # name of the parameter profile (set by the runner)
+
+# %%
+import pandas as pd
+
+import ncutils as nc
+from ncutils.studies import deep_ufm as study
+
+run = nc.setup("04_deep_ufm", globals())
+gd_args = dict(lr=lr, runs=seeds, seed=seed, device=run.device, dtype=run.dtype)
+
+# %% [markdown]
+# ## 1. Binary classification: DNC in every layer, for every depth
+#
+# One batched program of `seeds` initializations per depth. Rows of the figure are depths; colours are levels.
+
+# %%
+binary, optima = {}, {}
+for L in depths:
+    optima[L] = nc.theory.dufm_optimum(K, n, lambda_H, [lambda_W] * L)
+    model = nc.DeepUFM(K=K, n=n, d=width, L=L, activation=activation, lambda_W=lambda_W, lambda_H=lambda_H)
+    binary[L] = nc.gradient_descent(model, steps=steps, record_every=record_every, init_std=init_std,
+                                    desc=f"DUFM L={L}", **gd_args)
+fig = nc.plot.level_panels({f"L={L}": r for L, r in binary.items()},
+                           theory={f"L={L}": o.objective for L, o in optima.items()},
+                           title=f"Deep UFM, K={K}: deep neural collapse at every depth")
+nc.plot.save(fig, "sml23_dufm_binary_depths", run.figures_dir)
+per_depth = pd.DataFrame([{"L": L, "f_DNC (theory)": optima[L].objective, "GD best": r.final("objective").min(),
+                           "GD worst": r.final("objective").max(),
+                           "max |rel_err|": abs(r.final("objective") / optima[L].objective - 1).max()}
+                          for L, r in binary.items()]).set_index("L")
+print(per_depth.to_string(float_format="{:.7f}".format))
+
+# %% [markdown]
+# Per-layer DNC metrics at the end of GD (best seed of each depth): NC1 at every level; at the post-ReLU levels
+# $H_2,\dots,H_L$ the class means form an orthogonal frame (NC2) with equal norms (coefficient of variation of
+# $\|\mu_k\|$), and each $W_l$ is aligned with its input means (NC3). $H_1$ is pre-ReLU: its Gram is not fixed.
+
+# %%
+rows = []
+for L, r in binary.items():
+    b = study.best_run(r)
+    for level in range(1, L + 1):
+        lv = f"H{level}"
+        nc3 = "nc3_orthogonal" if level == L else "nc3_gram"
+        rows.append({"L": L, "level": lv, "NC1": r.final("nc1", lv)[b], "NC2 orth.": r.final("nc2_orthogonal", lv)[b],
+                     "unequal norms": r.final("nc2_equinorm_uncentred", lv)[b], "NC3": r.final(nc3, lv)[b]})
+layer_table = pd.DataFrame(rows).set_index(["L", "level"])
+print(layer_table.to_string(float_format="{:.1e}".format))
+
+# %% [markdown]
+# ## 2. $K>2$: the low-rank bias
+#
+# Súkeník et al. 2024, Fig. 2 (top): $L=4$, $K=10$, width 30, all $\lambda=0.004$, step 0.5, 10 seeds. The number of
+# samples per class is not stated in the text available (SPEC §4, open). We use **n = 5**: with n = 5 GD reaches
+# losses below $f_{DNC}$ as in the paper's figure, while with n = 50 (a check in SPEC §4) GD stalled above $f_{DNC}$
+# within the same budget — and q grows only like $n^{1/5}$, so n = 5 keeps the collapsed branch well inside its
+# existence region.
+
+# %%
+opt_multi = nc.theory.dufm_optimum(multi_K, multi_n, lambda_H, [lambda_W] * multi_L)
+multi_model = nc.DeepUFM(K=multi_K, n=multi_n, d=multi_width, L=multi_L, activation=activation, lambda_W=lambda_W,
+                         lambda_H=lambda_H)
+gd_multi = nc.gradient_descent(multi_model, steps=multi_steps, record_every=max(multi_steps // 100, 1),
+                               init_std=multi_init_std, desc="DUFM K>2", **gd_args)
+seeds_multi = study.seed_table(gd_multi, opt_multi)
+ranks = study.class_mean_ranks(gd_multi).merge(seeds_multi[["run", "status"]], on="run")
+fig = study.class_mean_spectra_figure(ranks, hue="status",
+                                 title=f"Deep UFM, K={multi_K}, L={multi_L}: singular values of the class means")
+nc.plot.save(fig, "sml24_dufm_lowrank_spectra", run.figures_dir)
+fig = nc.plot.level_panels({f"K={multi_K}, L={multi_L}": gd_multi},
+                           theory={f"K={multi_K}, L={multi_L}": opt_multi.objective},
+                           title="Deep UFM, K>2: GD goes below f_DNC; NC1 still falls at every level")
+nc.plot.save(fig, "sml24_dufm_lowrank_metrics", run.figures_dir)
+print(f"f_DNC = {opt_multi.objective:.6f}")
+print(nc.report.seeds_table(seeds_multi).to_string())
+print(ranks.groupby(["level", "status"])["rank"].agg(["min", "max"]).to_string())
+
+# %% [markdown]
+# ### Width and weight decay
+#
+# How often GD reaches DNC (rank $K$ at every level, objective at $f_{DNC}$) as the width grows, and how the rank of
+# the class means depends on $\lambda$ (all layers and $H_1$). Each setting is one batched program of `seeds` runs;
+# the λ values run together, one value per run.
+
+# %%
+width_rows = []
+for w in width_study:
+    m_w = nc.DeepUFM(K=multi_K, n=multi_n, d=w, L=multi_L, activation=activation, lambda_W=lambda_W,
+                     lambda_H=lambda_H)
+    r_w = nc.gradient_descent(m_w, steps=study_steps, record_every=study_steps, init_std=w ** -0.5,
+                              desc=f"width {w}", **gd_args)
+    t_w = study.seed_table(r_w, opt_multi)
+    width_rows += [{"width": w, **row} for row in t_w.to_dict("records")]
+width_table = pd.DataFrame(width_rows)
+lam_runs = [float(x) for x in lambda_study for _ in range(seeds)]
+m_l = nc.DeepUFM(K=multi_K, n=multi_n, d=multi_width, L=multi_L, activation=activation,
+                 lambda_W=[tuple(lam_runs)] * multi_L, lambda_H=tuple(lam_runs))
+r_l = nc.gradient_descent(m_l, lr=lr, steps=study_steps, record_every=study_steps, init_std=multi_init_std,
+                          seed=seed, device=run.device, dtype=run.dtype, desc="weight decays")
+lam_ranks = study.class_mean_ranks(r_l)
+lam_ranks["lambda"] = [lam_runs[i] for i in lam_ranks.run]
+f_dnc = [nc.theory.dufm_optimum(multi_K, multi_n, x, [x] * multi_L).objective for x in lam_runs]
+lam_f = pd.DataFrame({"lambda": lam_runs, "objective": r_l.final("objective"), "f_DNC": f_dnc})
+fig = study.rank_studies_figure(width_table, lam_ranks, multi_K)
+nc.plot.save(fig, "sml24_dufm_width_lambda", run.figures_dir)
+print(width_table.groupby("width").status.value_counts().unstack(fill_value=0).to_string())
+print(lam_ranks.groupby(["lambda", "level"])["rank"].mean().unstack().to_string(float_format="{:.1f}".format))
+
+# %% [markdown]
+# ## Summary: GD vs theory
+#
+# Binary part: for every depth, the closed forms on the best seed and the worst seed's objective; NC1 at every
+# level, NC2/NC3 at the post-ReLU levels. $K>2$: the best GD loss is *below* $f_{DNC}$ (the low-rank bias), with
+# class means of rank $<K$ and NC1 still falling.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+checks = []
+for L, r in binary.items():
+    checks += study.deep_ufm_checks(r, optima[L], label=f"L={L}")
+    checks.append(nc.report.check(f"L={L}: objective, worst seed", r.final("objective").max(), optima[L].objective,
+                                  1e-4))
+best = study.best_run(gd_multi)
+checks.append(nc.report.check(f"K={multi_K}, L={multi_L}: best GD loss below f_DNC", gd_multi.final("objective")[best],
+                              opt_multi.objective, 0.0, kind="below"))
+checks.append(nc.report.check(f"K={multi_K}: NC1 (max over levels) of the best run", seeds_multi.max_nc1[best], 0.0,
+                              1e-3, kind="abs"))
+summary = nc.report.summary(run.params, checks, per_depth=per_depth.reset_index().to_dict("records"),
+                            layers=layer_table.reset_index().to_dict("records"),
+                            multi=dict(f_dnc=opt_multi.objective, seeds=seeds_multi.to_dict("records"),
+                                       ranks=ranks.to_dict("records")),
+                            width_study=width_table.to_dict("records"), lambda_study=lam_f.to_dict("records"),
+                            wall_time_s={**{f"L={L}": r.wall_time_s for L, r in binary.items()},
+                                         "multi": gd_multi.wall_time_s, "lambda_study": r_l.wall_time_s},
+                            notes=run.notes)
+run.write_json("summary.json", summary)
+print(nc.report.checks_table(checks).to_string())
+print("all checks passed:", summary["passed"])
+
+# %%
+print(run.environment())

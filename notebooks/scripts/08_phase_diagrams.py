@@ -1,0 +1,138 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,scripts//py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 08 — Phase diagrams: thousands of UFM problems against their closed-form boundaries
+#
+# **Tirer & Bruna, ICML 2022 (Thm 3.1: the UFM; §4: the extended UFM) and Súkeník, Mondelli & Lampert,
+# NeurIPS 2023 (the deep UFM).**
+#
+# Each theory has a sharp boundary in the $(\lambda_W,\lambda_H)$ plane between *collapse* (class means of the
+# last level form an orthogonal frame, output class means $s\,I$ with $s>0$) and the *trivial* minimizer $H=0$:
+#
+# * UFM (MSE, no bias): collapse iff $c=K\sqrt{n\lambda_H\lambda_W}<1$, with $s=1-c$ (continuous transition);
+# * extended UFM ($\lambda_{W_1}=\lambda_{W_2}=\lambda_W$): non-zero iff $Kq\le2^{-4/3}$, $q=(n\lambda_H\lambda_W^2)^{1/3}$;
+#   $s$ jumps from $1/2$ to $0$;
+# * deep UFM with $L$ layers ($m=L+1$ factors): non-zero iff $\tfrac{Km}{2}q\le\big(\tfrac{m-2}{m-1}\big)^{(m-2)/m}\tfrac{m}{2(m-1)}$,
+#   $q=(n\lambda_H\lambda_W^{L})^{1/m}$. Past it the collapsed branch survives as a *metastable* local minimum up to
+#   the spinodal $Kq=(a/(1+a))^{1+a}/a$, $a=1-2/m$ (derived in `nc.theory.dufm_spinodal`).
+#
+# Every grid point × seed is an independent problem; all of them run as **one batched tensor program** (the core
+# `UFM`/`DeepUFM` with one $\lambda$ per run, the core GD loop and metrics), in chunks of `chunk` runs (by default as many as stay in the CPU's caches — several times faster per
+# problem than one huge batch — or all at once on a GPU).
+
+# %% tags=["parameters"]
+K: int = 4  # number of classes, at least 2
+n: int = 50  # samples per class
+d: int = 20  # width of every level; at least K
+lambda_min: float = 0.002  # smallest lambda_W and lambda_H of the grid
+lambda_max: float = 0.1  # largest lambda_W and lambda_H of the grid
+grid_points: int = 7  # grid points per axis (geometric)
+seeds: int = 2  # initializations per grid point (the best one is compared with the global optimum)
+lr: float = 0.3  # plain GD step size
+steps: int = 40000  # GD steps of every problem
+init_std: float = 0.3  # std of the N(0, std^2) initialization
+dufm_L: int = 3  # layers of the deep UFM
+eufm_activation: str = "linear"  # linear | relu (the extended UFM's boundary is the same)
+dufm_activation: str = "linear"  # linear | relu
+chunk: int = 0  # runs per batched program; 0 means automatic (cache-sized on a CPU, all at once on a GPU)
+band: float = 0.15  # points with |ratio - 1| up to band count as on the boundary (GD slows down there)
+tol: float = 0.0001  # relative error of f accepted off the boundary
+min_fraction: float = 0.9  # fraction of off-boundary points that must match the theory
+seed: int = 0  # random seed of the initializations
+device: str = "auto"  # auto | cpu | cuda | cuda:N
+dtype: str = "float64"  # float64 (theory checks) or float32
+tag: str = "grid"  # name of this setting in figure file names
+results_dir: str = ""  # folder of summary.json; empty means outputs/08_phase_diagrams/PROFILE
+figures_dir: str = "figures"  # where figures are written
+profile: str = "paper"  # name of the parameter profile (set by the runner)
+
+# %%
+import ncutils as nc
+from ncutils.studies import phase_diagrams as study
+
+run = nc.setup("08_phase_diagrams", globals())
+lambdas = nc.phase.grid(lambda_min, lambda_max, grid_points)
+models = {"ufm": "linear", "eufm": eufm_activation, "dufm": dufm_activation}
+print(f"{len(lambdas)} x {len(lambdas)} grid x {seeds} seeds = {len(lambdas) ** 2 * seeds} problems per model")
+
+# %% [markdown]
+# ## 1. GD on every grid point, batched
+#
+# One call per model. The initializations are drawn once for the whole grid, so the result does not depend on
+# `chunk`; the best seed of each point (lowest objective) is compared with the global optimum of
+# `nc.phase.phase_theory` (`nc.theory.ufm_mse_optimum`, `nc.theory.dufm_optimum`).
+
+# %%
+results = {kind: nc.phase.phase_diagram(kind, K, n, d, lambdas, lambdas, seeds=seeds, L=dufm_L, activation=act,
+                                        lr=lr, steps=steps, init_std=init_std, seed=seed, chunk=chunk or None,
+                                        device=run.device, dtype=run.dtype)
+           for kind, act in models.items()}
+tables = {kind: nc.phase.phase_table(r) for kind, r in results.items()}
+for kind, r in results.items():
+    print(f"{kind}: {r.problems} problems x {r.steps} steps in {r.wall_time_s:.1f} s on {r.device} "
+          f"({r.chunks} batched program(s))")
+
+# %% [markdown]
+# ## 2. The diagrams and the theory boundaries
+#
+# Top: the fit $s$ GD reaches (0 = the trivial solution). White: the theory boundary; dashed: where the
+# metastable collapsed branch ends. Red × : GD's phase differs from the theory's. Bottom: $\log_{10}$ of the
+# relative error of $f$ between GD and the closed form.
+
+# %%
+curves = {kind: nc.phase.boundary_curves(kind, K, n, lambdas, L=dufm_L) for kind in models}
+fig = study.phase_figure(tables, curves, L=dufm_L, title=f"Phase diagrams: GD vs theory (K={K}, n={n}, d={d})")
+nc.plot.save(fig, f"phase_diagrams_{tag}", run.figures_dir);
+
+# %% [markdown]
+# ## 3. GD vs theory across the grid
+#
+# For each model: the checks off the boundary, then the five points with the largest error, GD next to the
+# closed form.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+checks = []
+for kind, table in tables.items():
+    checks += nc.phase.phase_checks(table, band=band, tol=tol, min_fraction=min_fraction, label=kind)
+    print(f"--- {kind}: median rel err of f {table.objective_rel_err.median():.0e}, worst points:")
+    print(nc.phase.worst_points(table).to_string())
+
+# %% [markdown]
+# The UFM matches its closed form to rounding on the whole grid except next to $c=1$, where GD slows down
+# (the collapsed solution shrinks to 0 continuously). For the deeper models the errors concentrate in two
+# places: next to the boundary, and in the corner of large $\lambda_W$ and small $\lambda_H$, where the balanced
+# solution needs large features and small weights — GD from a common initialization scale is far from it,
+# converges slowly, and for the deep UFM can fall into the trivial minimizer $H=0$ (a local minimum for $m\ge3$)
+# although the collapsed one is global. Where GD stops short of the theory with `output_rank_gd` < K, it sits
+# at a lower-rank critical point: the output class means have rank < K (one direction of the $K$-dimensional
+# fit sits at 0 while the others are collapsed — for $m\ge3$ every direction has its own local minimum at 0). Past the threshold, some runs end on the metastable collapsed branch
+# until the spinodal, as the theory allows.
+#
+# ## Summary
+
+# %%
+# NBVAL_CHECK_OUTPUT
+summary = nc.report.summary(run.params, checks, wall_time_s={k: r.wall_time_s for k, r in results.items()},
+                            problems={k: r.problems for k, r in results.items()},
+                            grid=[{"model": k, **row} for k, t in tables.items()
+                                  for row in t.drop(columns=["collapsed_gd", "collapsed_theory"]).to_dict("records")])
+run.write_json("summary.json", summary)
+print(nc.report.checks_table(checks).to_string())
+print("all checks passed:", summary["passed"])
+
+# %%
+print(run.environment())
