@@ -51,13 +51,23 @@ class Parameter:
     rule: Rule
 
 
+def _stem(notebook: str | os.PathLike[str]) -> str:
+    """The stem of a notebook given by stem, path or number (``"01"`` → ``01_ufm_mse`` of this checkout)."""
+    stem = Path(str(notebook)).stem
+    if stem.isdigit():
+        found = sorted((repo_root() / "notebooks").glob(f"{stem}_*.ipynb"))
+        if found:
+            return found[0].stem
+    return stem
+
+
 def study_for(notebook: str | os.PathLike[str], required: bool = True) -> ModuleType | None:
     """The study module of a notebook: ``01_ufm_mse`` → :mod:`ncutils.studies.ufm_mse` (the stem without its
     number). Study modules outside the package are found through ``$NCUTILS_STUDIES_PATH`` (folders).
     A notebook without a study (``required=False``: e.g. a user's own notebook run by path) gives ``None``."""
     from .. import studies
 
-    stem = Path(str(notebook)).stem
+    stem = _stem(notebook)
     slug = stem.split("_", 1)[1] if "_" in stem and stem[:2].isdigit() else stem
     try:
         module = importlib.import_module(f"ncutils.studies.{slug}")
