@@ -79,7 +79,7 @@ def _sweep(args: argparse.Namespace) -> int:
     spec = sw.load_sweep(args.file)
     if args.workers is not None:
         if args.workers < 1:
-            raise ValueError(f"--workers must be an integer >= 1, got {args.workers}")
+            raise ValueError(f"parameter --workers must be an integer in [1, inf), got {args.workers}")
         spec.workers = args.workers
     if args.executor is not None:
         spec.executor = args.executor

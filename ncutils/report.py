@@ -48,7 +48,7 @@ def check(name: str, gd: float, theory: float, tol: float, kind: str = "rel", *,
     if not _ID.match(key):
         raise ValueError(f"parameter id must be lower-case letters, digits and _ . = -, got {key!r}")
     if kind not in ("rel", "abs", "below"):
-        raise ValueError(f"kind must be 'rel', 'abs' or 'below', got {kind!r}")
+        raise ValueError(f"parameter kind must be one of ('rel', 'abs', 'below'), got {kind!r}")
     if kind in ("rel", "below") and theory == 0:
         raise ValueError(f"check {name!r}: a relative error needs a non-zero theory value; use kind='abs'")
     if kind == "below":

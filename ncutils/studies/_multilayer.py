@@ -12,6 +12,7 @@ import torch
 from matplotlib.figure import Figure
 
 from .. import theory
+from .._validate import check_floats
 from ..models import DeepUFM
 from ..plot import finish_axes as _finish
 from ..plot import style
@@ -114,9 +115,7 @@ def init_scale_study(model: DeepUFM, scales: list[float] | np.ndarray, *, seeds:
     Run ``i·seeds + j`` starts from scale ``scales[i]`` times the j-th standard-normal draw (the same
     draws for every scale). Returns the result and a table ``run, init_std, seed``.
     """
-    sc = np.asarray(scales, dtype=float)
-    if sc.ndim != 1 or sc.size < 1 or not np.all(np.isfinite(sc) & (sc > 0)):
-        raise ValueError(f"scales must be a non-empty list of positive numbers, got {scales!r}")
+    sc = np.asarray(check_floats("scales", scales, 0.0, strict_low=True))
     if model.runs() is not None:
         raise ValueError("init_scale_study needs scalar hyperparameters (the runs are the scales × seeds)")
     base = model.init(seeds, 1.0, torch.Generator().manual_seed(int(seed)), torch.float64)

@@ -12,6 +12,7 @@ import torch
 from matplotlib.figure import Figure
 
 from .. import theory
+from .._validate import check_floats, check_int
 from ..metrics import class_means_t
 from ..models import DeepUFM
 from ..plot import finish_axes as _finish
@@ -80,11 +81,8 @@ def dufm_threshold_sweep(
     solutions — and how many seeds reached the global value within 1e-4) and theory (global optimum,
     and the metastable collapsed branch that survives past the threshold) for f and the last level's ‖μ_k‖².
     """
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
-    r = np.asarray(ratios, dtype=float)
-    if r.ndim != 1 or r.size < 1 or not np.all(r > 0):
-        raise ValueError(f"ratios must be a non-empty 1-D list of positive numbers, got {ratios!r}")
+    check_int("seeds", seeds, 1)
+    r = np.asarray(check_floats("ratios", ratios, 0.0, strict_low=True))
     m_ = L + 1
     q = 2 * r * theory.dufm_threshold(m_) / (K * m_)
     lam = tuple(float(x) for x in q / n ** (1 / m_))  # q = (n λ^m)^{1/m} = n^{1/m} λ

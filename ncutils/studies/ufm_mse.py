@@ -11,6 +11,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .. import theory
+from .._validate import check_floats
 from ..models import UFM
 from ..plot import finish_axes as _finish
 from ..plot import style
@@ -90,9 +91,7 @@ def ufm_threshold_sweep(
 
     Returns one row per c: the GD and theory values of f and ‖μ_k‖² and their relative error.
     """
-    c = np.asarray(c_values, dtype=float)
-    if c.ndim != 1 or c.size < 1 or not np.all(c > 0):
-        raise ValueError(f"c_values must be a non-empty 1-D list of positive numbers, got {c_values!r}")
+    c = np.asarray(check_floats("c_values", c_values, 0.0, strict_low=True))
     lam = tuple(float(x) for x in c / (K * math.sqrt(n)))
     model = UFM(K=K, n=n, d=d, lambda_W=lam, lambda_H=lam, loss=loss, bias=bias)  # type: ignore[arg-type]
     gd = gradient_descent(model, lr=lr, steps=steps, init_std=init_std, seed=seed, device=device,
