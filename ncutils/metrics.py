@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._validate import ParameterTypeError, bad_type, check_choice, check_int
+
 __all__ = [
     "Frame",
     "between_class_cov",
@@ -71,12 +73,13 @@ def _as_float64(x: ArrayLike, name: str, device: torch.device | None = None) -> 
     elif isinstance(x, np.ndarray | list | tuple):
         t = torch.as_tensor(np.asarray(x))
     else:
-        raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+        raise bad_type(name, "a numpy array or torch tensor", x)
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.int16, torch.uint8)):
-        raise ValueError(f"{name} must hold real numbers, got dtype {t.dtype}")
+        raise ParameterTypeError(f"parameter {name} must be an array of real numbers, got dtype {t.dtype}")
     t = t.to(device=device if device is not None else t.device, dtype=torch.float64)
     if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or inf values; metrics need finite input")
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"parameter {name} must be finite (metrics need finite input), got {bad} NaN or inf values")
     return t
 
 
@@ -86,7 +89,7 @@ def _check_features(
     """Validate ``H`` (N, d) and ``y`` (N,) and return (H float64, y int64, K)."""
     Ht = _as_float64(H, "H")
     if Ht.ndim != 2:
-        raise ValueError(f"H must be a 2-D (N, d) array of feature rows, got shape {tuple(Ht.shape)}")
+        raise ValueError(f"parameter H must be a 2-D (N, d) array of feature rows, got shape {tuple(Ht.shape)}")
     N = Ht.shape[0]
     yt = y.detach() if isinstance(y, Tensor) else torch.as_tensor(np.asarray(y))
     if yt.ndim != 1 or yt.shape[0] != N:
@@ -94,39 +97,38 @@ def _check_features(
             f"y must have shape (N,) = ({N},) to match H of shape {tuple(Ht.shape)}, got {tuple(yt.shape)}"
         )
     if yt.is_floating_point() or yt.is_complex() or yt.dtype == torch.bool:
-        raise ValueError(f"y must hold integer class labels, got dtype {yt.dtype}")
+        raise ParameterTypeError(f"parameter y must be an array of integer class labels, got dtype {yt.dtype}")
     yt = yt.to(device=Ht.device, dtype=torch.int64)
     if N == 0:
-        raise ValueError("H and y are empty (N = 0); metrics need at least one sample per class")
+        raise ValueError("parameters H and y are empty (N = 0); metrics need at least one sample per class")
     if int(yt.min()) < 0:
-        raise ValueError(f"y must hold labels in [0, K), found {int(yt.min())}")
-    K = int(yt.max()) + 1 if num_classes is None else int(num_classes)
+        raise ValueError(f"parameter y must hold labels in [0, K), got label {int(yt.min())}")
+    K = int(yt.max()) + 1 if num_classes is None else check_int("num_classes", num_classes, 2)
     if K < 2:
-        raise ValueError(f"neural-collapse metrics need K >= 2 classes, got K = {K}")
+        raise ValueError(f"parameter y must hold labels of K >= 2 classes (neural collapse needs two), got K = {K}")
     if int(yt.max()) >= K:
-        raise ValueError(f"y must hold labels in [0, K) = [0, {K}), found {int(yt.max())}")
+        raise ValueError(f"parameter y must hold labels in [0, K) = [0, {K}), got label {int(yt.max())}")
     counts = torch.bincount(yt, minlength=K)
     empty = torch.nonzero(counts == 0).flatten().tolist()
     if empty:
-        raise ValueError(f"class(es) {empty} have no samples; every class in [0, {K}) needs at least one")
+        raise ValueError(f"parameter y: class(es) {empty} have no samples; every class in [0, {K}) needs at least one")
     return Ht, yt, K
 
 
 def _check_classifier(W: ArrayLike, K: int, d: int, device: torch.device, b: ArrayLike | None = None):
     Wt = _as_float64(W, "W", device)
     if Wt.shape != (K, d):
-        raise ValueError(f"W must have shape (K, d) = ({K}, {d}), got {tuple(Wt.shape)}")
+        raise ValueError(f"W must have shape (K, d) = ({K}, {d}) to match H and y, got {tuple(Wt.shape)}")
     bt = None
     if b is not None:
         bt = _as_float64(b, "b", device)
         if bt.shape != (K,):
-            raise ValueError(f"b must have shape (K,) = ({K},), got {tuple(bt.shape)}")
+            raise ValueError(f"b must have shape (K,) = ({K},) to match W, got {tuple(bt.shape)}")
     return Wt, bt
 
 
 def _check_frame(frame: str) -> None:
-    if frame not in _FRAMES:
-        raise ValueError(f"frame must be one of {_FRAMES}, got {frame!r}")
+    check_choice("frame", frame, _FRAMES)
 
 
 # --------------------------------------------------------------------------- #
@@ -392,7 +394,7 @@ def nc2_maxangle(H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> 
 def _check_weights(W: ArrayLike) -> Tensor:
     Wt = _as_float64(W, "W")
     if Wt.ndim != 2 or Wt.shape[0] < 2:
-        raise ValueError(f"W must be a (K, d) classifier with K >= 2 rows, got shape {tuple(Wt.shape)}")
+        raise ValueError(f"parameter W must be a (K, d) classifier with K >= 2 rows, got shape {tuple(Wt.shape)}")
     return Wt
 
 

@@ -13,7 +13,6 @@ Shapes (code convention, rows are samples): features ``H (S, N, d)``, classifier
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -23,6 +22,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from ._validate import bad_value, check_choice, check_float, check_hyperparameter, check_integer, check_integers
 from .metrics import class_means_t, margin_t
 
 __all__ = ["RESNET_LAYERS", "UFM", "DeepUFM", "FeatureModel", "Level", "check_hyperparameter", "check_integer",
@@ -45,34 +45,6 @@ class Level(NamedTuple):
     b: Tensor | None = None
     A: Tensor | None = None
     spectrum: bool = False
-
-
-def check_hyperparameter(name: str, value: Hyper, low: float = 0.0, strict: bool = False) -> Hyper:
-    """Validate a scalar-or-per-run hyperparameter: finite and ≥ ``low`` (> if ``strict``)."""
-    vals = [value] if isinstance(value, int | float) else list(value)
-    if not vals:
-        raise ValueError(f"{name} must be a number or a non-empty sequence of numbers")
-    for v in vals:
-        if not isinstance(v, int | float) or isinstance(v, bool):
-            raise ValueError(f"{name} must be a number, got {v!r}")
-        ok = math.isfinite(v) and (v > low if strict else v >= low)
-        if not ok:
-            rng = f"({low}, inf)" if strict else f"[{low}, inf)"
-            raise ValueError(f"{name} must be finite and in {rng}, got {v}")
-    return value if isinstance(value, int | float) else tuple(float(v) for v in vals)
-
-
-def check_integer(name: str, value: object, low: int) -> int:
-    """``value`` if it is an integer ≥ ``low`` (bools refused), else ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def check_integers(obj: object, spec: tuple[tuple[str, int], ...]) -> None:
-    """Raise ``ValueError`` unless every attribute ``name`` of ``obj`` is an integer ≥ ``low``."""
-    for key, low in spec:
-        check_integer(key, getattr(obj, key), low)
 
 
 @lru_cache(maxsize=32)
@@ -185,8 +157,7 @@ class UFM(FeatureModel):
         check_integers(self, (("K", 2), ("n", 1), ("d", 1)))
         object.__setattr__(self, "lambda_W", check_hyperparameter("lambda_W", self.lambda_W))
         object.__setattr__(self, "lambda_H", check_hyperparameter("lambda_H", self.lambda_H))
-        if self.loss not in ("mse", "ce"):
-            raise ValueError(f"loss must be one of ('mse', 'ce'), got {self.loss!r}")
+        check_choice("loss", self.loss, ("mse", "ce"))
         self.runs()
 
     def init(self, S: int, init_std: float, generator: torch.Generator, dtype: torch.dtype) -> Params:
@@ -314,13 +285,12 @@ class DeepUFM(FeatureModel):
             object.__setattr__(self, "d", tuple(self.d))
         widths = self.widths
         if len(widths) != self.L or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
-            raise ValueError(f"d must be an integer >= 1 or a sequence of L = {self.L} such integers, got {self.d!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+            raise bad_value("d", f"an integer >= 1 or a sequence of L = {self.L} such integers", self.d)
+        check_choice("activation", self.activation, ACTIVATIONS)
         lw = self.lambda_W
         per_layer = [lw] * self.L if isinstance(lw, int | float) else list(lw)  # type: ignore[arg-type]
         if len(per_layer) != self.L:
-            raise ValueError(f"lambda_W must be one value or L = {self.L} values (one per layer), got {lw!r}")
+            raise bad_value("lambda_W", f"one value or L = {self.L} values (one per layer)", lw)
         checked = tuple(check_hyperparameter(f"lambda_W[{i + 1}]", v) for i, v in enumerate(per_layer))
         object.__setattr__(self, "lambda_W", checked)
         object.__setattr__(self, "lambda_H", check_hyperparameter("lambda_H", self.lambda_H))
@@ -438,8 +408,7 @@ def resnet18(num_classes: int = 10, in_channels: int = 3, fc_bias: bool = True, 
     """
     from torchvision.models.resnet import BasicBlock, ResNet
 
-    if not (isinstance(width, int | float) and math.isfinite(width) and width > 0):
-        raise ValueError(f"width must be a number in (0, inf), got {width!r}")
+    check_float("width", width, 0.0, strict_low=True)
     check_integer("num_classes", num_classes, 2)
     check_integer("in_channels", in_channels, 1)
     c = [max(1, round(64 * width * 2**i)) for i in range(4)]

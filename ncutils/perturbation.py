@@ -30,8 +30,8 @@ import scipy.optimize
 import torch
 from torch import Tensor
 
+from ._validate import check_float, check_integer, check_integers
 from .metrics import class_means_t, nc1_t, nc1_trace_t, nc2_from_means_t
-from .models import check_integer, check_integers
 from .theory import perturbation_to_ufm, ufm_mse_optimum
 
 with warnings.catch_warnings():  # torch's forward-AD decompositions still call torch.jit.script on import
@@ -39,14 +39,6 @@ with warnings.catch_warnings():  # torch's forward-AD decompositions still call 
     import torch._decomp.decompositions_for_jvp
 
 __all__ = ["FlowResult", "Minimizer", "PerturbationModel", "jacobian_blocks", "layerwise_chain", "monotonicity_checks"]
-
-
-def _finite_float(name: str, value: float, low: float = 0.0, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or (value <= low if strict else value < low):
-        rng = f"({low:g}, inf)" if strict else f"[{low:g}, inf)"
-        raise ValueError(f"{name} must be a finite number in {rng}, got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -91,9 +83,9 @@ class PerturbationModel:
 
     def __post_init__(self) -> None:
         check_integers(self, (("K", 2), ("n", 1), ("d", 1)))
-        object.__setattr__(self, "lambda_W", _finite_float("lambda_W", self.lambda_W, strict=True))
-        object.__setattr__(self, "lambda_H", _finite_float("lambda_H", self.lambda_H))
-        object.__setattr__(self, "beta", _finite_float("beta", self.beta, strict=True))
+        object.__setattr__(self, "lambda_W", check_float("lambda_W", self.lambda_W, 0.0, strict_low=True))
+        object.__setattr__(self, "lambda_H", check_float("lambda_H", self.lambda_H, 0.0))
+        object.__setattr__(self, "beta", check_float("beta", self.beta, 0.0, strict_low=True))
 
     @property
     def N(self) -> int:
@@ -158,7 +150,8 @@ class PerturbationModel:
         """A global minimizer (W, H) of the β-free objective (needs λ_Hλ_W < 1 and d ≥ K):
         the orthogonal frame of SPEC §2, rotated by a random orthonormal d×K basis (``seed``)."""
         if self.lambda_H * self.lambda_W >= 1 or self.d < self.K or self.lambda_H == 0:
-            raise ValueError("a collapsed minimizer needs 0 < lambda_H * lambda_W < 1 and d >= K, got "
+            raise ValueError("parameters lambda_H, lambda_W, d must satisfy 0 < lambda_H * lambda_W < 1 and d >= K "
+                             "for a collapsed minimizer, got "
                              f"lambda_H * lambda_W = {self.lambda_H * self.lambda_W}, d = {self.d}, K = {self.K}")
         lw, lh = self.ufm_lambdas()
         opt = ufm_mse_optimum(self.K, self.n, lw, lh)
@@ -230,7 +223,7 @@ class PerturbationModel:
         of order 8 with adaptive steps; ``rtol``/``atol`` bound the local error) and record ``num``
         geometrically spaced times (plus t = 0) (THN 2023, Thm 3.1)."""
         H0 = self.check_H0(H0)
-        t_max = _finite_float("t_max", t_max, strict=True)
+        t_max = check_float("t_max", t_max, 0.0, strict_low=True)
         shape = H0.shape
         times = np.unique(np.concatenate([[0.0], np.geomspace(t_max * 1e-4, t_max, num)]))
 

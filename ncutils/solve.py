@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm  # plain text bar: no ipywidgets needed, nothing on stderr in kernels
 
+from ._validate import check_float, check_int
 from .device import is_quiet, resolve_device, resolve_dtype
 from .metrics import nc_metrics_t
 from .models import FeatureModel, Params
@@ -39,15 +40,12 @@ def record_steps(steps: int, every: int | None = None, num: int | None = None, g
     ``every``: every k steps (linear grid). ``num`` with ``geometric=True``: about
     ``num`` steps spaced geometrically (for runs of millions of steps).
     """
-    if steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps}")
+    steps = check_int("steps", steps, 1)
     if geometric:
-        num = num or 100
+        num = 100 if num is None else check_int("num_records", num, 1)
         grid = np.unique(np.round(np.geomspace(1, steps, num)).astype(np.int64))
     else:
-        every = every or max(steps // 100, 1)
-        if every < 1:
-            raise ValueError(f"record_every must be >= 1, got {every}")
+        every = max(steps // 100, 1) if every is None else check_int("record_every", every, 1)
         grid = np.arange(0, steps + 1, every, dtype=np.int64)
     return np.unique(np.concatenate([[0], grid, [steps]]))
 
@@ -155,16 +153,16 @@ def gradient_descent(
     ------
     DivergenceError : the objective became NaN or inf (the message names the step size).
     """
-    if not (isinstance(lr, int | float) and np.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite number in (0, inf), got {lr!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if not (np.isfinite(init_std) and init_std >= 0):
-        raise ValueError(f"init_std must be finite and in [0, inf), got {init_std!r}")
+    check_float("lr", lr, 0.0, strict_low=True)
+    check_int("steps", steps, 1)
+    check_float("init_std", init_std, 0.0)
+    check_int("check_every", check_every, 1)
+    if checkpoint_every is not None:
+        check_int("checkpoint_every", checkpoint_every, 1)
     implied = model.runs()
-    S = runs if runs is not None else (implied or 1)
-    if S < 1 or (implied is not None and S != implied):
-        raise ValueError(f"runs must be >= 1 and match the per-run hyperparameters ({implied}), got {S}")
+    S = check_int("runs", runs, 1) if runs is not None else (implied or 1)
+    if implied is not None and S != implied:
+        raise ValueError(f"parameter runs must match the {implied} values of the per-run hyperparameters, got {S}")
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     grid = record_steps(int(steps), record_every, num_records, geometric)
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
+from ._validate import check_int
 from .metrics import (
     centred_means_t,
     equiangle_t,
@@ -43,9 +44,7 @@ class StreamingNC:
     """
 
     def __init__(self, K: int, device: torch.device | str = "cpu") -> None:
-        if isinstance(K, bool) or not isinstance(K, int) or K < 2:
-            raise ValueError(f"K must be an integer >= 2, got {K!r}")
-        self.K = K
+        self.K = check_int("K", K, 2)
         self.device = torch.device(device)
         self.sums: dict[str, Tensor] = {}
         self.counts = torch.zeros(K, dtype=torch.float64, device=self.device)

@@ -21,9 +21,10 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ._validate import check_choice, check_float, check_integer, check_integers, check_ints, check_names
 from .data import DeviceBatches
 from .device import is_quiet
-from .models import RESNET_LAYERS, check_integer, check_integers
+from .models import RESNET_LAYERS
 from .paths import atomic_path
 
 __all__ = ["LOSSES", "SCHEDULES", "MLPResult", "TrainConfig", "TrainResult", "measure_network", "mlp_features",
@@ -55,8 +56,7 @@ def train_mlp(X: Tensor, y: Tensor, widths: Sequence[int], *, epochs: int, lr: f
 
     Returns the model (eval mode) and a table of epoch, loss and training accuracy.
     """
-    if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
-        raise ValueError(f"widths must be a non-empty list of integers >= 1, got {widths!r}")
+    check_ints("widths", widths, 1)
     check_integer("epochs", epochs, 1)
     check_integer("batch_size", batch_size, 1)
     K = int(y.max()) + 1
@@ -134,26 +134,16 @@ class TrainConfig:
     def __post_init__(self) -> None:
         from .data import DATASETS
 
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {tuple(DATASETS)}, got {self.dataset!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        object.__setattr__(self, "layers", tuple(self.layers))
-        bad = [name for name in self.layers if name not in RESNET_LAYERS]
-        if not self.layers or bad:
-            raise ValueError(f"layers must be a non-empty list of {RESNET_LAYERS}, got unknown {bad or 'none'}")
+        check_choice("dataset", self.dataset, tuple(DATASETS))
+        check_choice("loss", self.loss, LOSSES)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        object.__setattr__(self, "layers", check_names("layers", self.layers, RESNET_LAYERS, "ResNet18 layers"))
         check_integers(self, (("epochs", 1), ("batch_size", 1), ("per_class", 1), ("test_per_class", 0),
                               ("measure_every", 1), ("seed", 0)))
         for name in ("lr", "width"):
-            v = getattr(self, name)
-            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be a number in (0, inf), got {v!r}")
+            check_float(name, getattr(self, name), 0.0, strict_low=True)
         for name in ("momentum", "wd_features", "wd_classifier"):
-            v = getattr(self, name)
-            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a number in [0, inf), got {v!r}")
+            check_float(name, getattr(self, name), 0.0)
 
     def milestones(self) -> list[int]:
         """Epochs after which the learning rate is divided by 10."""

@@ -20,8 +20,8 @@ import pandas as pd
 import scipy.optimize
 import torch
 
+from ._validate import check_integer
 from .metrics import nc_metrics_t
-from .models import check_integer
 
 __all__ = ["MaxMarginSolution", "min_norm_separation"]
 

@@ -8,6 +8,7 @@ import torch
 from scipy.stats import ortho_group
 
 from ncutils import metrics as m
+from ncutils._validate import ParameterTypeError
 from ncutils.theory import frame_distance
 
 
@@ -198,31 +199,38 @@ def test_nc4_bias_and_train_means(rng):
 
 
 @pytest.mark.parametrize(
-    "H,y,match",
+    "H,y,exc,match",
     [
-        (np.zeros((4, 2)), np.array([0, 0, 0, 0]), "K >= 2"),
-        (np.zeros((4, 2)), np.array([0, 0, 2, 2]), r"class\(es\) \[1\]"),
-        (np.zeros((4, 2)), np.array([0, 1, 0]), "shape"),
-        (np.zeros(4), np.array([0, 1, 0, 1]), "2-D"),
-        (np.array([[np.nan, 0], [0, 0]]), np.array([0, 1]), "NaN"),
-        (np.zeros((2, 2)), np.array([0.0, 1.0]), "integer"),
-        (np.zeros((2, 2)), np.array([-1, 1]), r"\[0, K\)"),
+        (np.zeros((4, 2)), np.array([0, 0, 0, 0]), ValueError, r"^parameter y must hold labels of K >= 2 classes"),
+        (np.zeros((4, 2)), np.array([0, 0, 2, 2]), ValueError, r"^parameter y: class\(es\) \[1\] have no samples"),
+        (np.zeros((4, 2)), np.array([0, 1, 0]), ValueError, r"^y must have shape \(N,\) = \(4,\) to match H"),
+        (np.zeros(4), np.array([0, 1, 0, 1]), ValueError, r"^parameter H must be a 2-D \(N, d\) array"),
+        (np.array([[np.nan, 0], [0, 0]]), np.array([0, 1]), ValueError,
+         r"^parameter H must be finite \(metrics need finite input\), got 1 NaN or inf values$"),
+        (np.zeros((2, 2)), np.array([0.0, 1.0]), ParameterTypeError,
+         r"^parameter y must be an array of integer class labels, got dtype torch.float64$"),
+        (np.zeros((2, 2)), np.array([-1, 1]), ValueError, r"^parameter y must hold labels in \[0, K\), got label -1$"),
+        ("features", np.array([0, 1]), ParameterTypeError,
+         r"^parameter H must be a numpy array or torch tensor, got 'features' \(str\)$"),
     ],
 )
-def test_bad_input_raises(H, y, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_input_raises(H, y, exc, match):
+    with pytest.raises(exc, match=match) as err:
         m.nc1(H, y)
+    assert type(err.value) is exc
 
 
 def test_bad_frame_and_classifier_shape():
     H = np.eye(3)
     y = np.arange(3)
-    with pytest.raises(ValueError, match="frame"):
+    with pytest.raises(ValueError, match=r"^parameter frame must be one of \('etf', 'orthogonal'\), got 'simplex'$"):
         m.nc2(H, y, frame="simplex")
     with pytest.raises(ValueError, match=r"W must have shape \(K, d\) = \(3, 3\)"):
         m.nc3(np.zeros((2, 3)), H, y)
     with pytest.raises(ValueError, match=r"class\(es\) \[3, 4\] have no samples"):
         m.nc1(H, y, num_classes=5)
+    with pytest.raises(ParameterTypeError, match=r"^parameter num_classes must be an integer in \[2, inf\), got 3.0"):
+        m.nc1(H, y, num_classes=3.0)
 
 
 def test_batched_cores_match_public(rng):

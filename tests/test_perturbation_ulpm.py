@@ -9,6 +9,7 @@ import torch
 
 from ncutils import metrics, theory
 from ncutils import run as runner
+from ncutils._validate import ParameterTypeError
 from ncutils.data import DatasetNotFoundError, balanced_subset, load_dataset, write_fake_mnist
 from ncutils.models import UFM
 from ncutils.paths import repo_root
@@ -122,18 +123,22 @@ def test_corollary_3_2_minimizer_is_more_collapsed():
 
 
 @pytest.mark.parametrize(
-    "kwargs,match",
+    "kwargs,exc,match",
     [
-        ({"beta": 0.0}, r"beta must be a finite number in \(0, inf\), got 0.0"),
-        ({"beta": -1.0}, r"beta must be a finite number in \(0, inf\)"),
-        ({"lambda_W": 0.0}, r"lambda_W must be a finite number in \(0, inf\)"),
-        ({"lambda_H": float("nan")}, r"lambda_H must be a finite number in \[0, inf\)"),
-        ({"K": 1}, r"K must be an integer >= 2"),
+        ({"beta": 0.0}, ValueError, r"^parameter beta must be a finite number in \(0, inf\), got 0.0$"),
+        ({"beta": -1.0}, ValueError, r"^parameter beta must be a finite number in \(0, inf\), got -1.0$"),
+        ({"beta": "1"}, ParameterTypeError,
+         r"^parameter beta must be a finite number in \(0, inf\), got '1' \(str\)$"),
+        ({"lambda_W": 0.0}, ValueError, r"^parameter lambda_W must be a finite number in \(0, inf\), got 0.0$"),
+        ({"lambda_H": float("nan")}, ValueError,
+         r"^parameter lambda_H must be a finite number in \[0, inf\), got nan$"),
+        ({"K": 1}, ValueError, r"^parameter K must be an integer in \[2, inf\), got 1$"),
     ],
 )
-def test_bad_model_parameters(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_model_parameters(kwargs, exc, match):
+    with pytest.raises(exc, match=match) as err:
         PerturbationModel(**{"K": 2, "n": 2, "d": 3, "lambda_W": 1.0, "lambda_H": 0.1, **kwargs})
+    assert type(err.value) is exc
 
 
 def test_bad_H0():
@@ -144,7 +149,7 @@ def test_bad_H0():
     H0[1, 2] = float("nan")
     with pytest.raises(ValueError, match="H0 must be finite; it has 1 NaN/inf entries"):
         m.flow(H0, 1.0)
-    with pytest.raises(ValueError, match="t_max must be a finite number"):
+    with pytest.raises(ValueError, match=r"^parameter t_max must be a finite number in \(0, inf\), got -1.0$"):
         m.flow(torch.ones(4, 3), -1.0)
 
 
@@ -282,10 +287,13 @@ def test_missing_dataset_gives_a_clear_error(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=r"mnist not found: looked for train-images-idx3-ubyte.*"
                                                    r"MNIST/raw; pass download=True .* DATA_ROOT"):
         load_dataset("mnist", tmp_path / "nothing")
-    with pytest.raises(ValueError, match=r"dataset must be one of \('mnist', 'cifar10'\), got 'svhn'"):
+    with pytest.raises(ValueError, match=r"^parameter dataset must be one of \('mnist', 'cifar10'\), got 'svhn'$"):
         load_dataset("svhn", tmp_path)
-    with pytest.raises(ValueError, match="per_class must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"^parameter per_class must be an integer in \[1, inf\), got 0$"):
         balanced_subset(torch.zeros(3, dtype=torch.int64), 0, 1)
+    with pytest.raises(ParameterTypeError,
+                       match=r"^parameter per_class must be an integer in \[1, inf\), got 2.0 \(float\)$"):
+        balanced_subset(torch.zeros(3, dtype=torch.int64), 2.0, 1)
 
 
 def test_real_mnist_subset_when_present():
@@ -305,8 +313,11 @@ def test_train_mlp_learns_fake_digits_deterministically(tmp_path):
     assert a.history.train_accuracy.iloc[-1] >= 0.95
     feats = mlp_features(a.model, X)
     assert [f.shape for f in feats] == [(200, 16), (200, 16)] and all((f >= 0).all() for f in feats)
-    with pytest.raises(ValueError, match="widths must be a non-empty list of integers >= 1"):
+    with pytest.raises(ValueError, match=r"^parameter widths must be a non-empty list of integers >= 1, got \[\]$"):
         train_mlp(X, y, [], epochs=1)
+    with pytest.raises(ParameterTypeError,
+                       match=r"^parameter widths must be a non-empty list of integers >= 1, got 16"):
+        train_mlp(X, y, 16, epochs=1)
 
 
 def test_notebook_05_without_mnist_stops_before_any_compute(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ import torch
 
 from ncutils import metrics
 from ncutils import run as runner
+from ncutils._validate import ParameterTypeError
 from ncutils.data import DatasetNotFoundError, DeviceBatches, load_dataset, write_fake_cifar10, write_fake_mnist
 from ncutils.models import resnet18
 from ncutils.stream import StreamingNC
@@ -54,7 +55,7 @@ def test_device_batches_shuffle_deterministically_and_cover_everything():
     assert len(ea) == len(a) == 4 and all(torch.equal(s, t) for s, t in zip(ea, eb, strict=True))
     assert sorted(torch.cat(ea).flatten().tolist()) == list(range(50))
     assert not torch.equal(torch.cat(ea), torch.cat([t for t, _ in a.epoch()]))  # a new order every epoch
-    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"^parameter batch_size must be an integer in \[1, inf\), got 0$"):
         DeviceBatches(X, y, 0)
 
 
@@ -70,8 +71,10 @@ def test_resnet18_cifar_stem_and_width():
     assert out.shape == (2, 10)
     assert taps.out["layer1_flat"].shape == (2, 8 * 32 * 32)  # stride-1 stem keeps 32×32
     assert taps.out["layer4"].shape == (2, 64)
-    with pytest.raises(ValueError, match=r"width must be a number in \(0, inf\)"):
+    with pytest.raises(ValueError, match=r"^parameter width must be a finite number in \(0, inf\), got 0$"):
         resnet18(width=0)
+    with pytest.raises(ParameterTypeError, match=r"^parameter num_classes must be an integer in \[2, inf\), got '10'"):
+        resnet18(num_classes="10")
 
 
 # --------------------------------------------------------------------------- streaming metrics
@@ -204,18 +207,26 @@ def test_training_learns_and_records_every_layer(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kwargs,match",
+    "kwargs,exc,match",
     [
-        ({"dataset": "svhn"}, r"dataset must be one of \('mnist', 'cifar10'\)"),
-        ({"loss": "hinge"}, r"loss must be one of \('mse', 'ce'\)"),
-        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
-        ({"layers": ("layer5",)}, r"layers must be a non-empty list of \('stem', 'layer1', .*unknown \['layer5'\]"),
-        ({"schedule": "cosine"}, r"schedule must be one of \('step40', 'thirds', 'constant'\)"),
+        ({"dataset": "svhn"}, ValueError, r"^parameter dataset must be one of \('mnist', 'cifar10'\), got 'svhn'$"),
+        ({"loss": "hinge"}, ValueError, r"^parameter loss must be one of \('mse', 'ce'\), got 'hinge'$"),
+        ({"batch_size": 0}, ValueError, r"^parameter batch_size must be an integer in \[1, inf\), got 0$"),
+        ({"batch_size": 64.0}, ParameterTypeError,
+         r"^parameter batch_size must be an integer in \[1, inf\), got 64.0 \(float\)$"),
+        ({"layers": ("layer5",)}, ValueError,
+         r"^parameter layers must be a non-empty list of ResNet18 layers from "
+         r"\('stem', 'layer1', 'layer2', 'layer3', 'layer4'\), got \('layer5',\)$"),
+        ({"layers": ()}, ValueError, r"^parameter layers must be a non-empty list of ResNet18 layers"),
+        ({"schedule": "cosine"}, ValueError, r"^parameter schedule must be one of \('step40', 'thirds', 'constant'\)"),
+        ({"lr": 0.0}, ValueError, r"^parameter lr must be a finite number in \(0, inf\), got 0.0$"),
+        ({"momentum": -0.1}, ValueError, r"^parameter momentum must be a finite number in \[0, inf\), got -0.1$"),
     ],
 )
-def test_bad_train_config(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_train_config(kwargs, exc, match):
+    with pytest.raises(exc, match=match) as err:
         TrainConfig(**kwargs)
+    assert type(err.value) is exc
 
 
 # --------------------------------------------------------------------------- notebook 07 parameters
