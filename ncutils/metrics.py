@@ -197,7 +197,7 @@ def nc2_from_means_t(M: Tensor, frame: str) -> Tensor:
     return torch.linalg.matrix_norm(G - _frame_target(M.shape[-2], frame, M))
 
 
-def nc3_from_means_t(W: Tensor, M: Tensor, frame: str) -> Tensor:
+def nc3_from_means_t(M: Tensor, *, W: Tensor, frame: str) -> Tensor:
     """‖W/‖W‖_F − M̂ᵀ/‖M̂‖_F‖_F, M̂ = centred means ("etf") or raw means ("orthogonal")."""
     A = _frame_means(M, frame)
     Wn = W / torch.linalg.matrix_norm(W).unsqueeze(-1).unsqueeze(-1)
@@ -205,7 +205,7 @@ def nc3_from_means_t(W: Tensor, M: Tensor, frame: str) -> Tensor:
     return torch.linalg.matrix_norm(Wn - An)
 
 
-def nc3_gram_t(A: Tensor, M: Tensor) -> Tensor:
+def nc3_gram_t(M: Tensor, *, A: Tensor) -> Tensor:
     """‖AᵀA/‖AᵀA‖_F − MᵀM/‖MᵀM‖_F‖_F for a layer ``A (..., d_out, d)`` reading means ``M (..., K, d)``.
 
     Forms two d×d matrices: O(d²) memory, meant for the weights of unconstrained-features
@@ -254,7 +254,7 @@ def maxangle_t(V: Tensor) -> Tensor:
     return (cos + 1.0 / (K - 1)).abs().mean(dim=-1)
 
 
-def nc4_t(H: Tensor, W: Tensor, b: Tensor | None, M: Tensor) -> Tensor:
+def nc4_t(H: Tensor, M: Tensor, *, W: Tensor, b: Tensor | None = None) -> Tensor:
     """Fraction of rows where argmax_k (W h + b)_k ≠ argmin_k ‖h − μ_k‖."""
     logits = H @ W.transpose(-1, -2)
     if b is not None:
@@ -263,7 +263,7 @@ def nc4_t(H: Tensor, W: Tensor, b: Tensor | None, M: Tensor) -> Tensor:
     return (logits.argmax(dim=-1) != nearest).to(H.dtype).mean(dim=-1)
 
 
-def margin_t(H: Tensor, W: Tensor, y: Tensor) -> Tensor:
+def margin_t(H: Tensor, y: Tensor, *, W: Tensor) -> Tensor:
     """Smallest logit margin min_i min_{j≠y_i} (w_{y_i} − w_j)ᵀh_i, per run (Ji et al. 2022, Eq. 4)."""
     Z = H @ W.transpose(-1, -2)  # (..., N, K)
     own = Z.gather(-1, y.expand(*Z.shape[:-1]).unsqueeze(-1))
@@ -272,7 +272,7 @@ def margin_t(H: Tensor, W: Tensor, y: Tensor) -> Tensor:
 
 
 def nc_metrics_t(
-    H: Tensor, y: Tensor, K: int, W: Tensor | None = None, b: Tensor | None = None,
+    H: Tensor, y: Tensor, K: int, *, W: Tensor | None = None, b: Tensor | None = None,
     A: Tensor | None = None, spectrum: bool = False,
 ) -> dict[str, Tensor]:
     """All metrics of one feature level at once, batched; keys as :func:`nc_metrics`.
@@ -297,13 +297,13 @@ def nc_metrics_t(
         "global_mean_norm": torch.linalg.vector_norm(M.mean(-2), dim=-1),
     }
     if W is not None:
-        out["nc3_etf"] = nc3_from_means_t(W, M, "etf")
-        out["nc3_orthogonal"] = nc3_from_means_t(W, M, "orthogonal")
+        out["nc3_etf"] = nc3_from_means_t(M, W=W, frame="etf")
+        out["nc3_orthogonal"] = nc3_from_means_t(M, W=W, frame="orthogonal")
         out["nc2_equinorm_weights"] = equinorm_t(W)
-        out["nc4"] = nc4_t(H, W, b, M)
+        out["nc4"] = nc4_t(H, M, W=W, b=b)
     reader = A if A is not None else W
     if reader is not None:
-        out["nc3_gram"] = nc3_gram_t(reader, M)
+        out["nc3_gram"] = nc3_gram_t(M, A=reader)
     if spectrum:
         sv = singular_values_t(M)
         out.update({f"sv_{i + 1}": sv[..., i] for i in range(sv.shape[-1])})
@@ -414,7 +414,7 @@ def nc2_maxangle_weights(W: ArrayLike) -> float:
 
 
 def nc3(
-    W: ArrayLike, H: ArrayLike, y: ArrayLike, frame: Frame = "etf", num_classes: int | None = None
+    H: ArrayLike, y: ArrayLike, *, W: ArrayLike, frame: Frame = "etf", num_classes: int | None = None
 ) -> float:
     """NC3 = ‖W/‖W‖_F − M̂ᵀ/‖M̂‖_F‖_F, self-duality of classifier and means.
 
@@ -425,10 +425,10 @@ def nc3(
     _check_frame(frame)
     Ht, yt, K = _check_features(H, y, num_classes)
     Wt, _ = _check_classifier(W, K, Ht.shape[1], Ht.device)
-    return float(nc3_from_means_t(Wt, class_means_t(Ht, yt, K), frame))
+    return float(nc3_from_means_t(class_means_t(Ht, yt, K), W=Wt, frame=frame))
 
 
-def nc3_gram(A: ArrayLike, H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> float:
+def nc3_gram(H: ArrayLike, y: ArrayLike, *, A: ArrayLike, num_classes: int | None = None) -> float:
     """DNC3 of a hidden layer: ‖AᵀA/‖AᵀA‖_F − MᵀM/‖MᵀM‖_F‖_F (M the (K, d) uncentred class means).
 
     ``A (d_out, d)`` is the weight of the layer that reads ``H (N, d)``, e.g. W_l of the
@@ -442,7 +442,7 @@ def nc3_gram(A: ArrayLike, H: ArrayLike, y: ArrayLike, num_classes: int | None =
     At = _as_float64(A, "A", Ht.device)
     if At.ndim != 2 or At.shape[1] != Ht.shape[1]:
         raise ValueError(f"A must have shape (d_out, d) with d = {Ht.shape[1]}, got {tuple(At.shape)}")
-    return float(nc3_gram_t(At, class_means_t(Ht, yt, K)))
+    return float(nc3_gram_t(class_means_t(Ht, yt, K), A=At))
 
 
 def class_mean_singular_values(H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> np.ndarray:
@@ -452,12 +452,12 @@ def class_mean_singular_values(H: ArrayLike, y: ArrayLike, num_classes: int | No
     return singular_values_t(class_means_t(Ht, yt, K)).cpu().numpy()
 
 
-def nc3_squared(W: ArrayLike, H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> float:
+def nc3_squared(H: ArrayLike, y: ArrayLike, *, W: ArrayLike, num_classes: int | None = None) -> float:
     """Square of the ETF :func:`nc3`, the quantity of Papyan et al. 2020, Fig. 5."""
-    return nc3(W, H, y, "etf", num_classes) ** 2
+    return nc3(H, y, W=W, frame="etf", num_classes=num_classes) ** 2
 
 
-def normalized_margin(W: ArrayLike, H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> float:
+def normalized_margin(H: ArrayLike, y: ArrayLike, *, W: ArrayLike, num_classes: int | None = None) -> float:
     """Scale-free margin min_i min_{j≠y_i} (w_{y_i} − w_j)ᵀh_i / (½(‖W‖²_F + ‖H‖²_F)) (Ji et al. 2022, §3).
 
     Invariant to (W, H) → (aW, aH); its maximum over all (W, H) is 1/(√n(K−1)) for balanced
@@ -467,12 +467,13 @@ def normalized_margin(W: ArrayLike, H: ArrayLike, y: ArrayLike, num_classes: int
     Ht, yt, K = _check_features(H, y, num_classes)
     Wt = _check_classifier(W, K, Ht.shape[1], Ht.device)[0]
     scale = (Wt.square().sum() + Ht.square().sum()) / 2
-    return float(margin_t(Ht, Wt, yt) / scale)
+    return float(margin_t(Ht, yt, W=Wt) / scale)
 
 
 def nc4(
     H: ArrayLike,
     y: ArrayLike,
+    *,
     W: ArrayLike,
     b: ArrayLike | None = None,
     means: ArrayLike | None = None,
@@ -496,12 +497,13 @@ def nc4(
         M = _as_float64(means, "means", Ht.device)
         if M.shape != (K, Ht.shape[1]):
             raise ValueError(f"means must have shape (K, d) = ({K}, {Ht.shape[1]}), got {tuple(M.shape)}")
-    return float(nc4_t(Ht, Wt, bt, M))
+    return float(nc4_t(Ht, M, W=Wt, b=bt))
 
 
 def nc_metrics(
     H: ArrayLike,
     y: ArrayLike,
+    *,
     W: ArrayLike | None = None,
     b: ArrayLike | None = None,
     num_classes: int | None = None,
@@ -517,4 +519,4 @@ def nc_metrics(
     Wt = bt = None
     if W is not None:
         Wt, bt = _check_classifier(W, K, Ht.shape[1], Ht.device, b)
-    return {k: float(v) for k, v in nc_metrics_t(Ht, yt, K, Wt, bt).items()}
+    return {k: float(v) for k, v in nc_metrics_t(Ht, yt, K, W=Wt, b=bt).items()}

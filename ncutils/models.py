@@ -239,7 +239,7 @@ class UFM(FeatureModel):
             out["bias_mean"] = p["b"].mean(-1)
             out["bias_spread"] = p["b"].amax(-1) - p["b"].amin(-1)
         if self.loss == "ce":
-            out["margin"] = margin_t(p["H"], p["W"], self.labels(p["H"].device))
+            out["margin"] = margin_t(p["H"], self.labels(p["H"].device), W=p["W"])
             out["normalized_margin"] = out["margin"] / ((out["norm_W_sq"] + out["norm_H_sq"]) / 2)
         return out
 

@@ -105,7 +105,7 @@ def _record(model: FeatureModel, p: Params, y: Tensor, step: int, objective: Ten
     add("model", {"objective": objective, **model.extras(p)})
     for name, lev in model.levels(p).items():
         W, b, A = (None if t is None else t.to(torch.float64) for t in (lev.W, lev.b, lev.A))
-        add(name, nc_metrics_t(lev.H.to(torch.float64), y, model.K, W, b, A, lev.spectrum))
+        add(name, nc_metrics_t(lev.H.to(torch.float64), y, model.K, W=W, b=b, A=A, spectrum=lev.spectrum))
     return chunks
 
 

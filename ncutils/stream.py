@@ -131,8 +131,8 @@ class StreamingNC:
             }
             if name in self._classifier:
                 W, _ = self._classifier[name]
-                r["nc3_etf"] = nc3_from_means_t(W, M, "etf")
-                r["nc3_orthogonal"] = nc3_from_means_t(W, M, "orthogonal")
+                r["nc3_etf"] = nc3_from_means_t(M, W=W, frame="etf")
+                r["nc3_orthogonal"] = nc3_from_means_t(M, W=W, frame="orthogonal")
                 r["nc2_equinorm_weights"] = equinorm_t(W)
                 r["nc4"] = self.nc4_sum[name] / self.n_within
             out[name] = {k: float(v) for k, v in r.items()}

@@ -90,7 +90,7 @@ def min_norm_separation(K: int, n: int, d: int, starts: int = 5, seed: int = 0, 
                                       constraints=[{"type": "ineq", "fun": cons, "jac": cons_jac}],
                                       options={"maxiter": maxiter, "ftol": ftol})
         W, H = split(res.x)
-        m = nc_metrics_t(torch.from_numpy(H.copy()), y, K, torch.from_numpy(W.copy()))
+        m = nc_metrics_t(torch.from_numpy(H.copy()), y, K, W=torch.from_numpy(W.copy()))
         margin = float(cons(res.x).min() + 1.0)
         row = {"start": start, "value": float(res.fun), "min_margin": margin, "success": bool(res.success),
                "iterations": int(res.nit), **{k: float(m[k]) for k in ("nc1", "nc2_etf", "nc3_etf")}}

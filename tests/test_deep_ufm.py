@@ -185,16 +185,16 @@ def test_nc3_gram_and_spectrum():
     # a layer whose row space carries the means' Gram: A = Q M with Q orthonormal columns
     Q = ortho_group.rvs(6, random_state=rng)[:, :K]
     A = 0.7 * Q @ Mo
-    assert m.nc3_gram(A, H, y) < 1e-12
-    assert m.nc3_gram(3.0 * Mo, H, y) < 1e-12  # a classifier W ∝ Mᵀ
-    assert m.nc3_gram(rng.standard_normal((6, d)), H, y) > 0.3
+    assert m.nc3_gram(H, y, A=A) < 1e-12
+    assert m.nc3_gram(H, y, A=3.0 * Mo) < 1e-12  # a classifier W ∝ Mᵀ
+    assert m.nc3_gram(H, y, A=rng.standard_normal((6, d))) > 0.3
     # brute force on a random layer
     B = rng.standard_normal((5, d))
     P, G = B.T @ B, Mo.T @ Mo
     ref = np.linalg.norm(P / np.linalg.norm(P) - G / np.linalg.norm(G))
-    assert m.nc3_gram(B, H, y) == pytest.approx(ref, rel=1e-12)
+    assert m.nc3_gram(H, y, A=B) == pytest.approx(ref, rel=1e-12)
     with pytest.raises(ValueError, match=r"A must have shape \(d_out, d\) with d = 9"):
-        m.nc3_gram(B[:, :4], H, y)
+        m.nc3_gram(H, y, A=B[:, :4])
     sv = m.class_mean_singular_values(H, y)
     np.testing.assert_allclose(sv, [2.0] * K, rtol=1e-12)
     low = Mo.copy()

@@ -228,12 +228,12 @@ def test_ulpm_closed_form_on_an_etf():
     W, H = _etf(K, n, d, opt.norm_w_sq, opt.mean_norm_sq)
     y = torch.arange(K).repeat_interleave(n)
     assert 0.5 * float(W.square().sum() + H.square().sum()) == pytest.approx(opt.value, rel=1e-12)
-    assert float(metrics.margin_t(H, W, y)) == pytest.approx(1.0, rel=1e-12)  # feasible and tight
-    assert metrics.normalized_margin(W, H, y) == pytest.approx(opt.normalized_margin, rel=1e-12)
-    assert metrics.normalized_margin(3 * W, 3 * H, y) == pytest.approx(opt.normalized_margin, rel=1e-12)
+    assert float(metrics.margin_t(H, y, W=W)) == pytest.approx(1.0, rel=1e-12)  # feasible and tight
+    assert metrics.normalized_margin(H, y, W=W) == pytest.approx(opt.normalized_margin, rel=1e-12)
+    assert metrics.normalized_margin(3 * H, y, W=3 * W) == pytest.approx(opt.normalized_margin, rel=1e-12)
     # an unbalanced ETF (same directions, ‖w‖² ≠ n‖μ‖²) has a smaller normalized margin
     W2, H2 = _etf(K, n, d, 4 * opt.norm_w_sq, opt.mean_norm_sq / 4)
-    assert metrics.normalized_margin(W2, H2, y) < opt.normalized_margin
+    assert metrics.normalized_margin(H2, y, W=W2) < opt.normalized_margin
 
 
 def test_min_norm_separation_reaches_the_etf():
