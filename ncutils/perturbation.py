@@ -19,8 +19,10 @@ Hessian-vector products, the Jacobian by implicit differentiation with
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,9 +36,16 @@ from ._validate import check_float, check_integer, check_integers
 from .metrics import class_means_t, nc1_t, nc1_trace_t, nc2_from_means_t
 from .theory import perturbation_to_ufm, ufm_mse_optimum
 
-with warnings.catch_warnings():  # torch's forward-AD decompositions still call torch.jit.script on import
-    warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
-    import torch._decomp.decompositions_for_jvp
+
+@contextlib.contextmanager
+def _forward_ad() -> Iterator[None]:
+    """Silence the one warning of torch's first forward-mode AD call (``torch.func.jvp``/``jacfwd``): torch then
+    loads its forward-AD decompositions, which still call the deprecated ``torch.jit.script`` (a FutureWarning
+    about torch internals, not about this code). Public API only (``warnings``); nothing else is filtered."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
+        yield
+
 
 __all__ = ["FlowResult", "Minimizer", "PerturbationModel", "jacobian_blocks", "layerwise_chain", "monotonicity_checks"]
 
@@ -186,9 +195,10 @@ class PerturbationModel:
         def hessp(x: np.ndarray, v: np.ndarray) -> np.ndarray:
             return torch.func.jvp(grad, (torch.from_numpy(x),), (torch.from_numpy(v),))[1].numpy()
 
-        res = scipy.optimize.minimize(fun, H0.reshape(-1).numpy().copy(), jac=True, hessp=hessp,
-                                      method="trust-ncg", options={"gtol": gtol, "maxiter": maxiter})
-        x = res.x if res.success else _newton_polish(res.x, grad, hessp)
+        with _forward_ad():
+            res = scipy.optimize.minimize(fun, H0.reshape(-1).numpy().copy(), jac=True, hessp=hessp,
+                                          method="trust-ncg", options={"gtol": gtol, "maxiter": maxiter})
+            x = res.x if res.success else _newton_polish(res.x, grad, hessp)
         H = torch.from_numpy(x).reshape(shape)
         g0 = float(torch.linalg.vector_norm(grad(H0.reshape(-1))))
         g_scaled = float(torch.linalg.vector_norm(grad(H.reshape(-1))))
@@ -213,8 +223,9 @@ class PerturbationModel:
             return self.perturbed_objective(h.reshape(H0.shape), h0.reshape(H0.shape))
 
         x, x0 = H.reshape(-1), H0.reshape(-1)
-        hess = torch.func.hessian(phi, argnums=0)(x, x0).reshape(m, m)
-        mixed = torch.func.jacfwd(torch.func.grad(phi, argnums=0), argnums=1)(x, x0).reshape(m, m)
+        with _forward_ad():
+            hess = torch.func.hessian(phi, argnums=0)(x, x0).reshape(m, m)
+            mixed = torch.func.jacfwd(torch.func.grad(phi, argnums=0), argnums=1)(x, x0).reshape(m, m)
         return -torch.linalg.solve(hess, mixed)
 
     def flow(self, H0: Tensor | np.ndarray, t_max: float, num: int = 200, rtol: float = 1e-11,

@@ -14,9 +14,9 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 from tqdm import tqdm  # plain text bar: no ipywidgets needed, nothing on stderr in kernels
@@ -26,6 +26,9 @@ from .device import is_quiet, resolve_device, resolve_dtype
 from .metrics import nc_metrics_t
 from .models import FeatureModel, Params
 from .paths import atomic_path
+
+if TYPE_CHECKING:  # pandas is imported where a history table is built, not with the module
+    import pandas as pd
 
 __all__ = ["DivergenceError", "GDResult", "gradient_descent", "record_steps"]
 
@@ -89,6 +92,8 @@ def _fingerprint(model: FeatureModel, **config: object) -> str:
 
 
 def _record(model: FeatureModel, p: Params, y: Tensor, step: int, objective: Tensor) -> list[pd.DataFrame]:
+    import pandas as pd
+
     S = objective.shape[0]
     runs = np.arange(S)
     chunks = []
@@ -232,6 +237,8 @@ def gradient_descent(
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     wall = elapsed + time.perf_counter() - t0
+    import pandas as pd
+
     history = pd.concat(chunks, ignore_index=True)
     history["level"] = history["level"].astype("category")
     history["metric"] = history["metric"].astype("category")
