@@ -19,7 +19,7 @@ from typing import Any
 
 __all__ = ["ParameterTypeError", "Rule", "bad_type", "bad_value", "check_bool", "check_choice", "check_float",
            "check_floats", "check_hyperparameter", "check_int", "check_integer", "check_integers", "check_ints",
-           "check_names", "describe_range"]
+           "describe_range"]
 
 
 class ParameterTypeError(TypeError, ValueError):
@@ -146,16 +146,6 @@ def check_floats(name: str, values: Any, low: float | None = None, *, strict_low
         if not math.isfinite(v) or (low is not None and (v <= low if strict_low else v < low)):
             raise _bad_value(name, what, values)
     return tuple(float(v) for v in values)
-
-
-def check_names(name: str, values: Any, valid: Sequence[str], what: str = "") -> tuple[str, ...]:
-    """A non-empty list of names, each one of ``valid`` (``what`` describes them in the message), as a tuple."""
-    desc = f"a non-empty list of {what or 'names'} from {tuple(valid)}"
-    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
-        raise _bad_type(name, desc, values)
-    if not values or any(v not in tuple(valid) for v in values):
-        raise _bad_value(name, desc, values)
-    return tuple(values)
 
 
 def check_hyperparameter(name: str, value: Any, low: float = 0.0, strict: bool = False) -> Any:

@@ -22,8 +22,9 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from ._validate import bad_value, check_choice, check_float, check_hyperparameter, check_integer, check_integers
+from ._validate import bad_value, check_choice, check_hyperparameter, check_integer, check_integers
 from .metrics import class_means_t, margin_t
+from .nets import RESNET_LAYERS, resnet18  # moved to ncutils.nets; re-exported here for one release
 
 __all__ = ["RESNET_LAYERS", "UFM", "DeepUFM", "FeatureModel", "Level", "check_hyperparameter", "check_integer",
            "check_integers", "extended_ufm", "resnet18"]
@@ -391,41 +392,3 @@ def extended_ufm(K: int, n: int, d: int, activation: Activation = "relu", lambda
     """
     return DeepUFM(K=K, n=n, d=d, L=2, activation=activation, lambda_W=(lambda_W1, lambda_W2),
                    lambda_H=lambda_H1, name=f"eufm_{activation}")
-
-
-#: Feature taps of :func:`resnet18`: the stem and the four stages (the GAP of ``layer4`` is the
-#: penultimate feature the classifier ``fc`` reads).
-RESNET_LAYERS: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "layer4")
-
-
-def resnet18(num_classes: int = 10, in_channels: int = 3, fc_bias: bool = True, width: float = 1.0) -> torch.nn.Module:
-    """torchvision's ResNet18 with the CIFAR stem (3×3 conv, stride 1, no max-pool; SPEC §7) for both datasets.
-
-    ``width`` multiplies every stage's channels (64, 128, 256, 512 at 1.0; e.g. 0.125 → 8 … 64 for CPU runs),
-    built from torchvision's own ``BasicBlock``/``_make_layer``; ``in_channels`` 1 (MNIST) or 3;
-    ``fc_bias`` the classifier's bias (Tirer & Bruna: none with MSE). The module ``model.maxpool``
-    (an identity) outputs the stem's features.
-    """
-    from torchvision.models.resnet import BasicBlock, ResNet
-
-    check_float("width", width, 0.0, strict_low=True)
-    check_integer("num_classes", num_classes, 2)
-    check_integer("in_channels", in_channels, 1)
-    c = [max(1, round(64 * width * 2**i)) for i in range(4)]
-    model = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
-    model.inplanes = c[0]
-    model.conv1 = torch.nn.Conv2d(in_channels, c[0], kernel_size=3, stride=1, padding=1, bias=False)
-    model.bn1 = torch.nn.BatchNorm2d(c[0])
-    model.maxpool = torch.nn.Identity()
-    model.layer1 = model._make_layer(BasicBlock, c[0], 2)
-    model.layer2 = model._make_layer(BasicBlock, c[1], 2, stride=2)
-    model.layer3 = model._make_layer(BasicBlock, c[2], 2, stride=2)
-    model.layer4 = model._make_layer(BasicBlock, c[3], 2, stride=2)
-    model.fc = torch.nn.Linear(c[3], num_classes, bias=fc_bias)
-    for m in model.modules():  # torchvision's initialization for the replaced modules
-        if isinstance(m, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, torch.nn.BatchNorm2d):
-            torch.nn.init.ones_(m.weight)
-            torch.nn.init.zeros_(m.bias)
-    return model
