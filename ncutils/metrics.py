@@ -1,7 +1,7 @@
 """Neural-collapse metrics NC1–NC4: the one definition used everywhere in ncutils.
 
-Every formula is the one of SPEC §1 (``../shared/SPEC.md`` in the development
-tree; reproduced in each docstring below).
+Every formula is the one of ``docs/notation.md`` (shapes, NC1–NC4 as implemented
+here), reproduced in each docstring below with the paper it comes from.
 
 Conventions
 -----------
@@ -327,7 +327,7 @@ def class_means(H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> T
 
 
 def within_class_cov(H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> Tensor:
-    """Σ_W = (1/N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ, shape ``(d, d)`` (SPEC §0)."""
+    """Σ_W = (1/N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ, shape ``(d, d)`` (``docs/notation.md``)."""
     Ht, yt, K = _check_features(H, y, num_classes)
     R = _residuals_t(Ht, yt, class_means_t(Ht, yt, K))
     return R.T @ R / Ht.shape[0]
@@ -436,7 +436,8 @@ def nc3_gram(H: ArrayLike, y: ArrayLike, *, A: ArrayLike, num_classes: int | Non
     of, and are aligned with, the class means of its input). 0 iff the row space of A
     carries the same Gram as the means; for a classifier ``W ∝ Mᵀ`` it is 0 like
     ``nc3(frame="orthogonal")``, and unlike that metric it does not need d_out = K.
-    The Gram form is our choice (SPEC §4 leaves the metric open). O(d²) memory.
+    The Gram form is our choice (the paper defines DNC3 without fixing a metric; ``docs/notation.md``).
+    O(d²) memory.
     """
     Ht, yt, K = _check_features(H, y, num_classes)
     At = _as_float64(A, "A", Ht.device)

@@ -1,4 +1,4 @@
-"""The perturbation model of Tirer, Huang & Niles-Weed (ICML 2023), in their normalization (SPEC §5).
+"""The perturbation model of Tirer, Huang & Niles-Weed (ICML 2023), their Eq. 3 and normalization.
 
     f(W, H; H₀) = 1/(2Kn)‖WH − Y‖²_F + λ_W/(2K)‖W‖²_F + λ_H/(2Kn)‖H‖²_F + β/(2Kn)‖H − H₀‖²_F
 
@@ -123,7 +123,7 @@ class PerturbationModel:
         return H0.to(torch.float64)
 
     def ufm_lambdas(self) -> tuple[float, float]:
-        """The same model's (λ_W, λ_H) in Tirer & Bruna's normalization (SPEC §5 mapping)."""
+        """The same model's (λ_W, λ_H) in Tirer & Bruna's normalization (:func:`ncutils.theory.perturbation_to_ufm`)."""
         return perturbation_to_ufm(self.K, self.n, self.lambda_W, self.lambda_H)
 
     # --------------------------------------------------------------- objective
@@ -157,7 +157,7 @@ class PerturbationModel:
     # ----------------------------------------------------------------- solvers
     def collapsed_minimizer(self, seed: int = 0) -> tuple[Tensor, Tensor]:
         """A global minimizer (W, H) of the β-free objective (needs λ_Hλ_W < 1 and d ≥ K):
-        the orthogonal frame of SPEC §2, rotated by a random orthonormal d×K basis (``seed``)."""
+        the orthogonal frame of Tirer & Bruna 2022, Thm 3.1, rotated by a random orthonormal d×K basis (``seed``)."""
         if self.lambda_H * self.lambda_W >= 1 or self.d < self.K or self.lambda_H == 0:
             raise ValueError("parameters lambda_H, lambda_W, d must satisfy 0 < lambda_H * lambda_W < 1 and d >= K "
                              "for a collapsed minimizer, got "

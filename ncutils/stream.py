@@ -1,4 +1,4 @@
-"""Streaming neural-collapse metrics for network features that do not fit in memory (SPEC §1).
+"""Streaming neural-collapse metrics for network features that do not fit in memory (definitions: ``docs/notation.md``).
 
 :class:`StreamingNC` accumulates, batch by batch and on the features' device, what
 :func:`ncutils.metrics.nc_metrics` computes from a whole feature matrix:

@@ -1,4 +1,5 @@
-"""Closed-form predictions for the unconstrained-features models (SPEC §2–§4).
+"""Closed-form predictions for the unconstrained-features models (Tirer & Bruna 2022; Súkeník, Mondelli &
+Lampert 2023; Tirer, Huang & Niles-Weed 2023; Ji et al. 2022), summarized in ``docs/notation.md``.
 
 Notation of Tirer & Bruna (ICML 2022), bias-free MSE UFM
 
@@ -7,8 +8,8 @@ Notation of Tirer & Bruna (ICML 2022), bias-free MSE UFM
 K classes, n samples per class. The *threshold* ``c = K √(n λ_H λ_W)`` decides
 between a collapsed orthogonal frame (c < 1) and the trivial minimizer (c ≥ 1).
 
-Formulas marked (derived) in SPEC §2 are consequences of the theorem that the
-unit tests confirm against gradient descent (``tests/test_theory.py``).
+Formulas marked (derived) are consequences of the papers' theorems (not stated in them) that the
+unit tests confirm against gradient descent (``tests/test_theory_models.py``, ``tests/test_deep_ufm.py``).
 """
 
 from __future__ import annotations
@@ -90,25 +91,26 @@ def ufm_threshold(K: int, n: int, lambda_W: float, lambda_H: float) -> float:
 
 
 def ufm_fit(K: int, n: int, lambda_W: float, lambda_H: float) -> float:
-    """s = 1 − c (0 past the threshold): W M = s I at the optimum (derived, SPEC §2)."""
+    """s = 1 − c (0 past the threshold): W M = s I at the optimum (derived from Tirer & Bruna 2022, Thm 3.1)."""
     return max(1.0 - ufm_threshold(K, n, lambda_W, lambda_H), 0.0)
 
 
 def ufm_mean_norm_sq(K: int, n: int, lambda_W: float, lambda_H: float) -> float:
-    """ρ = ‖μ_k‖² = (1 − c) √(λ_W / (n λ_H)), MᵀM = ρ I (derived, SPEC §2)."""
+    """ρ = ‖μ_k‖² = (1 − c) √(λ_W / (n λ_H)), MᵀM = ρ I (derived from Tirer & Bruna 2022, Thm 3.1)."""
     _check(K, n, lambda_W, lambda_H)
     return ufm_fit(K, n, lambda_W, lambda_H) * math.sqrt(lambda_W / (n * lambda_H))
 
 
 def ufm_objective_star(K: int, n: int, lambda_W: float, lambda_H: float, bias: bool = False) -> float:
-    """f* = c − c²/2 for c ≤ 1, else 1/2; times (K−1)/K with an unregularized bias (SPEC §2)."""
+    """f* = c − c²/2 for c ≤ 1, else 1/2; times (K−1)/K with an unregularized bias (derived from Tirer & Bruna
+    2022, Thm 3.1)."""
     c = min(ufm_threshold(K, n, lambda_W, lambda_H), 1.0)
     f = c - c * c / 2
     return (K - 1) / K * f if bias else f
 
 
 def ufm_mse_optimum(K: int, n: int, lambda_W: float, lambda_H: float, bias: bool = False) -> UFMOptimum:
-    """All invariants of the MSE-UFM minimizer (Tirer & Bruna 2022, Thm 3.1; closed forms SPEC §2).
+    """All invariants of the MSE-UFM minimizer (Tirer & Bruna 2022, Thm 3.1; closed forms derived).
 
     Bias-free: MᵀM = ρ I (orthogonal frame), W = √(nλ_H/λ_W) Mᵀ, W M = (1 − c) I.
     With an unregularized bias: b* = 1/K, μ_G = 0 and MᵀM = ρ (I − 11ᵀ/K) (simplex
@@ -177,7 +179,7 @@ def frame_distance(K: int) -> float:
 
 
 # --------------------------------------------------------------------------- #
-# Extended (L = 2) and deep UFM: the collapsed branch (SPEC §3–§4, derived)
+# Extended (L = 2) and deep UFM: the collapsed branch (Tirer & Bruna 2022, §4; Súkeník et al. 2023; derived)
 # --------------------------------------------------------------------------- #
 def _check_lambdas(n: int, lambda_W: Sequence[float], lambda_H: float) -> tuple[float, ...]:
     """``lambda_W`` (one weight decay per layer) as a tuple of floats, after checking n, λ_W and λ_H > 0."""
@@ -191,7 +193,8 @@ def _check_lambdas(n: int, lambda_W: Sequence[float], lambda_H: float) -> tuple[
 
 
 def dufm_q(n: int, lambda_W: Sequence[float], lambda_H: float) -> float:
-    """q = (n λ_{H₁} Π_l λ_{W_l})^{1/m}, m = L + 1 (SPEC §3–§4; the EUFM's q for L = 2).
+    """q = (n λ_{H₁} Π_l λ_{W_l})^{1/m}, m = L + 1 (Súkeník, Mondelli & Lampert 2023, Thm 3; the EUFM's q of
+    Tirer & Bruna 2022, §4, for L = 2).
 
     ``lambda_W``: the weight decays λ_{W_1}, …, λ_{W_L}, one per layer; ``lambda_H``: λ_{H₁}."""
     lams = _check_lambdas(n, lambda_W, lambda_H)
@@ -201,15 +204,16 @@ def dufm_q(n: int, lambda_W: Sequence[float], lambda_H: float) -> float:
 
 def dufm_collapsed_objective(s: float, K: int, q: float, m: int) -> float:
     """g(s) = (s − 1)²/2 + (K m/2) q s^{2/m}: the objective of the collapsed branch whose output
-    class means are s·I (SPEC §4, derived: the regularizer of m balanced factors by AM–GM)."""
+    class means are s·I (derived from Súkeník, Mondelli & Lampert 2023, Thm 3: the regularizer of m balanced
+    factors by AM–GM)."""
     return (s - 1.0) ** 2 / 2 + K * m / 2 * q * s ** (2.0 / m)
 
 
 def dufm_threshold(m: int) -> float:
     """Largest (K m/2)·q with a non-zero collapsed minimizer: ((m−2)/(m−1))^{(m−2)/m} · m/(2(m−1)).
 
-    For m = 3 (the extended UFM) this is K·q ≤ 2^{−4/3}; for m = 2 (plain UFM) c = Kq ≤ 1 (SPEC §3–§4,
-    derived). At the threshold the minimizing s jumps from (m−2)/(m−1) to 0.
+    For m = 3 (the extended UFM) this is K·q ≤ 2^{−4/3}; for m = 2 (plain UFM) c = Kq ≤ 1 (derived;
+    Tirer & Bruna 2022, §4 and Thm 3.1). At the threshold the minimizing s jumps from (m−2)/(m−1) to 0.
     """
     check_int("m", m, 2)
     return ((m - 2) / (m - 1)) ** ((m - 2) / m) * m / (2 * (m - 1))
@@ -218,7 +222,7 @@ def dufm_threshold(m: int) -> float:
 def dufm_spinodal(m: int) -> float:
     """Largest (K m/2)·q at which the collapsed branch is still a local minimum (m = L + 1 ≥ 2).
 
-    Derived from :func:`dufm_fit` (SPEC §4): with a = 1 − 2/m, h(s) = s − 1 + Kq s^{−a} has a root
+    Derived from :func:`dufm_fit` (``docs/notation.md``): with a = 1 − 2/m, h(s) = s − 1 + Kq s^{−a} has a root
     only while its minimum h(s₀) ≤ 0, i.e. s₀ = a/(1+a) and Kq ≤ (a/(1+a))^{1+a}/a. Between
     :func:`dufm_threshold` and this value the collapsed solution is metastable (GD from a large
     initialization can still end there); for m = 2 both are 1 (c = 1).
@@ -231,7 +235,8 @@ def dufm_spinodal(m: int) -> float:
 
 
 def eufm_threshold() -> float:
-    """2^{−4/3} ≈ 0.3969: the extended UFM has a non-zero minimizer iff K·q ≤ 2^{−4/3} (SPEC §3)."""
+    """2^{−4/3} ≈ 0.3969: the extended UFM has a non-zero minimizer iff K·q ≤ 2^{−4/3} (derived for Tirer &
+    Bruna 2022, §4)."""
     return 2.0 ** (-4.0 / 3.0)
 
 
@@ -265,7 +270,8 @@ def dufm_fit(K: int, q: float, m: int, branch: str = "global") -> float:
 
 @dataclass(frozen=True)
 class DeepUFMOptimum(_Record):
-    """The collapsed minimizer of the L-layer UFM (:class:`ncutils.models.DeepUFM`), SPEC §3–§4 (derived).
+    """The collapsed minimizer of the L-layer UFM (:class:`ncutils.models.DeepUFM`), derived from
+    Súkeník, Mondelli & Lampert 2023, Thm 3 (``docs/notation.md``).
 
     Every factor carries the same share T = q s^{2/m} of the regularizer (balancedness
     λ_{H₁}‖H₁‖² = λ_{W_l}‖W_l‖² = K T), the output class means are s·I, the levels' class
@@ -304,7 +310,7 @@ def dufm_optimum(K: int, n: int, lambda_W: Sequence[float], lambda_H: float, bra
     ``branch="collapsed"``: the metastable collapsed local minimum past the threshold instead
     (see :func:`dufm_fit`); ``collapsed`` is False once it has disappeared.
 
-    SPEC §4 (derived): f_DNC = min_{s∈[0,1]} (s−1)²/2 + (Km/2) q s^{2/m}. It is the global optimum
+    Derived (``docs/notation.md``): f_DNC = min_{s∈[0,1]} (s−1)²/2 + (Km/2) q s^{2/m}. It is the global optimum
     of the linear model and, for K = 2, of the ReLU model (Súkeník et al. 2023, Thm 3); for K > 2,
     L ≥ 3 ReLU models reach lower, low-rank solutions (Súkeník et al. 2024). L = 1 is the plain UFM.
     """
@@ -328,7 +334,7 @@ def dufm_optimum(K: int, n: int, lambda_W: Sequence[float], lambda_H: float, bra
 def eufm_optimum(K: int, n: int, lambda_W1: float, lambda_W2: float, lambda_H1: float) -> DeepUFMOptimum:
     """The extended UFM (Tirer & Bruna 2022, §4), linear or ReLU: :func:`dufm_optimum` with L = 2.
 
-    SPEC §3 (derived): q = (nλ_{H₁}λ_{W₁}λ_{W₂})^{1/3}, f* = min_s (s−1)²/2 + (3K/2) q s^{2/3},
+    Derived (``docs/notation.md``): q = (nλ_{H₁}λ_{W₁}λ_{W₂})^{1/3}, f* = min_s (s−1)²/2 + (3K/2) q s^{2/3},
     non-zero iff K q ≤ 2^{−4/3}; ‖μ₁‖² = T/(nλ_{H₁}), ‖μ₂‖² = ‖μ₁‖² T/λ_{W₁}, M₂ᵀM₂ = ‖μ₂‖² I.
     """
     return dufm_optimum(K, n, (lambda_W1, lambda_W2), lambda_H1)
@@ -338,7 +344,8 @@ def eufm_optimum(K: int, n: int, lambda_W1: float, lambda_W2: float, lambda_H1: 
 # §5 perturbation model (Tirer, Huang & Niles-Weed 2023)
 # --------------------------------------------------------------------------- #
 def perturbation_to_ufm(K: int, n: int, lambda_W: float, lambda_H: float) -> tuple[float, float]:
-    """Map the perturbation paper's (λ_W, λ_H) to Tirer & Bruna's: (λ_W/K, λ_H/(Kn)) (SPEC §5).
+    """Map the perturbation paper's (λ_W, λ_H) to Tirer & Bruna's: (λ_W/K, λ_H/(Kn)) (Tirer, Huang & Niles-Weed
+    2023, Eq. 3 vs Tirer & Bruna 2022, Eq. 3).
 
     Their f = 1/(2Kn)‖WH − Y‖² + λ_W/(2K)‖W‖² + λ_H/(2Kn)‖H‖² equals TB's f with
     λ'_W = λ_W/K and λ'_H = λ_H/(Kn); then c = K√(nλ'_Hλ'_W) = √(λ_Hλ_W).
@@ -399,7 +406,7 @@ class ULPMOptimum(_Record):
 
 
 def ulpm_optimum(K: int, n: int) -> ULPMOptimum:
-    """Closed form of the ULPM's max-margin problem (SPEC §6, derived).
+    """Closed form of the ULPM's max-margin problem (Ji et al. 2022, Eq. 5; the value is derived).
 
     On a simplex ETF with ‖w_k‖ = a, ‖h‖ = m, W ∝ M̃ᵀ: margin a·m·K/(K−1) = 1 and
     ½(K a² + Kn m²) is minimal at a² = n m², giving the value K a² = √n(K−1).

@@ -1,4 +1,4 @@
-"""The unconstrained layer-peeled model of Ji et al. (ICLR 2022) and its max-margin problem (SPEC §6).
+"""The unconstrained layer-peeled model of Ji et al. (ICLR 2022) and its max-margin problem (``docs/notation.md``).
 
 The ULPM is the cross-entropy UFM with no regularization and no bias —
 ``ncutils.models.UFM(K, n, d, lambda_W=0, lambda_H=0, loss="ce")`` — run for millions of

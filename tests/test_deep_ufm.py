@@ -17,7 +17,8 @@ from ncutils.solve import gradient_descent
 
 
 def test_spec_check_numbers_eufm():
-    """SPEC §3: K=4, n=20, d=20, all λ=0.005 → f* = 0.079931, M₂ᵀM₂ = 0.3415 I, ‖μ₁‖² = 0.1307."""
+    """EUFM (Tirer & Bruna 2022, §4), derived closed form: K=4, n=20, d=20, all λ=0.005 → f* = 0.079931,
+    M₂ᵀM₂ = 0.3415 I, ‖μ₁‖² = 0.1307."""
     o = theory.eufm_optimum(4, 20, 0.005, 0.005, 0.005)
     assert o.objective == pytest.approx(0.079931, abs=1e-6)
     assert o.mean_norm_sq[1] == pytest.approx(0.3415, abs=1e-4)
@@ -30,7 +31,8 @@ def test_spec_check_numbers_eufm():
 
 @pytest.mark.parametrize("L,f", [(2, 0.0437697), (3, 0.0423176), (4, 0.0435800)])
 def test_spec_check_numbers_dufm(L, f):
-    """SPEC §4: K=2, n=50, all λ=0.004 → f_DNC = 0.0437697 (L=2), 0.0423176 (L=3), 0.0435800 (L=4)."""
+    """Deep UFM (Súkeník, Mondelli & Lampert 2023), derived f_DNC:
+    K=2, n=50, all λ=0.004 → f_DNC = 0.0437697 (L=2), 0.0423176 (L=3), 0.0435800 (L=4)."""
     assert theory.dufm_optimum(2, 50, [0.004] * L, 0.004).objective == pytest.approx(f, abs=5e-7)
 
 

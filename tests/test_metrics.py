@@ -66,7 +66,7 @@ def test_simplex_etf_is_optimal(K, d, rng):
 
 
 def test_frame_distance_known_value():
-    assert frame_distance(4) == pytest.approx(0.5176380902, rel=1e-9)  # SPEC §2
+    assert frame_distance(4) == pytest.approx(0.5176380902, rel=1e-9)  # Tirer & Bruna 2022 setting, docs/notation.md
     A = np.eye(4) / 2.0
     B = (np.eye(4) - 0.25) / math.sqrt(3)
     assert frame_distance(4) == pytest.approx(np.linalg.norm(A - B), rel=1e-12)

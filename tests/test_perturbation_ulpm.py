@@ -1,4 +1,5 @@
-"""Perturbation model (SPEC §5), layer-peeled model (SPEC §6), data loading and the small MLP."""
+"""Perturbation model (Tirer, Huang & Niles-Weed 2023), layer-peeled model (Ji et al. 2022), data loading,
+and the small MLP."""
 
 import math
 
@@ -27,7 +28,7 @@ def _random(shape, seed=0, std=1.0):
 
 # --------------------------------------------------------------------------- perturbation model
 def test_normalization_maps_to_tirer_bruna():
-    """SPEC §5: their f (β-free) equals TB's f with λ'_W = λ_W/K, λ'_H = λ_H/(Kn) — and c = √(λ_Hλ_W)."""
+    """THN 2023, Eq. 3: their f (β-free) equals TB's f with λ'_W = λ_W/K, λ'_H = λ_H/(Kn) — and c = √(λ_Hλ_W)."""
     K, n, d, lw, lh = 3, 4, 5, 0.7, 0.3
     m = PerturbationModel(K=K, n=n, d=d, lambda_W=lw, lambda_H=lh)
     W, H = _random((K, d), 1), _random((K * n, d), 2)
@@ -83,14 +84,14 @@ def test_implicit_jacobian_matches_finite_differences():
 
 @pytest.mark.parametrize("lambda_H,sigma_min", [(0.05, 0.99812), (0.2, 0.99624), (0.5, 0.99405)])
 def test_theorem_4_2_spectrum(lambda_H, sigma_min):
-    """SPEC §5 check: K=4, d=10, n=10, λ_W=√2, β=100."""
+    """THN 2023, Thm 4.2 (their Fig. 1 setting): K=4, d=10, n=10, λ_W=√2, β=100."""
     m = PerturbationModel(K=4, n=10, d=10, lambda_W=SQRT2, lambda_H=lambda_H, beta=100.0)
     _, H0 = m.collapsed_minimizer(seed=0)
     blocks = jacobian_blocks(m.jacobian(H0, H0), 4, 10, 10)
     diag, off = blocks[blocks.diagonal], blocks[~blocks.diagonal]
     pred = theory.perturbation_jacobian(SQRT2, lambda_H, 100.0)
     assert abs(diag.sigma_min.min() - pred.diag_sigma_min) <= 1e-4
-    assert abs(diag.sigma_min.min() - sigma_min) <= 1e-4  # the SPEC's rounded values
+    assert abs(diag.sigma_min.min() - sigma_min) <= 1e-4  # rounded reference values
     assert diag.sigma_max.max() == pytest.approx(1.0, abs=1e-12)
     assert (diag["rank"] == 100).all() and (off["rank"] == 1).all()
     assert off.sigma_max.max() == pytest.approx(pred.offdiag_sigma_max, rel=0.01)

@@ -19,7 +19,7 @@ from ncutils.solve import DivergenceError, gradient_descent, record_steps
 
 
 def test_spec_check_numbers():
-    """SPEC §2: K=4, d=20, n=50, λ_W=λ_H=5e-3 → c = 0.141421, f* = 0.131421, ρ = 0.121421."""
+    """Tirer & Bruna 2022, §3 setting: K=4, d=20, n=50, λ_W=λ_H=5e-3 → c = 0.141421, f* = 0.131421, ρ = 0.121421."""
     o = theory.ufm_mse_optimum(4, 50, 5e-3, 5e-3)
     assert o.c == pytest.approx(0.141421, abs=1e-6)
     assert o.objective == pytest.approx(0.131421, abs=1e-6)
