@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ParameterTypeError", "Rule", "check_bool", "check_choice", "check_float", "check_floats", "check_int",
-           "check_ints", "describe_range"]
+__all__ = ["ParameterTypeError", "Rule", "bad_type", "bad_value", "check_bool", "check_choice", "check_float",
+           "check_floats", "check_hyperparameter", "check_int", "check_integer", "check_integers", "check_ints",
+           "describe_range"]
 
 
 class ParameterTypeError(TypeError, ValueError):
@@ -47,6 +48,17 @@ def _bad_type(name: str, what: str, value: Any) -> ParameterTypeError:
 
 def _bad_value(name: str, what: str, value: Any) -> ValueError:
     return ValueError(f"parameter {name} must be {what}, got {value!r}")
+
+
+def bad_type(name: str, what: str, value: Any) -> ParameterTypeError:
+    """The error for an argument of the wrong type: ``parameter <name> must be <what>, got <value> (<type>)``
+    (for checks the ``check_*`` shortcuts do not cover: arrays, tensors, files)."""
+    return _bad_type(name, what, value)
+
+
+def bad_value(name: str, what: str, value: Any) -> ValueError:
+    """The error for an argument with a bad value: ``parameter <name> must be <what>, got <value>``."""
+    return _bad_value(name, what, value)
 
 
 def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
@@ -134,6 +146,26 @@ def check_floats(name: str, values: Any, low: float | None = None, *, strict_low
         if not math.isfinite(v) or (low is not None and (v <= low if strict_low else v < low)):
             raise _bad_value(name, what, values)
     return tuple(float(v) for v in values)
+
+
+def check_hyperparameter(name: str, value: Any, low: float = 0.0, strict: bool = False) -> Any:
+    """A scalar-or-per-run hyperparameter: a finite number ≥ ``low`` (> if ``strict``), or a non-empty
+    sequence of such numbers (one per run). A number is returned as given, a sequence as a tuple of floats."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        check_float(name, value, low, strict_low=strict)
+        return value
+    return check_floats(name, value, low, strict_low=strict, scalar_ok=True)
+
+
+def check_integer(name: str, value: Any, low: int) -> int:
+    """``value`` if it is an integer ≥ ``low`` (bools refused): :func:`check_int` with no upper bound."""
+    return check_int(name, value, low)
+
+
+def check_integers(obj: object, spec: tuple[tuple[str, int], ...]) -> None:
+    """:func:`check_integer` on every attribute ``name`` of ``obj`` with its lower bound: ``((name, low), …)``."""
+    for key, low in spec:
+        check_integer(key, getattr(obj, key), low)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .models import check_integer
+from ._validate import check_choice, check_integer
 from .paths import atomic_path, resolve_path
 
 __all__ = ["DATASETS", "FILES", "Dataset", "DatasetNotFoundError", "DeviceBatches", "balanced_subset", "load_dataset",
@@ -58,9 +58,7 @@ class Dataset(NamedTuple):
 
 
 def _check_name(name: str) -> str:
-    if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {tuple(DATASETS)}, got {name!r}")
-    return name
+    return check_choice("dataset", name, tuple(DATASETS))
 
 
 def _not_found(name: str, folder: Path, reason: str | None = None) -> str:
@@ -118,6 +116,8 @@ def load_dataset(name: str, root: str | os.PathLike[str] = "data", train: bool =
     Raises :class:`DatasetNotFoundError` (missing files, no network) and ``ValueError`` (bad arguments).
     """
     _, K, mean, std = DATASETS[_check_name(name)]
+    if pad_to is not None:
+        check_integer("pad_to", pad_to, 1)
     folder = resolve_path(root)
     cls = _torchvision_class(name, verify)
     try:

@@ -6,6 +6,8 @@ import os
 
 import torch
 
+from ._validate import bad_type, bad_value, check_choice
+
 __all__ = ["DTYPES", "is_quiet", "resolve_device", "resolve_dtype"]
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -18,27 +20,28 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """
     if isinstance(device, torch.device):
         return device
+    if not isinstance(device, str):
+        raise bad_type("device", "'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device", device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":
         return torch.device("cpu")
     if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
         if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} was requested but CUDA is not available here; use 'auto' or 'cpu'")
+            raise ValueError(f"parameter device = {device!r} was requested but CUDA is not available here; "
+                             "use 'auto' or 'cpu'")
         index = int(device[5:]) if ":" in device else 0
         if index >= torch.cuda.device_count():
-            raise ValueError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) exist")
+            raise ValueError(f"parameter device = {device!r}: only {torch.cuda.device_count()} CUDA device(s) exist")
         return torch.device(device)
-    raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    raise bad_value("device", "'auto', 'cpu', 'cuda' or 'cuda:N'", device)
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """``"float64"`` (theory checks) or ``"float32"``."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
-    return DTYPES[dtype]
+    return DTYPES[check_choice("dtype", dtype, tuple(DTYPES))]
 
 
 def is_quiet() -> bool:

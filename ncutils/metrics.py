@@ -1,7 +1,7 @@
 """Neural-collapse metrics NC1–NC4: the one definition used everywhere in ncutils.
 
-Every formula is the one of SPEC §1 (``../shared/SPEC.md`` in the development
-tree; reproduced in each docstring below).
+Every formula is the one of ``docs/notation.md`` (shapes, NC1–NC4 as implemented
+here), reproduced in each docstring below with the paper it comes from.
 
 Conventions
 -----------
@@ -33,6 +33,8 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import Tensor
+
+from ._validate import ParameterTypeError, bad_type, check_choice, check_int
 
 __all__ = [
     "Frame",
@@ -71,12 +73,13 @@ def _as_float64(x: ArrayLike, name: str, device: torch.device | None = None) -> 
     elif isinstance(x, np.ndarray | list | tuple):
         t = torch.as_tensor(np.asarray(x))
     else:
-        raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}")
+        raise bad_type(name, "a numpy array or torch tensor", x)
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.int16, torch.uint8)):
-        raise ValueError(f"{name} must hold real numbers, got dtype {t.dtype}")
+        raise ParameterTypeError(f"parameter {name} must be an array of real numbers, got dtype {t.dtype}")
     t = t.to(device=device if device is not None else t.device, dtype=torch.float64)
     if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or inf values; metrics need finite input")
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"parameter {name} must be finite (metrics need finite input), got {bad} NaN or inf values")
     return t
 
 
@@ -86,7 +89,7 @@ def _check_features(
     """Validate ``H`` (N, d) and ``y`` (N,) and return (H float64, y int64, K)."""
     Ht = _as_float64(H, "H")
     if Ht.ndim != 2:
-        raise ValueError(f"H must be a 2-D (N, d) array of feature rows, got shape {tuple(Ht.shape)}")
+        raise ValueError(f"parameter H must be a 2-D (N, d) array of feature rows, got shape {tuple(Ht.shape)}")
     N = Ht.shape[0]
     yt = y.detach() if isinstance(y, Tensor) else torch.as_tensor(np.asarray(y))
     if yt.ndim != 1 or yt.shape[0] != N:
@@ -94,39 +97,38 @@ def _check_features(
             f"y must have shape (N,) = ({N},) to match H of shape {tuple(Ht.shape)}, got {tuple(yt.shape)}"
         )
     if yt.is_floating_point() or yt.is_complex() or yt.dtype == torch.bool:
-        raise ValueError(f"y must hold integer class labels, got dtype {yt.dtype}")
+        raise ParameterTypeError(f"parameter y must be an array of integer class labels, got dtype {yt.dtype}")
     yt = yt.to(device=Ht.device, dtype=torch.int64)
     if N == 0:
-        raise ValueError("H and y are empty (N = 0); metrics need at least one sample per class")
+        raise ValueError("parameters H and y are empty (N = 0); metrics need at least one sample per class")
     if int(yt.min()) < 0:
-        raise ValueError(f"y must hold labels in [0, K), found {int(yt.min())}")
-    K = int(yt.max()) + 1 if num_classes is None else int(num_classes)
+        raise ValueError(f"parameter y must hold labels in [0, K), got label {int(yt.min())}")
+    K = int(yt.max()) + 1 if num_classes is None else check_int("num_classes", num_classes, 2)
     if K < 2:
-        raise ValueError(f"neural-collapse metrics need K >= 2 classes, got K = {K}")
+        raise ValueError(f"parameter y must hold labels of K >= 2 classes (neural collapse needs two), got K = {K}")
     if int(yt.max()) >= K:
-        raise ValueError(f"y must hold labels in [0, K) = [0, {K}), found {int(yt.max())}")
+        raise ValueError(f"parameter y must hold labels in [0, K) = [0, {K}), got label {int(yt.max())}")
     counts = torch.bincount(yt, minlength=K)
     empty = torch.nonzero(counts == 0).flatten().tolist()
     if empty:
-        raise ValueError(f"class(es) {empty} have no samples; every class in [0, {K}) needs at least one")
+        raise ValueError(f"parameter y: class(es) {empty} have no samples; every class in [0, {K}) needs at least one")
     return Ht, yt, K
 
 
 def _check_classifier(W: ArrayLike, K: int, d: int, device: torch.device, b: ArrayLike | None = None):
     Wt = _as_float64(W, "W", device)
     if Wt.shape != (K, d):
-        raise ValueError(f"W must have shape (K, d) = ({K}, {d}), got {tuple(Wt.shape)}")
+        raise ValueError(f"W must have shape (K, d) = ({K}, {d}) to match H and y, got {tuple(Wt.shape)}")
     bt = None
     if b is not None:
         bt = _as_float64(b, "b", device)
         if bt.shape != (K,):
-            raise ValueError(f"b must have shape (K,) = ({K},), got {tuple(bt.shape)}")
+            raise ValueError(f"b must have shape (K,) = ({K},) to match W, got {tuple(bt.shape)}")
     return Wt, bt
 
 
 def _check_frame(frame: str) -> None:
-    if frame not in _FRAMES:
-        raise ValueError(f"frame must be one of {_FRAMES}, got {frame!r}")
+    check_choice("frame", frame, _FRAMES)
 
 
 # --------------------------------------------------------------------------- #
@@ -195,7 +197,7 @@ def nc2_from_means_t(M: Tensor, frame: str) -> Tensor:
     return torch.linalg.matrix_norm(G - _frame_target(M.shape[-2], frame, M))
 
 
-def nc3_from_means_t(W: Tensor, M: Tensor, frame: str) -> Tensor:
+def nc3_from_means_t(M: Tensor, *, W: Tensor, frame: str) -> Tensor:
     """‖W/‖W‖_F − M̂ᵀ/‖M̂‖_F‖_F, M̂ = centred means ("etf") or raw means ("orthogonal")."""
     A = _frame_means(M, frame)
     Wn = W / torch.linalg.matrix_norm(W).unsqueeze(-1).unsqueeze(-1)
@@ -203,7 +205,7 @@ def nc3_from_means_t(W: Tensor, M: Tensor, frame: str) -> Tensor:
     return torch.linalg.matrix_norm(Wn - An)
 
 
-def nc3_gram_t(A: Tensor, M: Tensor) -> Tensor:
+def nc3_gram_t(M: Tensor, *, A: Tensor) -> Tensor:
     """‖AᵀA/‖AᵀA‖_F − MᵀM/‖MᵀM‖_F‖_F for a layer ``A (..., d_out, d)`` reading means ``M (..., K, d)``.
 
     Forms two d×d matrices: O(d²) memory, meant for the weights of unconstrained-features
@@ -252,7 +254,7 @@ def maxangle_t(V: Tensor) -> Tensor:
     return (cos + 1.0 / (K - 1)).abs().mean(dim=-1)
 
 
-def nc4_t(H: Tensor, W: Tensor, b: Tensor | None, M: Tensor) -> Tensor:
+def nc4_t(H: Tensor, M: Tensor, *, W: Tensor, b: Tensor | None = None) -> Tensor:
     """Fraction of rows where argmax_k (W h + b)_k ≠ argmin_k ‖h − μ_k‖."""
     logits = H @ W.transpose(-1, -2)
     if b is not None:
@@ -261,7 +263,7 @@ def nc4_t(H: Tensor, W: Tensor, b: Tensor | None, M: Tensor) -> Tensor:
     return (logits.argmax(dim=-1) != nearest).to(H.dtype).mean(dim=-1)
 
 
-def margin_t(H: Tensor, W: Tensor, y: Tensor) -> Tensor:
+def margin_t(H: Tensor, y: Tensor, *, W: Tensor) -> Tensor:
     """Smallest logit margin min_i min_{j≠y_i} (w_{y_i} − w_j)ᵀh_i, per run (Ji et al. 2022, Eq. 4)."""
     Z = H @ W.transpose(-1, -2)  # (..., N, K)
     own = Z.gather(-1, y.expand(*Z.shape[:-1]).unsqueeze(-1))
@@ -270,7 +272,7 @@ def margin_t(H: Tensor, W: Tensor, y: Tensor) -> Tensor:
 
 
 def nc_metrics_t(
-    H: Tensor, y: Tensor, K: int, W: Tensor | None = None, b: Tensor | None = None,
+    H: Tensor, y: Tensor, K: int, *, W: Tensor | None = None, b: Tensor | None = None,
     A: Tensor | None = None, spectrum: bool = False,
 ) -> dict[str, Tensor]:
     """All metrics of one feature level at once, batched; keys as :func:`nc_metrics`.
@@ -295,13 +297,13 @@ def nc_metrics_t(
         "global_mean_norm": torch.linalg.vector_norm(M.mean(-2), dim=-1),
     }
     if W is not None:
-        out["nc3_etf"] = nc3_from_means_t(W, M, "etf")
-        out["nc3_orthogonal"] = nc3_from_means_t(W, M, "orthogonal")
+        out["nc3_etf"] = nc3_from_means_t(M, W=W, frame="etf")
+        out["nc3_orthogonal"] = nc3_from_means_t(M, W=W, frame="orthogonal")
         out["nc2_equinorm_weights"] = equinorm_t(W)
-        out["nc4"] = nc4_t(H, W, b, M)
+        out["nc4"] = nc4_t(H, M, W=W, b=b)
     reader = A if A is not None else W
     if reader is not None:
-        out["nc3_gram"] = nc3_gram_t(reader, M)
+        out["nc3_gram"] = nc3_gram_t(M, A=reader)
     if spectrum:
         sv = singular_values_t(M)
         out.update({f"sv_{i + 1}": sv[..., i] for i in range(sv.shape[-1])})
@@ -325,7 +327,7 @@ def class_means(H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> T
 
 
 def within_class_cov(H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> Tensor:
-    """Σ_W = (1/N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ, shape ``(d, d)`` (SPEC §0)."""
+    """Σ_W = (1/N) Σ_i (h_i − μ_{y_i})(h_i − μ_{y_i})ᵀ, shape ``(d, d)`` (``docs/notation.md``)."""
     Ht, yt, K = _check_features(H, y, num_classes)
     R = _residuals_t(Ht, yt, class_means_t(Ht, yt, K))
     return R.T @ R / Ht.shape[0]
@@ -392,7 +394,7 @@ def nc2_maxangle(H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> 
 def _check_weights(W: ArrayLike) -> Tensor:
     Wt = _as_float64(W, "W")
     if Wt.ndim != 2 or Wt.shape[0] < 2:
-        raise ValueError(f"W must be a (K, d) classifier with K >= 2 rows, got shape {tuple(Wt.shape)}")
+        raise ValueError(f"parameter W must be a (K, d) classifier with K >= 2 rows, got shape {tuple(Wt.shape)}")
     return Wt
 
 
@@ -412,7 +414,7 @@ def nc2_maxangle_weights(W: ArrayLike) -> float:
 
 
 def nc3(
-    W: ArrayLike, H: ArrayLike, y: ArrayLike, frame: Frame = "etf", num_classes: int | None = None
+    H: ArrayLike, y: ArrayLike, *, W: ArrayLike, frame: Frame = "etf", num_classes: int | None = None
 ) -> float:
     """NC3 = ‖W/‖W‖_F − M̂ᵀ/‖M̂‖_F‖_F, self-duality of classifier and means.
 
@@ -423,10 +425,10 @@ def nc3(
     _check_frame(frame)
     Ht, yt, K = _check_features(H, y, num_classes)
     Wt, _ = _check_classifier(W, K, Ht.shape[1], Ht.device)
-    return float(nc3_from_means_t(Wt, class_means_t(Ht, yt, K), frame))
+    return float(nc3_from_means_t(class_means_t(Ht, yt, K), W=Wt, frame=frame))
 
 
-def nc3_gram(A: ArrayLike, H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> float:
+def nc3_gram(H: ArrayLike, y: ArrayLike, *, A: ArrayLike, num_classes: int | None = None) -> float:
     """DNC3 of a hidden layer: ‖AᵀA/‖AᵀA‖_F − MᵀM/‖MᵀM‖_F‖_F (M the (K, d) uncentred class means).
 
     ``A (d_out, d)`` is the weight of the layer that reads ``H (N, d)``, e.g. W_l of the
@@ -434,13 +436,14 @@ def nc3_gram(A: ArrayLike, H: ArrayLike, y: ArrayLike, num_classes: int | None =
     of, and are aligned with, the class means of its input). 0 iff the row space of A
     carries the same Gram as the means; for a classifier ``W ∝ Mᵀ`` it is 0 like
     ``nc3(frame="orthogonal")``, and unlike that metric it does not need d_out = K.
-    The Gram form is our choice (SPEC §4 leaves the metric open). O(d²) memory.
+    The Gram form is our choice (the paper defines DNC3 without fixing a metric; ``docs/notation.md``).
+    O(d²) memory.
     """
     Ht, yt, K = _check_features(H, y, num_classes)
     At = _as_float64(A, "A", Ht.device)
     if At.ndim != 2 or At.shape[1] != Ht.shape[1]:
         raise ValueError(f"A must have shape (d_out, d) with d = {Ht.shape[1]}, got {tuple(At.shape)}")
-    return float(nc3_gram_t(At, class_means_t(Ht, yt, K)))
+    return float(nc3_gram_t(class_means_t(Ht, yt, K), A=At))
 
 
 def class_mean_singular_values(H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> np.ndarray:
@@ -450,12 +453,12 @@ def class_mean_singular_values(H: ArrayLike, y: ArrayLike, num_classes: int | No
     return singular_values_t(class_means_t(Ht, yt, K)).cpu().numpy()
 
 
-def nc3_squared(W: ArrayLike, H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> float:
+def nc3_squared(H: ArrayLike, y: ArrayLike, *, W: ArrayLike, num_classes: int | None = None) -> float:
     """Square of the ETF :func:`nc3`, the quantity of Papyan et al. 2020, Fig. 5."""
-    return nc3(W, H, y, "etf", num_classes) ** 2
+    return nc3(H, y, W=W, frame="etf", num_classes=num_classes) ** 2
 
 
-def normalized_margin(W: ArrayLike, H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> float:
+def normalized_margin(H: ArrayLike, y: ArrayLike, *, W: ArrayLike, num_classes: int | None = None) -> float:
     """Scale-free margin min_i min_{j≠y_i} (w_{y_i} − w_j)ᵀh_i / (½(‖W‖²_F + ‖H‖²_F)) (Ji et al. 2022, §3).
 
     Invariant to (W, H) → (aW, aH); its maximum over all (W, H) is 1/(√n(K−1)) for balanced
@@ -465,12 +468,13 @@ def normalized_margin(W: ArrayLike, H: ArrayLike, y: ArrayLike, num_classes: int
     Ht, yt, K = _check_features(H, y, num_classes)
     Wt = _check_classifier(W, K, Ht.shape[1], Ht.device)[0]
     scale = (Wt.square().sum() + Ht.square().sum()) / 2
-    return float(margin_t(Ht, Wt, yt) / scale)
+    return float(margin_t(Ht, yt, W=Wt) / scale)
 
 
 def nc4(
     H: ArrayLike,
     y: ArrayLike,
+    *,
     W: ArrayLike,
     b: ArrayLike | None = None,
     means: ArrayLike | None = None,
@@ -494,12 +498,13 @@ def nc4(
         M = _as_float64(means, "means", Ht.device)
         if M.shape != (K, Ht.shape[1]):
             raise ValueError(f"means must have shape (K, d) = ({K}, {Ht.shape[1]}), got {tuple(M.shape)}")
-    return float(nc4_t(Ht, Wt, bt, M))
+    return float(nc4_t(Ht, M, W=Wt, b=bt))
 
 
 def nc_metrics(
     H: ArrayLike,
     y: ArrayLike,
+    *,
     W: ArrayLike | None = None,
     b: ArrayLike | None = None,
     num_classes: int | None = None,
@@ -515,4 +520,4 @@ def nc_metrics(
     Wt = bt = None
     if W is not None:
         Wt, bt = _check_classifier(W, K, Ht.shape[1], Ht.device, b)
-    return {k: float(v) for k, v in nc_metrics_t(Ht, yt, K, Wt, bt).items()}
+    return {k: float(v) for k, v in nc_metrics_t(Ht, yt, K, W=Wt, b=bt).items()}

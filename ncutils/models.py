@@ -13,7 +13,6 @@ Shapes (code convention, rows are samples): features ``H (S, N, d)``, classifier
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
@@ -23,7 +22,9 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from ._validate import bad_value, check_choice, check_hyperparameter, check_integer, check_integers
 from .metrics import class_means_t, margin_t
+from .nets import RESNET_LAYERS, resnet18  # moved to ncutils.nets; re-exported here for one release
 
 __all__ = ["RESNET_LAYERS", "UFM", "DeepUFM", "FeatureModel", "Level", "check_hyperparameter", "check_integer",
            "check_integers", "extended_ufm", "resnet18"]
@@ -45,34 +46,6 @@ class Level(NamedTuple):
     b: Tensor | None = None
     A: Tensor | None = None
     spectrum: bool = False
-
-
-def check_hyperparameter(name: str, value: Hyper, low: float = 0.0, strict: bool = False) -> Hyper:
-    """Validate a scalar-or-per-run hyperparameter: finite and ≥ ``low`` (> if ``strict``)."""
-    vals = [value] if isinstance(value, int | float) else list(value)
-    if not vals:
-        raise ValueError(f"{name} must be a number or a non-empty sequence of numbers")
-    for v in vals:
-        if not isinstance(v, int | float) or isinstance(v, bool):
-            raise ValueError(f"{name} must be a number, got {v!r}")
-        ok = math.isfinite(v) and (v > low if strict else v >= low)
-        if not ok:
-            rng = f"({low}, inf)" if strict else f"[{low}, inf)"
-            raise ValueError(f"{name} must be finite and in {rng}, got {v}")
-    return value if isinstance(value, int | float) else tuple(float(v) for v in vals)
-
-
-def check_integer(name: str, value: object, low: int) -> int:
-    """``value`` if it is an integer ≥ ``low`` (bools refused), else ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def check_integers(obj: object, spec: tuple[tuple[str, int], ...]) -> None:
-    """Raise ``ValueError`` unless every attribute ``name`` of ``obj`` is an integer ≥ ``low``."""
-    for key, low in spec:
-        check_integer(key, getattr(obj, key), low)
 
 
 @lru_cache(maxsize=32)
@@ -185,8 +158,7 @@ class UFM(FeatureModel):
         check_integers(self, (("K", 2), ("n", 1), ("d", 1)))
         object.__setattr__(self, "lambda_W", check_hyperparameter("lambda_W", self.lambda_W))
         object.__setattr__(self, "lambda_H", check_hyperparameter("lambda_H", self.lambda_H))
-        if self.loss not in ("mse", "ce"):
-            raise ValueError(f"loss must be one of ('mse', 'ce'), got {self.loss!r}")
+        check_choice("loss", self.loss, ("mse", "ce"))
         self.runs()
 
     def init(self, S: int, init_std: float, generator: torch.Generator, dtype: torch.dtype) -> Params:
@@ -268,7 +240,7 @@ class UFM(FeatureModel):
             out["bias_mean"] = p["b"].mean(-1)
             out["bias_spread"] = p["b"].amax(-1) - p["b"].amin(-1)
         if self.loss == "ce":
-            out["margin"] = margin_t(p["H"], p["W"], self.labels(p["H"].device))
+            out["margin"] = margin_t(p["H"], self.labels(p["H"].device), W=p["W"])
             out["normalized_margin"] = out["margin"] / ((out["norm_W_sq"] + out["norm_H_sq"]) / 2)
         return out
 
@@ -314,13 +286,12 @@ class DeepUFM(FeatureModel):
             object.__setattr__(self, "d", tuple(self.d))
         widths = self.widths
         if len(widths) != self.L or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
-            raise ValueError(f"d must be an integer >= 1 or a sequence of L = {self.L} such integers, got {self.d!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+            raise bad_value("d", f"an integer >= 1 or a sequence of L = {self.L} such integers", self.d)
+        check_choice("activation", self.activation, ACTIVATIONS)
         lw = self.lambda_W
         per_layer = [lw] * self.L if isinstance(lw, int | float) else list(lw)  # type: ignore[arg-type]
         if len(per_layer) != self.L:
-            raise ValueError(f"lambda_W must be one value or L = {self.L} values (one per layer), got {lw!r}")
+            raise bad_value("lambda_W", f"one value or L = {self.L} values (one per layer)", lw)
         checked = tuple(check_hyperparameter(f"lambda_W[{i + 1}]", v) for i, v in enumerate(per_layer))
         object.__setattr__(self, "lambda_W", checked)
         object.__setattr__(self, "lambda_H", check_hyperparameter("lambda_H", self.lambda_H))
@@ -421,42 +392,3 @@ def extended_ufm(K: int, n: int, d: int, activation: Activation = "relu", lambda
     """
     return DeepUFM(K=K, n=n, d=d, L=2, activation=activation, lambda_W=(lambda_W1, lambda_W2),
                    lambda_H=lambda_H1, name=f"eufm_{activation}")
-
-
-#: Feature taps of :func:`resnet18`: the stem and the four stages (the GAP of ``layer4`` is the
-#: penultimate feature the classifier ``fc`` reads).
-RESNET_LAYERS: tuple[str, ...] = ("stem", "layer1", "layer2", "layer3", "layer4")
-
-
-def resnet18(num_classes: int = 10, in_channels: int = 3, fc_bias: bool = True, width: float = 1.0) -> torch.nn.Module:
-    """torchvision's ResNet18 with the CIFAR stem (3×3 conv, stride 1, no max-pool; SPEC §7) for both datasets.
-
-    ``width`` multiplies every stage's channels (64, 128, 256, 512 at 1.0; e.g. 0.125 → 8 … 64 for CPU runs),
-    built from torchvision's own ``BasicBlock``/``_make_layer``; ``in_channels`` 1 (MNIST) or 3;
-    ``fc_bias`` the classifier's bias (Tirer & Bruna: none with MSE). The module ``model.maxpool``
-    (an identity) outputs the stem's features.
-    """
-    from torchvision.models.resnet import BasicBlock, ResNet
-
-    if not (isinstance(width, int | float) and math.isfinite(width) and width > 0):
-        raise ValueError(f"width must be a number in (0, inf), got {width!r}")
-    check_integer("num_classes", num_classes, 2)
-    check_integer("in_channels", in_channels, 1)
-    c = [max(1, round(64 * width * 2**i)) for i in range(4)]
-    model = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
-    model.inplanes = c[0]
-    model.conv1 = torch.nn.Conv2d(in_channels, c[0], kernel_size=3, stride=1, padding=1, bias=False)
-    model.bn1 = torch.nn.BatchNorm2d(c[0])
-    model.maxpool = torch.nn.Identity()
-    model.layer1 = model._make_layer(BasicBlock, c[0], 2)
-    model.layer2 = model._make_layer(BasicBlock, c[1], 2, stride=2)
-    model.layer3 = model._make_layer(BasicBlock, c[2], 2, stride=2)
-    model.layer4 = model._make_layer(BasicBlock, c[3], 2, stride=2)
-    model.fc = torch.nn.Linear(c[3], num_classes, bias=fc_bias)
-    for m in model.modules():  # torchvision's initialization for the replaced modules
-        if isinstance(m, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, torch.nn.BatchNorm2d):
-            torch.nn.init.ones_(m.weight)
-            torch.nn.init.zeros_(m.bias)
-    return model

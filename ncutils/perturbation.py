@@ -1,4 +1,4 @@
-"""The perturbation model of Tirer, Huang & Niles-Weed (ICML 2023), in their normalization (SPEC §5).
+"""The perturbation model of Tirer, Huang & Niles-Weed (ICML 2023), their Eq. 3 and normalization.
 
     f(W, H; H₀) = 1/(2Kn)‖WH − Y‖²_F + λ_W/(2K)‖W‖²_F + λ_H/(2Kn)‖H‖²_F + β/(2Kn)‖H − H₀‖²_F
 
@@ -19,8 +19,10 @@ Hessian-vector products, the Jacobian by implicit differentiation with
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,23 +32,22 @@ import scipy.optimize
 import torch
 from torch import Tensor
 
+from ._validate import check_float, check_integer, check_integers
 from .metrics import class_means_t, nc1_t, nc1_trace_t, nc2_from_means_t
-from .models import check_integer, check_integers
 from .theory import perturbation_to_ufm, ufm_mse_optimum
 
-with warnings.catch_warnings():  # torch's forward-AD decompositions still call torch.jit.script on import
-    warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
-    import torch._decomp.decompositions_for_jvp
+
+@contextlib.contextmanager
+def _forward_ad() -> Iterator[None]:
+    """Silence the one warning of torch's first forward-mode AD call (``torch.func.jvp``/``jacfwd``): torch then
+    loads its forward-AD decompositions, which still call the deprecated ``torch.jit.script`` (a FutureWarning
+    about torch internals, not about this code). Public API only (``warnings``); nothing else is filtered."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
+        yield
+
 
 __all__ = ["FlowResult", "Minimizer", "PerturbationModel", "jacobian_blocks", "layerwise_chain", "monotonicity_checks"]
-
-
-def _finite_float(name: str, value: float, low: float = 0.0, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or (value <= low if strict else value < low):
-        rng = f"({low:g}, inf)" if strict else f"[{low:g}, inf)"
-        raise ValueError(f"{name} must be a finite number in {rng}, got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,9 @@ class PerturbationModel:
 
     def __post_init__(self) -> None:
         check_integers(self, (("K", 2), ("n", 1), ("d", 1)))
-        object.__setattr__(self, "lambda_W", _finite_float("lambda_W", self.lambda_W, strict=True))
-        object.__setattr__(self, "lambda_H", _finite_float("lambda_H", self.lambda_H))
-        object.__setattr__(self, "beta", _finite_float("beta", self.beta, strict=True))
+        object.__setattr__(self, "lambda_W", check_float("lambda_W", self.lambda_W, 0.0, strict_low=True))
+        object.__setattr__(self, "lambda_H", check_float("lambda_H", self.lambda_H, 0.0))
+        object.__setattr__(self, "beta", check_float("beta", self.beta, 0.0, strict_low=True))
 
     @property
     def N(self) -> int:
@@ -122,7 +123,7 @@ class PerturbationModel:
         return H0.to(torch.float64)
 
     def ufm_lambdas(self) -> tuple[float, float]:
-        """The same model's (λ_W, λ_H) in Tirer & Bruna's normalization (SPEC §5 mapping)."""
+        """The same model's (λ_W, λ_H) in Tirer & Bruna's normalization (:func:`ncutils.theory.perturbation_to_ufm`)."""
         return perturbation_to_ufm(self.K, self.n, self.lambda_W, self.lambda_H)
 
     # --------------------------------------------------------------- objective
@@ -156,9 +157,10 @@ class PerturbationModel:
     # ----------------------------------------------------------------- solvers
     def collapsed_minimizer(self, seed: int = 0) -> tuple[Tensor, Tensor]:
         """A global minimizer (W, H) of the β-free objective (needs λ_Hλ_W < 1 and d ≥ K):
-        the orthogonal frame of SPEC §2, rotated by a random orthonormal d×K basis (``seed``)."""
+        the orthogonal frame of Tirer & Bruna 2022, Thm 3.1, rotated by a random orthonormal d×K basis (``seed``)."""
         if self.lambda_H * self.lambda_W >= 1 or self.d < self.K or self.lambda_H == 0:
-            raise ValueError("a collapsed minimizer needs 0 < lambda_H * lambda_W < 1 and d >= K, got "
+            raise ValueError("parameters lambda_H, lambda_W, d must satisfy 0 < lambda_H * lambda_W < 1 and d >= K "
+                             "for a collapsed minimizer, got "
                              f"lambda_H * lambda_W = {self.lambda_H * self.lambda_W}, d = {self.d}, K = {self.K}")
         lw, lh = self.ufm_lambdas()
         opt = ufm_mse_optimum(self.K, self.n, lw, lh)
@@ -193,9 +195,10 @@ class PerturbationModel:
         def hessp(x: np.ndarray, v: np.ndarray) -> np.ndarray:
             return torch.func.jvp(grad, (torch.from_numpy(x),), (torch.from_numpy(v),))[1].numpy()
 
-        res = scipy.optimize.minimize(fun, H0.reshape(-1).numpy().copy(), jac=True, hessp=hessp,
-                                      method="trust-ncg", options={"gtol": gtol, "maxiter": maxiter})
-        x = res.x if res.success else _newton_polish(res.x, grad, hessp)
+        with _forward_ad():
+            res = scipy.optimize.minimize(fun, H0.reshape(-1).numpy().copy(), jac=True, hessp=hessp,
+                                          method="trust-ncg", options={"gtol": gtol, "maxiter": maxiter})
+            x = res.x if res.success else _newton_polish(res.x, grad, hessp)
         H = torch.from_numpy(x).reshape(shape)
         g0 = float(torch.linalg.vector_norm(grad(H0.reshape(-1))))
         g_scaled = float(torch.linalg.vector_norm(grad(H.reshape(-1))))
@@ -220,8 +223,9 @@ class PerturbationModel:
             return self.perturbed_objective(h.reshape(H0.shape), h0.reshape(H0.shape))
 
         x, x0 = H.reshape(-1), H0.reshape(-1)
-        hess = torch.func.hessian(phi, argnums=0)(x, x0).reshape(m, m)
-        mixed = torch.func.jacfwd(torch.func.grad(phi, argnums=0), argnums=1)(x, x0).reshape(m, m)
+        with _forward_ad():
+            hess = torch.func.hessian(phi, argnums=0)(x, x0).reshape(m, m)
+            mixed = torch.func.jacfwd(torch.func.grad(phi, argnums=0), argnums=1)(x, x0).reshape(m, m)
         return -torch.linalg.solve(hess, mixed)
 
     def flow(self, H0: Tensor | np.ndarray, t_max: float, num: int = 200, rtol: float = 1e-11,
@@ -230,7 +234,7 @@ class PerturbationModel:
         of order 8 with adaptive steps; ``rtol``/``atol`` bound the local error) and record ``num``
         geometrically spaced times (plus t = 0) (THN 2023, Thm 3.1)."""
         H0 = self.check_H0(H0)
-        t_max = _finite_float("t_max", t_max, strict=True)
+        t_max = check_float("t_max", t_max, 0.0, strict_low=True)
         shape = H0.shape
         times = np.unique(np.concatenate([[0.0], np.geomspace(t_max * 1e-4, t_max, num)]))
 

@@ -17,7 +17,6 @@ Kinds (``kind``):
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,10 +26,11 @@ import pandas as pd
 import torch
 
 from . import theory
+from ._validate import bad_value, check_choice, check_float, check_integer
 from .device import resolve_device, resolve_dtype
 from .metrics import class_means_t
 from .models import UFM as _UFM
-from .models import DeepUFM, FeatureModel, check_integer
+from .models import DeepUFM, FeatureModel
 from .report import check
 from .solve import gradient_descent
 
@@ -47,8 +47,7 @@ PHASE_KINDS: tuple[str, ...] = ("ufm", "eufm", "dufm")
 
 def _check_kind(kind: str, L: int) -> int:
     """The number L of weight matrices of ``kind`` (1 for the UFM, 2 for the EUFM, ``L`` ≥ 2 for the DUFM)."""
-    if kind not in PHASE_KINDS:
-        raise ValueError(f"kind must be one of {PHASE_KINDS}, got {kind!r}")
+    check_choice("kind", kind, PHASE_KINDS)
     if kind == "dufm":
         check_integer("L", L, 2)
     return {"ufm": 1, "eufm": 2}.get(kind, L)
@@ -73,7 +72,7 @@ def phase_theory(kind: Kind, K: int, n: int, lambda_W: float, lambda_H: float, L
         opt = theory.ufm_mse_optimum(K, n, lambda_W, lambda_H)
         return {"objective": opt.objective, "mean_norm_sq": opt.mean_norm_sq, "fit": opt.fit,
                 "ratio": theory.ufm_threshold(K, n, lambda_W, lambda_H), "spinodal_ratio": 1.0}
-    o = theory.dufm_optimum(K, n, lambda_H, [lambda_W] * layers)
+    o = theory.dufm_optimum(K, n, [lambda_W] * layers, lambda_H)
     return {"objective": o.objective, "mean_norm_sq": o.mean_norm_sq[-1], "fit": o.s,
             "ratio": o.threshold / o.threshold_max, "spinodal_ratio": theory.dufm_spinodal(o.m) / o.threshold_max}
 
@@ -83,8 +82,7 @@ def phase_boundary(kind: Kind, K: int, n: int, lambda_W: Any, L: int = 3, which:
     (``which="threshold"``, the EUFM's K·q = 2^{−4/3}) / = spinodal (``which="spinodal"``) with
     q^m = nλ_Hλ_W^L."""
     layers = _check_kind(kind, L)
-    if which not in ("threshold", "spinodal"):
-        raise ValueError(f"which must be 'threshold' or 'spinodal', got {which!r}")
+    check_choice("which", which, ("threshold", "spinodal"))
     lw = np.asarray(lambda_W, dtype=float)
     m = layers + 1
     crit = theory.dufm_threshold(m) if which == "threshold" else theory.dufm_spinodal(m)
@@ -156,7 +154,7 @@ def phase_diagram(
     for name, values in (("lambda_W", lambda_W), ("lambda_H", lambda_H)):
         arr = np.asarray(values, dtype=float)
         if arr.ndim != 1 or arr.size < 1 or not np.all(np.isfinite(arr) & (arr > 0)):
-            raise ValueError(f"{name} must be a non-empty 1-D list of finite numbers > 0, got {values!r}")
+            raise bad_value(name, "a non-empty 1-D list of finite numbers in (0, inf)", values)
         grids[name] = arr
     S = grids["lambda_W"].size * grids["lambda_H"].size * seeds
     lw_pt, lh_pt = (g.ravel() for g in np.meshgrid(grids["lambda_W"], grids["lambda_H"], indexing="ij"))
@@ -253,6 +251,6 @@ def worst_points(table: pd.DataFrame, k: int = 5) -> pd.DataFrame:
 def grid(low: float, high: float, points: int) -> np.ndarray:
     """A geometric grid of ``points`` values from ``low`` to ``high`` (phase diagrams span decades)."""
     check_integer("points", points, 1)
-    if not (0 < low <= high and math.isfinite(high)):
-        raise ValueError(f"a grid needs 0 < low <= high < inf, got low = {low}, high = {high}")
+    check_float("low", low, 0.0, strict_low=True)
+    check_float("high", high, low)
     return np.geomspace(low, high, points)

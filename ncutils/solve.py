@@ -14,17 +14,21 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 from tqdm import tqdm  # plain text bar: no ipywidgets needed, nothing on stderr in kernels
 
+from ._validate import check_float, check_int
 from .device import is_quiet, resolve_device, resolve_dtype
 from .metrics import nc_metrics_t
 from .models import FeatureModel, Params
 from .paths import atomic_path
+
+if TYPE_CHECKING:  # pandas is imported where a history table is built, not with the module
+    import pandas as pd
 
 __all__ = ["DivergenceError", "GDResult", "gradient_descent", "record_steps"]
 
@@ -39,15 +43,12 @@ def record_steps(steps: int, every: int | None = None, num: int | None = None, g
     ``every``: every k steps (linear grid). ``num`` with ``geometric=True``: about
     ``num`` steps spaced geometrically (for runs of millions of steps).
     """
-    if steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps}")
+    steps = check_int("steps", steps, 1)
     if geometric:
-        num = num or 100
+        num = 100 if num is None else check_int("num_records", num, 1)
         grid = np.unique(np.round(np.geomspace(1, steps, num)).astype(np.int64))
     else:
-        every = every or max(steps // 100, 1)
-        if every < 1:
-            raise ValueError(f"record_every must be >= 1, got {every}")
+        every = max(steps // 100, 1) if every is None else check_int("record_every", every, 1)
         grid = np.arange(0, steps + 1, every, dtype=np.int64)
     return np.unique(np.concatenate([[0], grid, [steps]]))
 
@@ -91,6 +92,8 @@ def _fingerprint(model: FeatureModel, **config: object) -> str:
 
 
 def _record(model: FeatureModel, p: Params, y: Tensor, step: int, objective: Tensor) -> list[pd.DataFrame]:
+    import pandas as pd
+
     S = objective.shape[0]
     runs = np.arange(S)
     chunks = []
@@ -107,7 +110,7 @@ def _record(model: FeatureModel, p: Params, y: Tensor, step: int, objective: Ten
     add("model", {"objective": objective, **model.extras(p)})
     for name, lev in model.levels(p).items():
         W, b, A = (None if t is None else t.to(torch.float64) for t in (lev.W, lev.b, lev.A))
-        add(name, nc_metrics_t(lev.H.to(torch.float64), y, model.K, W, b, A, lev.spectrum))
+        add(name, nc_metrics_t(lev.H.to(torch.float64), y, model.K, W=W, b=b, A=A, spectrum=lev.spectrum))
     return chunks
 
 
@@ -155,16 +158,16 @@ def gradient_descent(
     ------
     DivergenceError : the objective became NaN or inf (the message names the step size).
     """
-    if not (isinstance(lr, int | float) and np.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite number in (0, inf), got {lr!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if not (np.isfinite(init_std) and init_std >= 0):
-        raise ValueError(f"init_std must be finite and in [0, inf), got {init_std!r}")
+    check_float("lr", lr, 0.0, strict_low=True)
+    check_int("steps", steps, 1)
+    check_float("init_std", init_std, 0.0)
+    check_int("check_every", check_every, 1)
+    if checkpoint_every is not None:
+        check_int("checkpoint_every", checkpoint_every, 1)
     implied = model.runs()
-    S = runs if runs is not None else (implied or 1)
-    if S < 1 or (implied is not None and S != implied):
-        raise ValueError(f"runs must be >= 1 and match the per-run hyperparameters ({implied}), got {S}")
+    S = check_int("runs", runs, 1) if runs is not None else (implied or 1)
+    if implied is not None and S != implied:
+        raise ValueError(f"parameter runs must match the {implied} values of the per-run hyperparameters, got {S}")
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     grid = record_steps(int(steps), record_every, num_records, geometric)
 
@@ -234,6 +237,8 @@ def gradient_descent(
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     wall = elapsed + time.perf_counter() - t0
+    import pandas as pd
+
     history = pd.concat(chunks, ignore_index=True)
     history["level"] = history["level"].astype("category")
     history["metric"] = history["metric"].astype("category")

@@ -1,4 +1,4 @@
-"""Streaming neural-collapse metrics for network features that do not fit in memory (SPEC §1).
+"""Streaming neural-collapse metrics for network features that do not fit in memory (definitions: ``docs/notation.md``).
 
 :class:`StreamingNC` accumulates, batch by batch and on the features' device, what
 :func:`ncutils.metrics.nc_metrics` computes from a whole feature matrix:
@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
+from ._validate import check_int
 from .metrics import (
     centred_means_t,
     equiangle_t,
@@ -43,9 +44,7 @@ class StreamingNC:
     """
 
     def __init__(self, K: int, device: torch.device | str = "cpu") -> None:
-        if isinstance(K, bool) or not isinstance(K, int) or K < 2:
-            raise ValueError(f"K must be an integer >= 2, got {K!r}")
-        self.K = K
+        self.K = check_int("K", K, 2)
         self.device = torch.device(device)
         self.sums: dict[str, Tensor] = {}
         self.counts = torch.zeros(K, dtype=torch.float64, device=self.device)
@@ -132,8 +131,8 @@ class StreamingNC:
             }
             if name in self._classifier:
                 W, _ = self._classifier[name]
-                r["nc3_etf"] = nc3_from_means_t(W, M, "etf")
-                r["nc3_orthogonal"] = nc3_from_means_t(W, M, "orthogonal")
+                r["nc3_etf"] = nc3_from_means_t(M, W=W, frame="etf")
+                r["nc3_orthogonal"] = nc3_from_means_t(M, W=W, frame="orthogonal")
                 r["nc2_equinorm_weights"] = equinorm_t(W)
                 r["nc4"] = self.nc4_sum[name] / self.n_within
             out[name] = {k: float(v) for k, v in r.items()}

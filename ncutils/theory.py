@@ -1,4 +1,5 @@
-"""Closed-form predictions for the unconstrained-features models (SPEC §2–§4).
+"""Closed-form predictions for the unconstrained-features models (Tirer & Bruna 2022; Súkeník, Mondelli &
+Lampert 2023; Tirer, Huang & Niles-Weed 2023; Ji et al. 2022), summarized in ``docs/notation.md``.
 
 Notation of Tirer & Bruna (ICML 2022), bias-free MSE UFM
 
@@ -7,8 +8,8 @@ Notation of Tirer & Bruna (ICML 2022), bias-free MSE UFM
 K classes, n samples per class. The *threshold* ``c = K √(n λ_H λ_W)`` decides
 between a collapsed orthogonal frame (c < 1) and the trivial minimizer (c ≥ 1).
 
-Formulas marked (derived) in SPEC §2 are consequences of the theorem that the
-unit tests confirm against gradient descent (``tests/test_theory.py``).
+Formulas marked (derived) are consequences of the papers' theorems (not stated in them) that the
+unit tests confirm against gradient descent (``tests/test_theory_models.py``, ``tests/test_deep_ufm.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from ._validate import bad_type, check_choice, check_float, check_floats, check_int
 
 __all__ = [
     "DeepUFMOptimum",
@@ -52,14 +55,10 @@ class _Record:
 
 
 def _check(K: int, n: int, lambda_W: float, lambda_H: float, positive: bool = True) -> None:
-    if int(K) != K or K < 2:
-        raise ValueError(f"K must be an integer >= 2, got {K}")
-    if int(n) != n or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n}")
-    for name, lam in (("lambda_W", lambda_W), ("lambda_H", lambda_H)):
-        if not math.isfinite(lam) or lam < 0 or (positive and lam == 0):
-            rng = "(0, inf)" if positive else "[0, inf)"
-            raise ValueError(f"{name} must be finite and in {rng}, got {lam}")
+    check_int("K", K, 2)
+    check_int("n", n, 1)
+    check_float("lambda_W", lambda_W, 0.0, strict_low=positive)
+    check_float("lambda_H", lambda_H, 0.0, strict_low=positive)
 
 
 @dataclass(frozen=True)
@@ -92,25 +91,26 @@ def ufm_threshold(K: int, n: int, lambda_W: float, lambda_H: float) -> float:
 
 
 def ufm_fit(K: int, n: int, lambda_W: float, lambda_H: float) -> float:
-    """s = 1 − c (0 past the threshold): W M = s I at the optimum (derived, SPEC §2)."""
+    """s = 1 − c (0 past the threshold): W M = s I at the optimum (derived from Tirer & Bruna 2022, Thm 3.1)."""
     return max(1.0 - ufm_threshold(K, n, lambda_W, lambda_H), 0.0)
 
 
 def ufm_mean_norm_sq(K: int, n: int, lambda_W: float, lambda_H: float) -> float:
-    """ρ = ‖μ_k‖² = (1 − c) √(λ_W / (n λ_H)), MᵀM = ρ I (derived, SPEC §2)."""
+    """ρ = ‖μ_k‖² = (1 − c) √(λ_W / (n λ_H)), MᵀM = ρ I (derived from Tirer & Bruna 2022, Thm 3.1)."""
     _check(K, n, lambda_W, lambda_H)
     return ufm_fit(K, n, lambda_W, lambda_H) * math.sqrt(lambda_W / (n * lambda_H))
 
 
 def ufm_objective_star(K: int, n: int, lambda_W: float, lambda_H: float, bias: bool = False) -> float:
-    """f* = c − c²/2 for c ≤ 1, else 1/2; times (K−1)/K with an unregularized bias (SPEC §2)."""
+    """f* = c − c²/2 for c ≤ 1, else 1/2; times (K−1)/K with an unregularized bias (derived from Tirer & Bruna
+    2022, Thm 3.1)."""
     c = min(ufm_threshold(K, n, lambda_W, lambda_H), 1.0)
     f = c - c * c / 2
     return (K - 1) / K * f if bias else f
 
 
 def ufm_mse_optimum(K: int, n: int, lambda_W: float, lambda_H: float, bias: bool = False) -> UFMOptimum:
-    """All invariants of the MSE-UFM minimizer (Tirer & Bruna 2022, Thm 3.1; closed forms SPEC §2).
+    """All invariants of the MSE-UFM minimizer (Tirer & Bruna 2022, Thm 3.1; closed forms derived).
 
     Bias-free: MᵀM = ρ I (orthogonal frame), W = √(nλ_H/λ_W) Mᵀ, W M = (1 − c) I.
     With an unregularized bias: b* = 1/K, μ_G = 0 and MᵀM = ρ (I − 11ᵀ/K) (simplex
@@ -174,60 +174,60 @@ def frame_distance(K: int) -> float:
     Equal to √(2 − 2√((K−1)/K)) (0.5176 for K = 4): the NC2 of an ETF measured against
     the orthogonal frame and vice versa, and the ETF-NC3 of W ∝ Mᵀ when MᵀM ∝ I (derived).
     """
-    if int(K) != K or K < 2:
-        raise ValueError(f"K must be an integer >= 2, got {K}")
+    check_int("K", K, 2)
     return math.sqrt(2.0 - 2.0 * math.sqrt((K - 1) / K))
 
 
 # --------------------------------------------------------------------------- #
-# Extended (L = 2) and deep UFM: the collapsed branch (SPEC §3–§4, derived)
+# Extended (L = 2) and deep UFM: the collapsed branch (Tirer & Bruna 2022, §4; Súkeník et al. 2023; derived)
 # --------------------------------------------------------------------------- #
-def _check_lambdas(n: int, lambda_H: float, lambda_W: Sequence[float]) -> tuple[float, ...]:
-    if int(n) != n or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n}")
-    lams = tuple(float(x) for x in lambda_W)
-    if not lams:
-        raise ValueError("lambda_W must hold one value per layer (L >= 1), got an empty sequence")
-    for name, lam in (("lambda_H", float(lambda_H)), *((f"lambda_W[{i + 1}]", x) for i, x in enumerate(lams))):
-        if not math.isfinite(lam) or lam <= 0:
-            raise ValueError(f"{name} must be finite and in (0, inf), got {lam}")
-    return lams
+def _check_lambdas(n: int, lambda_W: Sequence[float], lambda_H: float) -> tuple[float, ...]:
+    """``lambda_W`` (one weight decay per layer) as a tuple of floats, after checking n, λ_W and λ_H > 0."""
+    check_int("n", n, 1)
+    what = "a non-empty list of finite numbers in (0, inf) (one weight decay per layer)"
+    if isinstance(lambda_W, str | bytes) or not isinstance(lambda_W, Sequence | np.ndarray):
+        raise bad_type("lambda_W", what, lambda_W)
+    lams = check_floats("lambda_W", lambda_W, 0.0, strict_low=True)
+    check_float("lambda_H", lambda_H, 0.0, strict_low=True)
+    return lams  # type: ignore[return-value]
 
 
-def dufm_q(n: int, lambda_H: float, lambda_W: Sequence[float]) -> float:
-    """q = (n λ_{H₁} Π_l λ_{W_l})^{1/m}, m = L + 1 (SPEC §3–§4; the EUFM's q for L = 2)."""
-    lams = _check_lambdas(n, lambda_H, lambda_W)
+def dufm_q(n: int, lambda_W: Sequence[float], lambda_H: float) -> float:
+    """q = (n λ_{H₁} Π_l λ_{W_l})^{1/m}, m = L + 1 (Súkeník, Mondelli & Lampert 2023, Thm 3; the EUFM's q of
+    Tirer & Bruna 2022, §4, for L = 2).
+
+    ``lambda_W``: the weight decays λ_{W_1}, …, λ_{W_L}, one per layer; ``lambda_H``: λ_{H₁}."""
+    lams = _check_lambdas(n, lambda_W, lambda_H)
     m = len(lams) + 1
     return math.exp((math.log(n) + math.log(lambda_H) + sum(math.log(x) for x in lams)) / m)
 
 
 def dufm_collapsed_objective(s: float, K: int, q: float, m: int) -> float:
     """g(s) = (s − 1)²/2 + (K m/2) q s^{2/m}: the objective of the collapsed branch whose output
-    class means are s·I (SPEC §4, derived: the regularizer of m balanced factors by AM–GM)."""
+    class means are s·I (derived from Súkeník, Mondelli & Lampert 2023, Thm 3: the regularizer of m balanced
+    factors by AM–GM)."""
     return (s - 1.0) ** 2 / 2 + K * m / 2 * q * s ** (2.0 / m)
 
 
 def dufm_threshold(m: int) -> float:
     """Largest (K m/2)·q with a non-zero collapsed minimizer: ((m−2)/(m−1))^{(m−2)/m} · m/(2(m−1)).
 
-    For m = 3 (the extended UFM) this is K·q ≤ 2^{−4/3}; for m = 2 (plain UFM) c = Kq ≤ 1 (SPEC §3–§4,
-    derived). At the threshold the minimizing s jumps from (m−2)/(m−1) to 0.
+    For m = 3 (the extended UFM) this is K·q ≤ 2^{−4/3}; for m = 2 (plain UFM) c = Kq ≤ 1 (derived;
+    Tirer & Bruna 2022, §4 and Thm 3.1). At the threshold the minimizing s jumps from (m−2)/(m−1) to 0.
     """
-    if int(m) != m or m < 2:
-        raise ValueError(f"m = L + 1 must be an integer >= 2, got {m}")
+    check_int("m", m, 2)
     return ((m - 2) / (m - 1)) ** ((m - 2) / m) * m / (2 * (m - 1))
 
 
 def dufm_spinodal(m: int) -> float:
     """Largest (K m/2)·q at which the collapsed branch is still a local minimum (m = L + 1 ≥ 2).
 
-    Derived from :func:`dufm_fit` (SPEC §4): with a = 1 − 2/m, h(s) = s − 1 + Kq s^{−a} has a root
+    Derived from :func:`dufm_fit` (``docs/notation.md``): with a = 1 − 2/m, h(s) = s − 1 + Kq s^{−a} has a root
     only while its minimum h(s₀) ≤ 0, i.e. s₀ = a/(1+a) and Kq ≤ (a/(1+a))^{1+a}/a. Between
     :func:`dufm_threshold` and this value the collapsed solution is metastable (GD from a large
     initialization can still end there); for m = 2 both are 1 (c = 1).
     """
-    if int(m) != m or m < 2:
-        raise ValueError(f"m = L + 1 must be an integer >= 2, got {m}")
+    check_int("m", m, 2)
     if m == 2:
         return 1.0
     a = 1.0 - 2.0 / m
@@ -235,7 +235,8 @@ def dufm_spinodal(m: int) -> float:
 
 
 def eufm_threshold() -> float:
-    """2^{−4/3} ≈ 0.3969: the extended UFM has a non-zero minimizer iff K·q ≤ 2^{−4/3} (SPEC §3)."""
+    """2^{−4/3} ≈ 0.3969: the extended UFM has a non-zero minimizer iff K·q ≤ 2^{−4/3} (derived for Tirer &
+    Bruna 2022, §4)."""
     return 2.0 ** (-4.0 / 3.0)
 
 
@@ -249,14 +250,10 @@ def dufm_fit(K: int, q: float, m: int, branch: str = "global") -> float:
     ``branch="collapsed"`` returns the local minimum s > 0 even past the threshold, where it
     is a *metastable* collapsed solution GD can still converge to (0 once it has disappeared).
     """
-    if branch not in ("global", "collapsed"):
-        raise ValueError(f"branch must be 'global' or 'collapsed', got {branch!r}")
-    if int(K) != K or K < 2:
-        raise ValueError(f"K must be an integer >= 2, got {K}")
-    if int(m) != m or m < 2:
-        raise ValueError(f"m = L + 1 must be an integer >= 2, got {m}")
-    if not math.isfinite(q) or q < 0:
-        raise ValueError(f"q must be finite and in [0, inf), got {q}")
+    check_choice("branch", branch, ("global", "collapsed"))
+    check_int("K", K, 2)
+    check_int("m", m, 2)
+    check_float("q", q, 0.0)
     if m == 2:  # g is convex: no metastable branch
         return max(1.0 - K * q, 0.0)
     if q == 0:
@@ -273,7 +270,8 @@ def dufm_fit(K: int, q: float, m: int, branch: str = "global") -> float:
 
 @dataclass(frozen=True)
 class DeepUFMOptimum(_Record):
-    """The collapsed minimizer of the L-layer UFM (:class:`ncutils.models.DeepUFM`), SPEC §3–§4 (derived).
+    """The collapsed minimizer of the L-layer UFM (:class:`ncutils.models.DeepUFM`), derived from
+    Súkeník, Mondelli & Lampert 2023, Thm 3 (``docs/notation.md``).
 
     Every factor carries the same share T = q s^{2/m} of the regularizer (balancedness
     λ_{H₁}‖H₁‖² = λ_{W_l}‖W_l‖² = K T), the output class means are s·I, the levels' class
@@ -305,21 +303,21 @@ class DeepUFMOptimum(_Record):
     collapsed: bool
 
 
-def dufm_optimum(K: int, n: int, lambda_H: float, lambda_W: Sequence[float], branch: str = "global") -> DeepUFMOptimum:
-    """Collapsed-branch optimum of the L-layer UFM with λ_{H₁} = ``lambda_H`` and λ_{W_1..W_L} = ``lambda_W``.
+def dufm_optimum(K: int, n: int, lambda_W: Sequence[float], lambda_H: float, branch: str = "global") -> DeepUFMOptimum:
+    """Collapsed-branch optimum of the L-layer UFM with λ_{W_1..W_L} = ``lambda_W`` (one weight decay per
+    layer, L ≥ 1) and λ_{H₁} = ``lambda_H`` (the argument order of :func:`ufm_mse_optimum`).
 
     ``branch="collapsed"``: the metastable collapsed local minimum past the threshold instead
     (see :func:`dufm_fit`); ``collapsed`` is False once it has disappeared.
 
-    SPEC §4 (derived): f_DNC = min_{s∈[0,1]} (s−1)²/2 + (Km/2) q s^{2/m}. It is the global optimum
+    Derived (``docs/notation.md``): f_DNC = min_{s∈[0,1]} (s−1)²/2 + (Km/2) q s^{2/m}. It is the global optimum
     of the linear model and, for K = 2, of the ReLU model (Súkeník et al. 2023, Thm 3); for K > 2,
     L ≥ 3 ReLU models reach lower, low-rank solutions (Súkeník et al. 2024). L = 1 is the plain UFM.
     """
-    if int(K) != K or K < 2:
-        raise ValueError(f"K must be an integer >= 2, got {K}")
-    lams = _check_lambdas(n, lambda_H, lambda_W)
+    check_int("K", K, 2)
+    lams = _check_lambdas(n, lambda_W, lambda_H)
     L, m = len(lams), len(lams) + 1
-    q = dufm_q(n, lambda_H, lams)
+    q = dufm_q(n, lams, lambda_H)
     s = dufm_fit(K, q, m, branch)
     T = q * s ** (2.0 / m)
     norms = [T / (n * lambda_H)]
@@ -336,17 +334,18 @@ def dufm_optimum(K: int, n: int, lambda_H: float, lambda_W: Sequence[float], bra
 def eufm_optimum(K: int, n: int, lambda_W1: float, lambda_W2: float, lambda_H1: float) -> DeepUFMOptimum:
     """The extended UFM (Tirer & Bruna 2022, §4), linear or ReLU: :func:`dufm_optimum` with L = 2.
 
-    SPEC §3 (derived): q = (nλ_{H₁}λ_{W₁}λ_{W₂})^{1/3}, f* = min_s (s−1)²/2 + (3K/2) q s^{2/3},
+    Derived (``docs/notation.md``): q = (nλ_{H₁}λ_{W₁}λ_{W₂})^{1/3}, f* = min_s (s−1)²/2 + (3K/2) q s^{2/3},
     non-zero iff K q ≤ 2^{−4/3}; ‖μ₁‖² = T/(nλ_{H₁}), ‖μ₂‖² = ‖μ₁‖² T/λ_{W₁}, M₂ᵀM₂ = ‖μ₂‖² I.
     """
-    return dufm_optimum(K, n, lambda_H1, (lambda_W1, lambda_W2))
+    return dufm_optimum(K, n, (lambda_W1, lambda_W2), lambda_H1)
 
 
 # --------------------------------------------------------------------------- #
 # §5 perturbation model (Tirer, Huang & Niles-Weed 2023)
 # --------------------------------------------------------------------------- #
 def perturbation_to_ufm(K: int, n: int, lambda_W: float, lambda_H: float) -> tuple[float, float]:
-    """Map the perturbation paper's (λ_W, λ_H) to Tirer & Bruna's: (λ_W/K, λ_H/(Kn)) (SPEC §5).
+    """Map the perturbation paper's (λ_W, λ_H) to Tirer & Bruna's: (λ_W/K, λ_H/(Kn)) (Tirer, Huang & Niles-Weed
+    2023, Eq. 3 vs Tirer & Bruna 2022, Eq. 3).
 
     Their f = 1/(2Kn)‖WH − Y‖² + λ_W/(2K)‖W‖² + λ_H/(2Kn)‖H‖² equals TB's f with
     λ'_W = λ_W/K and λ'_H = λ_H/(Kn); then c = K√(nλ'_Hλ'_W) = √(λ_Hλ_W).
@@ -376,10 +375,10 @@ def perturbation_jacobian(lambda_W: float, lambda_H: float, beta: float) -> Pert
     σ_max = 2λ_H(1 − √(λ_Hλ_W))/β (first order in 1/β).
     """
     for name, v in (("lambda_W", lambda_W), ("lambda_H", lambda_H), ("beta", beta)):
-        if not (math.isfinite(v) and v > 0):
-            raise ValueError(f"{name} must be finite and in (0, inf), got {v}")
+        check_float(name, v, 0.0, strict_low=True)
     if lambda_H * lambda_W >= 1:
-        raise ValueError(f"Theorem 4.2 needs lambda_H * lambda_W < 1 (a collapsed H0), got {lambda_H * lambda_W}")
+        raise ValueError("parameters lambda_H and lambda_W must satisfy lambda_H * lambda_W < 1 (Theorem 4.2 needs "
+                         f"a collapsed H0), got lambda_H * lambda_W = {lambda_H * lambda_W}")
     return PerturbationJacobian(
         diag_sigma_max=1.0,
         diag_sigma_min=1.0 - math.sqrt(lambda_H / lambda_W) / beta,
@@ -407,7 +406,7 @@ class ULPMOptimum(_Record):
 
 
 def ulpm_optimum(K: int, n: int) -> ULPMOptimum:
-    """Closed form of the ULPM's max-margin problem (SPEC §6, derived).
+    """Closed form of the ULPM's max-margin problem (Ji et al. 2022, Eq. 5; the value is derived).
 
     On a simplex ETF with ‖w_k‖ = a, ‖h‖ = m, W ∝ M̃ᵀ: margin a·m·K/(K−1) = 1 and
     ½(K a² + Kn m²) is minimal at a² = n m², giving the value K a² = √n(K−1).

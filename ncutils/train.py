@@ -12,18 +12,20 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .data import DeviceBatches
+from ._validate import Rule, check_integer, check_ints
+from .data import DATASETS, DeviceBatches
 from .device import is_quiet
-from .models import RESNET_LAYERS, check_integer, check_integers
+from .nets import RESNET_LAYERS, FeatureTaps
 from .paths import atomic_path
 
 __all__ = ["LOSSES", "SCHEDULES", "MLPResult", "TrainConfig", "TrainResult", "measure_network", "mlp_features",
@@ -55,8 +57,7 @@ def train_mlp(X: Tensor, y: Tensor, widths: Sequence[int], *, epochs: int, lr: f
 
     Returns the model (eval mode) and a table of epoch, loss and training accuracy.
     """
-    if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
-        raise ValueError(f"widths must be a non-empty list of integers >= 1, got {widths!r}")
+    check_ints("widths", widths, 1)
     check_integer("epochs", epochs, 1)
     check_integer("batch_size", batch_size, 1)
     K = int(y.max()) + 1
@@ -100,9 +101,23 @@ SCHEDULES: tuple[str, ...] = ("step40", "thirds", "constant")
 LOSSES: tuple[str, ...] = ("mse", "ce")
 
 
+def _layer_names(layers: tuple[str, ...]) -> None:
+    unknown = [name for name in layers if name not in RESNET_LAYERS]
+    if not layers or unknown:
+        raise ValueError(f"must be a non-empty list of ResNet18 layers from {RESNET_LAYERS}, "
+                         f"got {'unknown ' + repr(unknown) if unknown else 'none'}")
+
+
+#: Field names as they were before a rename, used by :meth:`TrainConfig.fingerprint` so that checkpoints
+#: written before the rename still resume.
+_FINGERPRINT_NAMES = {"width_multiplier": "width"}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a ResNet training run (its checkpoint fingerprint).
+    """Everything that determines a ResNet training run (its checkpoint fingerprint): the training part of
+    notebook 07's parameters, under the same names; :attr:`RULES` is the one description of their valid
+    values (``__post_init__`` validates with it), :meth:`from_params` picks them out of the notebook's parameters.
 
     Loss: ``"mse"`` is ½‖W h + b − e_y‖² averaged over the batch — Tirer & Bruna's 1/(2Kn)‖WH − Y‖²
     with the network's features as H; ``"ce"`` the mean cross-entropy. Weight decay: SGD's
@@ -125,35 +140,46 @@ class TrainConfig:
     wd_classifier: float = 5e-4
     per_class: int = 5000
     test_per_class: int = 0
-    width: float = 1.0
+    width_multiplier: float = 1.0
     layers: tuple[str, ...] = RESNET_LAYERS
     flatten: bool = False
     measure_every: int = 10
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        from .data import DATASETS
+    #: Type and valid values of every field (the notebook's parameter rules for these names).
+    RULES: ClassVar[dict[str, Rule]] = {
+        "dataset": Rule(str, choices=tuple(DATASETS), doc="dataset: mnist or cifar10"),
+        "loss": Rule(str, choices=LOSSES, doc="mse (one-hot targets, 1/2 squared error) or ce (cross-entropy)"),
+        "fc_bias": Rule(bool, doc="classifier bias (never decayed)"),
+        "lr": Rule(float, low=0.0, strict_low=True, doc="SGD learning rate"),
+        "schedule": Rule(str, choices=SCHEDULES, doc="step40 (÷10 every 40 epochs), thirds (at 1/3 and 2/3), constant"),
+        "epochs": Rule(int, low=1, doc="training epochs"),
+        "batch_size": Rule(int, low=1, doc="mini-batch size"),
+        "momentum": Rule(float, low=0.0, doc="SGD momentum"),
+        "wd_features": Rule(float, low=0.0, doc="weight decay of every backbone parameter"),
+        "wd_classifier": Rule(float, low=0.0, doc="weight decay of the classifier weight W (the UFM's lambda_W)"),
+        "per_class": Rule(int, low=1, doc="training images per class, a balanced random subset"),
+        "test_per_class": Rule(int, low=0, doc="test images per class; 0 uses the whole test split"),
+        "width_multiplier": Rule(float, low=0.0, strict_low=True,
+                                 doc="channel multiplier (1.0 is ResNet18's 64-128-256-512)"),
+        "layers": Rule(tuple, check=_layer_names, doc=f"measured layers, a non-empty list from {RESNET_LAYERS}"),
+        "flatten": Rule(bool, doc="also measure the flattened (C x H x W) feature maps"),
+        "measure_every": Rule(int, low=1, doc="measure after epoch 1, every k epochs and after the last"),
+        "seed": Rule(int, low=0, doc="seed of the subset, the initialization and the batch order"),
+    }
 
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {tuple(DATASETS)}, got {self.dataset!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        object.__setattr__(self, "layers", tuple(self.layers))
-        bad = [name for name in self.layers if name not in RESNET_LAYERS]
-        if not self.layers or bad:
-            raise ValueError(f"layers must be a non-empty list of {RESNET_LAYERS}, got unknown {bad or 'none'}")
-        check_integers(self, (("epochs", 1), ("batch_size", 1), ("per_class", 1), ("test_per_class", 0),
-                              ("measure_every", 1), ("seed", 0)))
-        for name in ("lr", "width"):
-            v = getattr(self, name)
-            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} must be a number in (0, inf), got {v!r}")
-        for name in ("momentum", "wd_features", "wd_classifier"):
-            v = getattr(self, name)
-            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a number in [0, inf), got {v!r}")
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, list):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        for f in fields(self):
+            object.__setattr__(self, f.name, self.RULES[f.name].validate(f.name, getattr(self, f.name)))
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> TrainConfig:
+        """The configuration in notebook 07's parameters ``params`` (a mapping with other keys too: device,
+        data_root, results_dir, …): every field present under its own name; absent fields keep their defaults."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in params.items() if k in names})
 
     def milestones(self) -> list[int]:
         """Epochs after which the learning rate is divided by 10."""
@@ -168,9 +194,12 @@ class TrainConfig:
         return sorted({1, self.epochs, *range(self.measure_every, self.epochs + 1, self.measure_every)})
 
     def fingerprint(self) -> str:
+        """SHA-256 of the configuration (the dataclass repr, with fields under their names before any rename:
+        equal for equal configurations, and unchanged by the rename of ``width`` to ``width_multiplier``)."""
         import hashlib
 
-        return hashlib.sha256(repr(self).encode()).hexdigest()
+        body = ", ".join(f"{_FINGERPRINT_NAMES.get(f.name, f.name)}={getattr(self, f.name)!r}" for f in fields(self))
+        return hashlib.sha256(f"{type(self).__qualname__}({body})".encode()).hexdigest()
 
 
 @dataclass
@@ -200,25 +229,7 @@ def _loss_fn(loss: str, K: int):
     return lambda out, y: nn.functional.cross_entropy(out, y)
 
 
-class _Taps:
-    """Forward hooks that keep the outputs of the stem and the stages, pooled (and optionally flattened)."""
-
-    def __init__(self, model: nn.Module, layers: tuple[str, ...], flatten: bool) -> None:
-        self.out: dict[str, Tensor] = {}
-        self.flatten = flatten
-        modules = {"stem": model.maxpool, **{f"layer{i}": getattr(model, f"layer{i}") for i in range(1, 5)}}
-        self.handles = [modules[name].register_forward_hook(self._hook(name)) for name in layers]
-
-    def _hook(self, name: str):
-        def hook(_m: nn.Module, _inp: object, x: Tensor) -> None:
-            self.out[name] = x.mean((2, 3))  # global average pooling; layer4's is the classifier's input
-            if self.flatten:
-                self.out[f"{name}_flat"] = x.flatten(1)
-        return hook
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
+_Taps = FeatureTaps  # the old private name
 
 
 @torch.no_grad()
@@ -235,7 +246,7 @@ def measure_network(model: nn.Module, train: DeviceBatches, test: DeviceBatches 
 
     was_training = model.training
     model.eval()
-    taps = _Taps(model, layers, flatten)
+    taps = FeatureTaps(model, layers, flatten)
     acc = StreamingNC(K, train.y.device)
     lf = _loss_fn(loss, K)
     W, b = model.fc.weight, model.fc.bias
@@ -276,7 +287,7 @@ def measure_network(model: nn.Module, train: DeviceBatches, test: DeviceBatches 
 def train_resnet(cfg: TrainConfig, data: tuple[Tensor, Tensor, Tensor | None, Tensor | None], *,
                  device: torch.device | str = "cpu", checkpoint: str | Path | None = None, checkpoint_every: int = 1,
                  compile: bool = False, progress: bool | None = None) -> TrainResult:
-    """Train ResNet18 (:func:`ncutils.models.resnet18`) with SGD + momentum and measure layer-wise NC.
+    """Train ResNet18 (:func:`ncutils.nets.resnet18`) with SGD + momentum and measure layer-wise NC.
 
     ``data``: ``(X_train, y_train, X_test, y_test)`` image tensors (test may be None). The training set
     lives on ``device`` as one tensor (:class:`ncutils.data.DeviceBatches`). On CUDA: bf16 autocast,
@@ -286,7 +297,7 @@ def train_resnet(cfg: TrainConfig, data: tuple[Tensor, Tensor, Tensor | None, Te
     resumes from it and reproduces the uninterrupted run; a different configuration raises.
     Raises :class:`ncutils.solve.DivergenceError` when the training loss stops being finite.
     """
-    from .models import resnet18
+    from .nets import resnet18
     from .solve import DivergenceError
 
     dev = torch.device(device)
@@ -294,7 +305,7 @@ def train_resnet(cfg: TrainConfig, data: tuple[Tensor, Tensor, Tensor | None, Te
     Xtr, ytr, Xte, yte = data
     K = int(ytr.max()) + 1
     torch.manual_seed(cfg.seed)
-    model = resnet18(K, Xtr.shape[1], cfg.fc_bias, cfg.width).to(dev)
+    model = resnet18(K, Xtr.shape[1], cfg.fc_bias, cfg.width_multiplier).to(dev)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     head = [model.fc.weight]

@@ -1,4 +1,4 @@
-"""The unconstrained layer-peeled model of Ji et al. (ICLR 2022) and its max-margin problem (SPEC §6).
+"""The unconstrained layer-peeled model of Ji et al. (ICLR 2022) and its max-margin problem (``docs/notation.md``).
 
 The ULPM is the cross-entropy UFM with no regularization and no bias —
 ``ncutils.models.UFM(K, n, d, lambda_W=0, lambda_H=0, loss="ce")`` — run for millions of
@@ -20,8 +20,8 @@ import pandas as pd
 import scipy.optimize
 import torch
 
+from ._validate import check_integer
 from .metrics import nc_metrics_t
-from .models import check_integer
 
 __all__ = ["MaxMarginSolution", "min_norm_separation"]
 
@@ -90,7 +90,7 @@ def min_norm_separation(K: int, n: int, d: int, starts: int = 5, seed: int = 0, 
                                       constraints=[{"type": "ineq", "fun": cons, "jac": cons_jac}],
                                       options={"maxiter": maxiter, "ftol": ftol})
         W, H = split(res.x)
-        m = nc_metrics_t(torch.from_numpy(H.copy()), y, K, torch.from_numpy(W.copy()))
+        m = nc_metrics_t(torch.from_numpy(H.copy()), y, K, W=torch.from_numpy(W.copy()))
         margin = float(cons(res.x).min() + 1.0)
         row = {"start": start, "value": float(res.fun), "min_margin": margin, "success": bool(res.success),
                "iterations": int(res.nit), **{k: float(m[k]) for k in ("nc1", "nc2_etf", "nc3_etf")}}

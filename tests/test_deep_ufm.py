@@ -11,12 +11,14 @@ from scipy.stats import ortho_group
 from ncutils import experiments as ex
 from ncutils import metrics as m
 from ncutils import theory
+from ncutils._validate import ParameterTypeError
 from ncutils.models import UFM, DeepUFM, FeatureModel, extended_ufm
 from ncutils.solve import gradient_descent
 
 
 def test_spec_check_numbers_eufm():
-    """SPEC §3: K=4, n=20, d=20, all λ=0.005 → f* = 0.079931, M₂ᵀM₂ = 0.3415 I, ‖μ₁‖² = 0.1307."""
+    """EUFM (Tirer & Bruna 2022, §4), derived closed form: K=4, n=20, d=20, all λ=0.005 → f* = 0.079931,
+    M₂ᵀM₂ = 0.3415 I, ‖μ₁‖² = 0.1307."""
     o = theory.eufm_optimum(4, 20, 0.005, 0.005, 0.005)
     assert o.objective == pytest.approx(0.079931, abs=1e-6)
     assert o.mean_norm_sq[1] == pytest.approx(0.3415, abs=1e-4)
@@ -29,12 +31,13 @@ def test_spec_check_numbers_eufm():
 
 @pytest.mark.parametrize("L,f", [(2, 0.0437697), (3, 0.0423176), (4, 0.0435800)])
 def test_spec_check_numbers_dufm(L, f):
-    """SPEC §4: K=2, n=50, all λ=0.004 → f_DNC = 0.0437697 (L=2), 0.0423176 (L=3), 0.0435800 (L=4)."""
-    assert theory.dufm_optimum(2, 50, 0.004, [0.004] * L).objective == pytest.approx(f, abs=5e-7)
+    """Deep UFM (Súkeník, Mondelli & Lampert 2023), derived f_DNC:
+    K=2, n=50, all λ=0.004 → f_DNC = 0.0437697 (L=2), 0.0423176 (L=3), 0.0435800 (L=4)."""
+    assert theory.dufm_optimum(2, 50, [0.004] * L, 0.004).objective == pytest.approx(f, abs=5e-7)
 
 
 def test_one_layer_is_the_plain_ufm():
-    d = theory.dufm_optimum(4, 50, 0.005, [0.003])
+    d = theory.dufm_optimum(4, 50, [0.003], 0.005)
     u = theory.ufm_mse_optimum(4, 50, 0.003, 0.005)
     assert d.objective == pytest.approx(u.objective, rel=1e-13)
     assert d.s == pytest.approx(u.fit, rel=1e-13)
@@ -74,17 +77,36 @@ def test_threshold_is_a_discontinuous_jump(m_):
     assert theory.eufm_threshold() == pytest.approx(2 * theory.dufm_threshold(3) / 3, rel=1e-14)  # K q ≤ 2^{−4/3}
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(lambda_H=-1.0), r"lambda_H must be finite and in \(0, inf\)"),
-    (dict(lambda_W=[0.1, 0.0]), r"lambda_W\[2\] must be finite"),
-    (dict(lambda_W=[]), "one value per layer"),
-    (dict(n=0), "n must be an integer"),
-    (dict(K=1), "K must be an integer"),
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(lambda_H=-1.0), ValueError, r"^parameter lambda_H must be a finite number in \(0, inf\), got -1.0$"),
+    (dict(lambda_W=[0.1, 0.0]), ValueError,
+     r"^parameter lambda_W must be a non-empty list of finite numbers in \(0, inf\), got \[0.1, 0.0\]$"),
+    (dict(lambda_W=[]), ValueError, r"^parameter lambda_W must be a non-empty list of finite numbers"),
+    (dict(lambda_W=0.01), ParameterTypeError,
+     r"^parameter lambda_W must be a non-empty list of finite numbers in \(0, inf\) \(one weight decay per layer\), "
+     r"got 0.01 \(float\)$"),
+    (dict(n=0), ValueError, r"^parameter n must be an integer in \[1, inf\), got 0$"),
+    (dict(K=1), ValueError, r"^parameter K must be an integer in \[2, inf\), got 1$"),
+    (dict(branch="local"), ValueError, r"^parameter branch must be one of \('global', 'collapsed'\), got 'local'$"),
 ])
-def test_theory_bad_arguments(kw, match):
-    args = dict(K=3, n=5, lambda_H=0.01, lambda_W=[0.01, 0.01]) | kw
-    with pytest.raises(ValueError, match=match):
+def test_theory_bad_arguments(kw, exc, match):
+    args = dict(K=3, n=5, lambda_W=[0.01, 0.01], lambda_H=0.01) | kw
+    with pytest.raises(exc, match=match) as err:
         theory.dufm_optimum(**args)
+    assert type(err.value) is exc
+
+
+def test_theory_float_for_layer_decays_is_a_clear_type_error():
+    """A float where the per-layer decays belong (e.g. the UFM's argument habit) names lambda_W, for both
+    dufm_optimum and dufm_q (positional, in the order of ufm_mse_optimum: K, n, lambda_W, lambda_H)."""
+    for call in (lambda: theory.dufm_optimum(3, 5, 0.01, 0.01), lambda: theory.dufm_q(5, 0.01, 0.01)):
+        with pytest.raises(ParameterTypeError, match=r"^parameter lambda_W must be a non-empty list of .* "
+                                                     r"\(one weight decay per layer\), got 0.01 \(float\)$"):
+            call()
+    # the argument order of ufm_mse_optimum: the decays first, then lambda_H
+    o = theory.dufm_optimum(3, 5, [0.01, 0.02], 0.03)
+    assert o.q == pytest.approx((5 * 0.03 * 0.01 * 0.02) ** (1 / 3), rel=1e-14)
+    assert theory.dufm_q(5, [0.01, 0.02], 0.03) == pytest.approx(o.q, rel=1e-15)
 
 
 @pytest.mark.parametrize("activation", ["relu", "linear"])
@@ -107,18 +129,20 @@ def test_one_layer_deep_ufm_is_the_ufm():
     torch.testing.assert_close(deep.objective(p), ufm.objective(q), rtol=1e-14, atol=0)
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(L=0), "L must be an integer >= 1"),
-    (dict(activation="tanh"), r"activation must be one of \('relu', 'linear'\)"),
-    (dict(lambda_W=-0.1), r"lambda_W\[1\] must be finite and in \[0"),
-    (dict(lambda_W=(0.1, 0.1, 0.1)), "L = 2 values"),
-    (dict(lambda_H=float("nan")), "lambda_H must be finite"),
-    (dict(d=(5,)), "sequence of L = 2"),
-    (dict(lambda_W=((0.1, 0.2), (0.1, 0.2, 0.3))), "different lengths"),
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(L=0), ValueError, r"^parameter L must be an integer in \[1, inf\), got 0$"),
+    (dict(activation="tanh"), ValueError, r"^parameter activation must be one of \('relu', 'linear'\), got 'tanh'$"),
+    (dict(lambda_W=-0.1), ValueError, r"^parameter lambda_W\[1\] must be a finite number in \[0, inf\), got -0.1$"),
+    (dict(lambda_W=(0.1, 0.1, 0.1)), ValueError,
+     r"^parameter lambda_W must be one value or L = 2 values \(one per layer\), got \(0.1, 0.1, 0.1\)$"),
+    (dict(lambda_H=float("nan")), ValueError, r"^parameter lambda_H must be a finite number in \[0, inf\), got nan$"),
+    (dict(d=(5,)), ValueError, r"^parameter d must be an integer >= 1 or a sequence of L = 2 such integers"),
+    (dict(lambda_W=((0.1, 0.2), (0.1, 0.2, 0.3))), ValueError, "per-run hyperparameters have different lengths"),
 ])
-def test_model_bad_arguments(kw, match):
-    with pytest.raises(ValueError, match=match):
+def test_model_bad_arguments(kw, exc, match):
+    with pytest.raises(exc, match=match) as err:
         DeepUFM(**(dict(K=3, n=4, d=5, L=2) | kw))
+    assert type(err.value) is exc
 
 
 @pytest.mark.parametrize("activation", ["linear", "relu"])
@@ -163,16 +187,16 @@ def test_nc3_gram_and_spectrum():
     # a layer whose row space carries the means' Gram: A = Q M with Q orthonormal columns
     Q = ortho_group.rvs(6, random_state=rng)[:, :K]
     A = 0.7 * Q @ Mo
-    assert m.nc3_gram(A, H, y) < 1e-12
-    assert m.nc3_gram(3.0 * Mo, H, y) < 1e-12  # a classifier W ∝ Mᵀ
-    assert m.nc3_gram(rng.standard_normal((6, d)), H, y) > 0.3
+    assert m.nc3_gram(H, y, A=A) < 1e-12
+    assert m.nc3_gram(H, y, A=3.0 * Mo) < 1e-12  # a classifier W ∝ Mᵀ
+    assert m.nc3_gram(H, y, A=rng.standard_normal((6, d))) > 0.3
     # brute force on a random layer
     B = rng.standard_normal((5, d))
     P, G = B.T @ B, Mo.T @ Mo
     ref = np.linalg.norm(P / np.linalg.norm(P) - G / np.linalg.norm(G))
-    assert m.nc3_gram(B, H, y) == pytest.approx(ref, rel=1e-12)
+    assert m.nc3_gram(H, y, A=B) == pytest.approx(ref, rel=1e-12)
     with pytest.raises(ValueError, match=r"A must have shape \(d_out, d\) with d = 9"):
-        m.nc3_gram(B[:, :4], H, y)
+        m.nc3_gram(H, y, A=B[:, :4])
     sv = m.class_mean_singular_values(H, y)
     np.testing.assert_allclose(sv, [2.0] * K, rtol=1e-12)
     low = Mo.copy()
@@ -204,11 +228,11 @@ def test_metastable_collapsed_branch():
     # the same branch as a whole optimum: all λ = x with K q = 1.05 · 2^{−4/3}, i.e. q = n^{1/3} x
     n = 4
     x = 1.05 * q_star / n ** (1 / 3)
-    meta = theory.dufm_optimum(K, n, x, [x, x], branch="collapsed")
+    meta = theory.dufm_optimum(K, n, [x, x], x, branch="collapsed")
     assert meta.collapsed and meta.s == pytest.approx(s_meta, rel=1e-12) and meta.objective > 0.5
     assert x * meta.norm_H_sq == pytest.approx(K * meta.T) and meta.mean_norm_sq[0] == pytest.approx(meta.T / (n * x))
-    assert not theory.dufm_optimum(K, n, x, [x, x]).collapsed
-    with pytest.raises(ValueError, match="branch must be"):
+    assert not theory.dufm_optimum(K, n, [x, x], x).collapsed
+    with pytest.raises(ValueError, match=r"^parameter branch must be one of \('global', 'collapsed'\)"):
         theory.dufm_fit(K, q_star, m_, branch="local")
 
 
@@ -222,7 +246,7 @@ def test_threshold_sweep_lands_on_theory():
     bad = df.assign(objective_gd=df.objective_theory * 0.9)  # GD below the global optimum: impossible
     assert not ex.dufm_sweep_checks(bad)[0]["passed"]
     # K q = ratio · 2^{−4/3} with all λ equal
-    assert 3 * theory.dufm_q(3, df["lambda"][0], [df["lambda"][0]] * 2) == pytest.approx(0.3 * theory.eufm_threshold())
+    assert 3 * theory.dufm_q(3, [df["lambda"][0]] * 2, df["lambda"][0]) == pytest.approx(0.3 * theory.eufm_threshold())
 
 
 def test_init_scale_study_is_batched_rescaled_draws():
@@ -260,7 +284,7 @@ def test_gd_reaches_f_dnc_for_a_binary_deep_ufm():
     K, n, d, L, lam = 2, 5, 6, 3, 0.01
     gd = gradient_descent(DeepUFM(K=K, n=n, d=d, L=L, lambda_W=lam, lambda_H=lam), lr=0.5, steps=20000, runs=3,
                           init_std=d**-0.5, record_every=20000, seed=2, device="cpu", progress=False)
-    o = theory.dufm_optimum(K, n, lam, [lam] * L)
+    o = theory.dufm_optimum(K, n, [lam] * L, lam)
     checks = ex.deep_ufm_checks(gd, o)  # the issue's tolerances: 1e-4 relative, NC1 1e-6, NC2/NC3 1e-3
     assert all(c["passed"] for c in checks), [c for c in checks if not c["passed"]]
     assert len([c for c in checks if "NC2" in c["name"]]) == L - 1  # H2 … HL, not the pre-ReLU H1

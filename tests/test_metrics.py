@@ -8,6 +8,7 @@ import torch
 from scipy.stats import ortho_group
 
 from ncutils import metrics as m
+from ncutils._validate import ParameterTypeError
 from ncutils.theory import frame_distance
 
 
@@ -58,14 +59,14 @@ def test_simplex_etf_is_optimal(K, d, rng):
     assert m.nc2_equinorm(H, y) < 1e-12
     assert m.nc2_equiangle(H, y) < 1e-12
     assert m.nc2_maxangle(H, y) < 1e-12
-    assert m.nc3(W, H, y, "etf") < 1e-12
-    assert m.nc4(H, y, W) == 0.0
+    assert m.nc3(H, y, W=W, frame="etf") < 1e-12
+    assert m.nc4(H, y, W=W) == 0.0
     # the same ETF measured against the orthogonal frame: the known distance √(2 − 2√((K−1)/K))
     assert m.nc2(H, y, "orthogonal") == pytest.approx(frame_distance(K), rel=1e-12)
 
 
 def test_frame_distance_known_value():
-    assert frame_distance(4) == pytest.approx(0.5176380902, rel=1e-9)  # SPEC §2
+    assert frame_distance(4) == pytest.approx(0.5176380902, rel=1e-9)  # Tirer & Bruna 2022 setting, docs/notation.md
     A = np.eye(4) / 2.0
     B = (np.eye(4) - 0.25) / math.sqrt(3)
     assert frame_distance(4) == pytest.approx(np.linalg.norm(A - B), rel=1e-12)
@@ -77,12 +78,12 @@ def test_orthogonal_frame(K, d, rng):
     H, y = collapsed(M, n=4)
     W = 0.3 * M
     assert m.nc2(H, y, "orthogonal") < 1e-12
-    assert m.nc3(W, H, y, "orthogonal") < 1e-12
+    assert m.nc3(H, y, W=W, frame="orthogonal") < 1e-12
     # centring an orthogonal frame gives a simplex ETF: NC2 to the ETF is 0 too ...
     assert m.nc2(H, y, "etf") < 1e-12
     # ... but W ∝ M (uncentred) is not ∝ M̃: NC3 (ETF) is the frame distance
-    assert m.nc3(W, H, y, "etf") == pytest.approx(frame_distance(K), rel=1e-12)
-    assert m.nc3_squared(W, H, y) == pytest.approx(frame_distance(K) ** 2, rel=1e-12)
+    assert m.nc3(H, y, W=W, frame="etf") == pytest.approx(frame_distance(K), rel=1e-12)
+    assert m.nc3_squared(H, y, W=W) == pytest.approx(frame_distance(K) ** 2, rel=1e-12)
 
 
 def test_known_non_optimal_values(rng):
@@ -163,9 +164,9 @@ def test_invariances(rng):
         "equinorm": lambda H, y, W: m.nc2_equinorm(H, y),
         "equiangle": lambda H, y, W: m.nc2_equiangle(H, y),
         "maxangle": lambda H, y, W: m.nc2_maxangle(H, y),
-        "nc3": lambda H, y, W: m.nc3(W, H, y),
-        "nc3_orth": lambda H, y, W: m.nc3(W, H, y, "orthogonal"),
-        "nc4": lambda H, y, W: m.nc4(H, y, W),
+        "nc3": lambda H, y, W: m.nc3(H, y, W=W),
+        "nc3_orth": lambda H, y, W: m.nc3(H, y, W=W, frame="orthogonal"),
+        "nc4": lambda H, y, W: m.nc4(H, y, W=W),
     }
     for name, f in fns.items():
         base = f(H, y, W)
@@ -179,8 +180,8 @@ def test_torch_and_numpy_agree_and_return_floats(rng):
     y = np.repeat(np.arange(K), N // K)
     H = rng.standard_normal((N, d))
     W = rng.standard_normal((K, d))
-    a = m.nc_metrics(H, y, W)
-    b = m.nc_metrics(torch.tensor(H, dtype=torch.float32), torch.tensor(y), torch.tensor(W))
+    a = m.nc_metrics(H, y, W=W)
+    b = m.nc_metrics(torch.tensor(H, dtype=torch.float32), torch.tensor(y), W=torch.tensor(W))
     assert all(isinstance(v, float) for v in a.values())
     for k in a:
         assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-6), k
@@ -193,36 +194,43 @@ def test_nc4_bias_and_train_means(rng):
     y = np.array([0, 0, 1])
     W = np.array([[1.0, 0.0], [-1.0, 0.0]])
     means = np.array([[1.0, 0.0], [-1.0, 0.0]])
-    assert m.nc4(H, y, W, means=means) == 0.0
-    assert m.nc4(H, y, W, b=np.array([0.0, 1.0]), means=means) == pytest.approx(1 / 3)
+    assert m.nc4(H, y, W=W, means=means) == 0.0
+    assert m.nc4(H, y, W=W, b=np.array([0.0, 1.0]), means=means) == pytest.approx(1 / 3)
 
 
 @pytest.mark.parametrize(
-    "H,y,match",
+    "H,y,exc,match",
     [
-        (np.zeros((4, 2)), np.array([0, 0, 0, 0]), "K >= 2"),
-        (np.zeros((4, 2)), np.array([0, 0, 2, 2]), r"class\(es\) \[1\]"),
-        (np.zeros((4, 2)), np.array([0, 1, 0]), "shape"),
-        (np.zeros(4), np.array([0, 1, 0, 1]), "2-D"),
-        (np.array([[np.nan, 0], [0, 0]]), np.array([0, 1]), "NaN"),
-        (np.zeros((2, 2)), np.array([0.0, 1.0]), "integer"),
-        (np.zeros((2, 2)), np.array([-1, 1]), r"\[0, K\)"),
+        (np.zeros((4, 2)), np.array([0, 0, 0, 0]), ValueError, r"^parameter y must hold labels of K >= 2 classes"),
+        (np.zeros((4, 2)), np.array([0, 0, 2, 2]), ValueError, r"^parameter y: class\(es\) \[1\] have no samples"),
+        (np.zeros((4, 2)), np.array([0, 1, 0]), ValueError, r"^y must have shape \(N,\) = \(4,\) to match H"),
+        (np.zeros(4), np.array([0, 1, 0, 1]), ValueError, r"^parameter H must be a 2-D \(N, d\) array"),
+        (np.array([[np.nan, 0], [0, 0]]), np.array([0, 1]), ValueError,
+         r"^parameter H must be finite \(metrics need finite input\), got 1 NaN or inf values$"),
+        (np.zeros((2, 2)), np.array([0.0, 1.0]), ParameterTypeError,
+         r"^parameter y must be an array of integer class labels, got dtype torch.float64$"),
+        (np.zeros((2, 2)), np.array([-1, 1]), ValueError, r"^parameter y must hold labels in \[0, K\), got label -1$"),
+        ("features", np.array([0, 1]), ParameterTypeError,
+         r"^parameter H must be a numpy array or torch tensor, got 'features' \(str\)$"),
     ],
 )
-def test_bad_input_raises(H, y, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_input_raises(H, y, exc, match):
+    with pytest.raises(exc, match=match) as err:
         m.nc1(H, y)
+    assert type(err.value) is exc
 
 
 def test_bad_frame_and_classifier_shape():
     H = np.eye(3)
     y = np.arange(3)
-    with pytest.raises(ValueError, match="frame"):
+    with pytest.raises(ValueError, match=r"^parameter frame must be one of \('etf', 'orthogonal'\), got 'simplex'$"):
         m.nc2(H, y, frame="simplex")
     with pytest.raises(ValueError, match=r"W must have shape \(K, d\) = \(3, 3\)"):
-        m.nc3(np.zeros((2, 3)), H, y)
+        m.nc3(H, y, W=np.zeros((2, 3)))
     with pytest.raises(ValueError, match=r"class\(es\) \[3, 4\] have no samples"):
         m.nc1(H, y, num_classes=5)
+    with pytest.raises(ParameterTypeError, match=r"^parameter num_classes must be an integer in \[2, inf\), got 3.0"):
+        m.nc1(H, y, num_classes=3.0)
 
 
 def test_batched_cores_match_public(rng):
@@ -230,8 +238,24 @@ def test_batched_cores_match_public(rng):
     y = np.repeat(np.arange(K), N // K)
     Hs = torch.randn(S, N, d, dtype=torch.float64)
     Ws = torch.randn(S, K, d, dtype=torch.float64)
-    out = m.nc_metrics_t(Hs, torch.tensor(y), K, Ws)
+    out = m.nc_metrics_t(Hs, torch.tensor(y), K, W=Ws)
     for s in range(S):
-        single = m.nc_metrics(Hs[s], y, Ws[s])
+        single = m.nc_metrics(Hs[s], y, W=Ws[s])
         for k, v in single.items():
             assert float(out[k][s]) == pytest.approx(v, rel=1e-12, abs=1e-15), k
+
+
+def test_classifier_is_keyword_only_after_features_and_labels(rng):
+    """Every public metric takes (H, y, …) first; the classifier W, bias b and layer A are keyword-only."""
+    K, d = 3, 4
+    H, y = collapsed(orthogonal_frame(K, d, rng), n=2)
+    W = H[::2]
+    assert m.nc3(H, y, W=W, frame="orthogonal") < 1e-12
+    assert m.nc3_gram(H, y, A=W) < 1e-12
+    assert m.nc4(H, y, W=W, b=np.zeros(K)) == 0.0
+    assert m.normalized_margin(H, y, W=W) > 0
+    assert m.nc_metrics(H, y, W=W, b=np.zeros(K))["nc3_orthogonal"] < 1e-12
+    for call in (lambda: m.nc3(H, y, W), lambda: m.nc3_squared(H, y, W), lambda: m.nc4(H, y, W),
+                 lambda: m.nc3_gram(H, y, W), lambda: m.normalized_margin(H, y, W), lambda: m.nc_metrics(H, y, W)):
+        with pytest.raises(TypeError, match="positional argument"):
+            call()

@@ -1,4 +1,5 @@
-"""Perturbation model (SPEC §5), layer-peeled model (SPEC §6), data loading and the small MLP."""
+"""Perturbation model (Tirer, Huang & Niles-Weed 2023), layer-peeled model (Ji et al. 2022), data loading,
+and the small MLP."""
 
 import math
 
@@ -9,6 +10,7 @@ import torch
 
 from ncutils import metrics, theory
 from ncutils import run as runner
+from ncutils._validate import ParameterTypeError
 from ncutils.data import DatasetNotFoundError, balanced_subset, load_dataset, write_fake_mnist
 from ncutils.models import UFM
 from ncutils.paths import repo_root
@@ -26,7 +28,7 @@ def _random(shape, seed=0, std=1.0):
 
 # --------------------------------------------------------------------------- perturbation model
 def test_normalization_maps_to_tirer_bruna():
-    """SPEC §5: their f (β-free) equals TB's f with λ'_W = λ_W/K, λ'_H = λ_H/(Kn) — and c = √(λ_Hλ_W)."""
+    """THN 2023, Eq. 3: their f (β-free) equals TB's f with λ'_W = λ_W/K, λ'_H = λ_H/(Kn) — and c = √(λ_Hλ_W)."""
     K, n, d, lw, lh = 3, 4, 5, 0.7, 0.3
     m = PerturbationModel(K=K, n=n, d=d, lambda_W=lw, lambda_H=lh)
     W, H = _random((K, d), 1), _random((K * n, d), 2)
@@ -82,14 +84,14 @@ def test_implicit_jacobian_matches_finite_differences():
 
 @pytest.mark.parametrize("lambda_H,sigma_min", [(0.05, 0.99812), (0.2, 0.99624), (0.5, 0.99405)])
 def test_theorem_4_2_spectrum(lambda_H, sigma_min):
-    """SPEC §5 check: K=4, d=10, n=10, λ_W=√2, β=100."""
+    """THN 2023, Thm 4.2 (their Fig. 1 setting): K=4, d=10, n=10, λ_W=√2, β=100."""
     m = PerturbationModel(K=4, n=10, d=10, lambda_W=SQRT2, lambda_H=lambda_H, beta=100.0)
     _, H0 = m.collapsed_minimizer(seed=0)
     blocks = jacobian_blocks(m.jacobian(H0, H0), 4, 10, 10)
     diag, off = blocks[blocks.diagonal], blocks[~blocks.diagonal]
     pred = theory.perturbation_jacobian(SQRT2, lambda_H, 100.0)
     assert abs(diag.sigma_min.min() - pred.diag_sigma_min) <= 1e-4
-    assert abs(diag.sigma_min.min() - sigma_min) <= 1e-4  # the SPEC's rounded values
+    assert abs(diag.sigma_min.min() - sigma_min) <= 1e-4  # rounded reference values
     assert diag.sigma_max.max() == pytest.approx(1.0, abs=1e-12)
     assert (diag["rank"] == 100).all() and (off["rank"] == 1).all()
     assert off.sigma_max.max() == pytest.approx(pred.offdiag_sigma_max, rel=0.01)
@@ -122,18 +124,22 @@ def test_corollary_3_2_minimizer_is_more_collapsed():
 
 
 @pytest.mark.parametrize(
-    "kwargs,match",
+    "kwargs,exc,match",
     [
-        ({"beta": 0.0}, r"beta must be a finite number in \(0, inf\), got 0.0"),
-        ({"beta": -1.0}, r"beta must be a finite number in \(0, inf\)"),
-        ({"lambda_W": 0.0}, r"lambda_W must be a finite number in \(0, inf\)"),
-        ({"lambda_H": float("nan")}, r"lambda_H must be a finite number in \[0, inf\)"),
-        ({"K": 1}, r"K must be an integer >= 2"),
+        ({"beta": 0.0}, ValueError, r"^parameter beta must be a finite number in \(0, inf\), got 0.0$"),
+        ({"beta": -1.0}, ValueError, r"^parameter beta must be a finite number in \(0, inf\), got -1.0$"),
+        ({"beta": "1"}, ParameterTypeError,
+         r"^parameter beta must be a finite number in \(0, inf\), got '1' \(str\)$"),
+        ({"lambda_W": 0.0}, ValueError, r"^parameter lambda_W must be a finite number in \(0, inf\), got 0.0$"),
+        ({"lambda_H": float("nan")}, ValueError,
+         r"^parameter lambda_H must be a finite number in \[0, inf\), got nan$"),
+        ({"K": 1}, ValueError, r"^parameter K must be an integer in \[2, inf\), got 1$"),
     ],
 )
-def test_bad_model_parameters(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_model_parameters(kwargs, exc, match):
+    with pytest.raises(exc, match=match) as err:
         PerturbationModel(**{"K": 2, "n": 2, "d": 3, "lambda_W": 1.0, "lambda_H": 0.1, **kwargs})
+    assert type(err.value) is exc
 
 
 def test_bad_H0():
@@ -144,7 +150,7 @@ def test_bad_H0():
     H0[1, 2] = float("nan")
     with pytest.raises(ValueError, match="H0 must be finite; it has 1 NaN/inf entries"):
         m.flow(H0, 1.0)
-    with pytest.raises(ValueError, match="t_max must be a finite number"):
+    with pytest.raises(ValueError, match=r"^parameter t_max must be a finite number in \(0, inf\), got -1.0$"):
         m.flow(torch.ones(4, 3), -1.0)
 
 
@@ -223,12 +229,12 @@ def test_ulpm_closed_form_on_an_etf():
     W, H = _etf(K, n, d, opt.norm_w_sq, opt.mean_norm_sq)
     y = torch.arange(K).repeat_interleave(n)
     assert 0.5 * float(W.square().sum() + H.square().sum()) == pytest.approx(opt.value, rel=1e-12)
-    assert float(metrics.margin_t(H, W, y)) == pytest.approx(1.0, rel=1e-12)  # feasible and tight
-    assert metrics.normalized_margin(W, H, y) == pytest.approx(opt.normalized_margin, rel=1e-12)
-    assert metrics.normalized_margin(3 * W, 3 * H, y) == pytest.approx(opt.normalized_margin, rel=1e-12)
+    assert float(metrics.margin_t(H, y, W=W)) == pytest.approx(1.0, rel=1e-12)  # feasible and tight
+    assert metrics.normalized_margin(H, y, W=W) == pytest.approx(opt.normalized_margin, rel=1e-12)
+    assert metrics.normalized_margin(3 * H, y, W=3 * W) == pytest.approx(opt.normalized_margin, rel=1e-12)
     # an unbalanced ETF (same directions, ‖w‖² ≠ n‖μ‖²) has a smaller normalized margin
     W2, H2 = _etf(K, n, d, 4 * opt.norm_w_sq, opt.mean_norm_sq / 4)
-    assert metrics.normalized_margin(W2, H2, y) < opt.normalized_margin
+    assert metrics.normalized_margin(H2, y, W=W2) < opt.normalized_margin
 
 
 def test_min_norm_separation_reaches_the_etf():
@@ -282,10 +288,13 @@ def test_missing_dataset_gives_a_clear_error(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=r"mnist not found: looked for train-images-idx3-ubyte.*"
                                                    r"MNIST/raw; pass download=True .* DATA_ROOT"):
         load_dataset("mnist", tmp_path / "nothing")
-    with pytest.raises(ValueError, match=r"dataset must be one of \('mnist', 'cifar10'\), got 'svhn'"):
+    with pytest.raises(ValueError, match=r"^parameter dataset must be one of \('mnist', 'cifar10'\), got 'svhn'$"):
         load_dataset("svhn", tmp_path)
-    with pytest.raises(ValueError, match="per_class must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"^parameter per_class must be an integer in \[1, inf\), got 0$"):
         balanced_subset(torch.zeros(3, dtype=torch.int64), 0, 1)
+    with pytest.raises(ParameterTypeError,
+                       match=r"^parameter per_class must be an integer in \[1, inf\), got 2.0 \(float\)$"):
+        balanced_subset(torch.zeros(3, dtype=torch.int64), 2.0, 1)
 
 
 def test_real_mnist_subset_when_present():
@@ -305,8 +314,11 @@ def test_train_mlp_learns_fake_digits_deterministically(tmp_path):
     assert a.history.train_accuracy.iloc[-1] >= 0.95
     feats = mlp_features(a.model, X)
     assert [f.shape for f in feats] == [(200, 16), (200, 16)] and all((f >= 0).all() for f in feats)
-    with pytest.raises(ValueError, match="widths must be a non-empty list of integers >= 1"):
+    with pytest.raises(ValueError, match=r"^parameter widths must be a non-empty list of integers >= 1, got \[\]$"):
         train_mlp(X, y, [], epochs=1)
+    with pytest.raises(ParameterTypeError,
+                       match=r"^parameter widths must be a non-empty list of integers >= 1, got 16"):
+        train_mlp(X, y, 16, epochs=1)
 
 
 def test_notebook_05_without_mnist_stops_before_any_compute(tmp_path, monkeypatch):

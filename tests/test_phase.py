@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ncutils import UFM, gradient_descent, phase, theory
+from ncutils._validate import ParameterTypeError
 
 
 @pytest.mark.parametrize("kind,L", [("ufm", 1), ("eufm", 2), ("dufm", 3), ("dufm", 4)])
@@ -104,16 +105,24 @@ def _diagram(**kw):
     return lambda: phase.phase_diagram(**{**args, **kw})
 
 
-@pytest.mark.parametrize("call,message", [
-    (_diagram(kind="cnn"), "kind must be one of"),
-    (_diagram(lambda_W=[]), "lambda_W must be a non-empty"),
-    (_diagram(lambda_H=[-1.0]), "lambda_H must be"),
-    (_diagram(kind="dufm", L=1), "L must be an integer >= 2"),
-    (_diagram(chunk=0), "chunk must be"),
-    (_diagram(seeds=0), "seeds must be"),
-    (lambda: phase.phase_boundary("ufm", 3, 4, [0.1], which="edge"), "which must be"),
-    (lambda: phase.grid(0.1, 0.01, 3), "0 < low <= high"),
+@pytest.mark.parametrize("call,exc,message", [
+    (_diagram(kind="cnn"), ValueError, r"^parameter kind must be one of \('ufm', 'eufm', 'dufm'\), got 'cnn'$"),
+    (_diagram(lambda_W=[]), ValueError,
+     r"^parameter lambda_W must be a non-empty 1-D list of finite numbers in \(0, inf\), got \[\]$"),
+    (_diagram(lambda_H=[-1.0]), ValueError,
+     r"^parameter lambda_H must be a non-empty 1-D list of finite numbers in \(0, inf\), got \[-1.0\]$"),
+    (_diagram(kind="dufm", L=1), ValueError, r"^parameter L must be an integer in \[2, inf\), got 1$"),
+    (_diagram(chunk=0), ValueError, r"^parameter chunk must be an integer in \[1, inf\), got 0$"),
+    (_diagram(seeds=0), ValueError, r"^parameter seeds must be an integer in \[1, inf\), got 0$"),
+    (_diagram(seeds=1.5), ParameterTypeError,
+     r"^parameter seeds must be an integer in \[1, inf\), got 1.5 \(float\)$"),
+    (lambda: phase.phase_boundary("ufm", 3, 4, [0.1], which="edge"), ValueError,
+     r"^parameter which must be one of \('threshold', 'spinodal'\), got 'edge'$"),
+    (lambda: phase.grid(0.1, 0.01, 3), ValueError,
+     r"^parameter high must be a finite number in \[0.1, inf\), got 0.01$"),
+    (lambda: phase.grid(0.0, 0.01, 3), ValueError, r"^parameter low must be a finite number in \(0, inf\), got 0.0$"),
 ])
-def test_bad_input_is_named(call, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_input_is_named(call, exc, message):
+    with pytest.raises(exc, match=message) as err:
         call()
+    assert type(err.value) is exc

@@ -12,10 +12,11 @@ import torch
 
 from ncutils import metrics
 from ncutils import run as runner
+from ncutils._validate import ParameterTypeError
 from ncutils.data import DatasetNotFoundError, DeviceBatches, load_dataset, write_fake_cifar10, write_fake_mnist
-from ncutils.models import resnet18
+from ncutils.nets import RESNET_LAYERS, FeatureTaps, resnet18
 from ncutils.stream import StreamingNC
-from ncutils.train import TrainConfig, _Taps, measure_network, train_resnet
+from ncutils.train import TrainConfig, measure_network, train_resnet
 
 KEYS = ("nc1", "nc1_trace", "nc2_etf", "nc2_orthogonal", "nc2_equinorm", "nc2_equiangle", "nc2_maxangle",
         "mean_norm_sq")
@@ -54,7 +55,7 @@ def test_device_batches_shuffle_deterministically_and_cover_everything():
     assert len(ea) == len(a) == 4 and all(torch.equal(s, t) for s, t in zip(ea, eb, strict=True))
     assert sorted(torch.cat(ea).flatten().tolist()) == list(range(50))
     assert not torch.equal(torch.cat(ea), torch.cat([t for t, _ in a.epoch()]))  # a new order every epoch
-    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"^parameter batch_size must be an integer in \[1, inf\), got 0$"):
         DeviceBatches(X, y, 0)
 
 
@@ -65,13 +66,15 @@ def test_resnet18_cifar_stem_and_width():
     assert m.conv1.kernel_size == (3, 3) and m.conv1.stride == (1, 1) and isinstance(m.maxpool, torch.nn.Identity)
     small = resnet18(10, 1, False, 0.125)
     assert small.fc.bias is None and small.fc.in_features == 64 and small.conv1.in_channels == 1
-    taps = _Taps(small, ("stem", "layer1", "layer4"), flatten=True)
+    taps = FeatureTaps(small, ("stem", "layer1", "layer4"), flatten=True)
     out = small(torch.randn(2, 1, 32, 32))
     assert out.shape == (2, 10)
     assert taps.out["layer1_flat"].shape == (2, 8 * 32 * 32)  # stride-1 stem keeps 32×32
     assert taps.out["layer4"].shape == (2, 64)
-    with pytest.raises(ValueError, match=r"width must be a number in \(0, inf\)"):
+    with pytest.raises(ValueError, match=r"^parameter width must be a finite number in \(0, inf\), got 0$"):
         resnet18(width=0)
+    with pytest.raises(ParameterTypeError, match=r"^parameter num_classes must be an integer in \[2, inf\), got '10'"):
+        resnet18(num_classes="10")
 
 
 # --------------------------------------------------------------------------- streaming metrics
@@ -117,7 +120,7 @@ def test_measure_network_matches_in_memory_metrics():
     X, y = torch.randn(48, 1, 32, 32), torch.arange(4).repeat_interleave(12)
     res = measure_network(model, DeviceBatches(X, y, 10, shuffle=False), DeviceBatches(X, y, 7, shuffle=False), 4,
                           "ce", ("stem", "layer2", "layer4"), flatten=True)
-    taps = _Taps(model, ("stem", "layer2", "layer4"), flatten=True)
+    taps = FeatureTaps(model, ("stem", "layer2", "layer4"), flatten=True)
     with torch.no_grad():
         out = model(X)
     for name in ("stem", "stem_flat", "layer2", "layer4"):
@@ -134,7 +137,7 @@ def _tiny(tmp_path, **kw):
     write_fake_mnist(tmp_path / "data", per_class=8, test_per_class=2)
     X, y = load_dataset("mnist", tmp_path / "data", pad_to=32)
     Xt, yt = load_dataset("mnist", tmp_path / "data", train=False, pad_to=32)
-    cfg = TrainConfig(per_class=8, width=0.0625, epochs=4, batch_size=16, measure_every=2, flatten=False,
+    cfg = TrainConfig(per_class=8, width_multiplier=0.0625, epochs=4, batch_size=16, measure_every=2, flatten=False,
                       layers=("layer1", "layer4"), **kw)
     return cfg, (X, y, Xt, yt)
 
@@ -147,7 +150,7 @@ from ncutils.train import TrainConfig, train_resnet
 root, ckpt = sys.argv[1], sys.argv[2]
 X, y = load_dataset("mnist", root + "/data", pad_to=32)
 Xt, yt = load_dataset("mnist", root + "/data", train=False, pad_to=32)
-cfg = TrainConfig(per_class=8, width=0.0625, epochs=4, batch_size=16, measure_every=2, flatten=False,
+cfg = TrainConfig(per_class=8, width_multiplier=0.0625, epochs=4, batch_size=16, measure_every=2, flatten=False,
                   layers=("layer1", "layer4"))
 import ncutils.train as t
 orig = t.DeviceBatches.epoch
@@ -204,18 +207,64 @@ def test_training_learns_and_records_every_layer(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kwargs,match",
+    "kwargs,exc,match",
     [
-        ({"dataset": "svhn"}, r"dataset must be one of \('mnist', 'cifar10'\)"),
-        ({"loss": "hinge"}, r"loss must be one of \('mse', 'ce'\)"),
-        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
-        ({"layers": ("layer5",)}, r"layers must be a non-empty list of \('stem', 'layer1', .*unknown \['layer5'\]"),
-        ({"schedule": "cosine"}, r"schedule must be one of \('step40', 'thirds', 'constant'\)"),
+        ({"dataset": "svhn"}, ValueError, r"^parameter dataset must be one of \('mnist', 'cifar10'\), got 'svhn'$"),
+        ({"loss": "hinge"}, ValueError, r"^parameter loss must be one of \('mse', 'ce'\), got 'hinge'$"),
+        ({"batch_size": 0}, ValueError, r"^parameter batch_size must be an integer in \[1, inf\), got 0$"),
+        ({"batch_size": 64.0}, ParameterTypeError,
+         r"^parameter batch_size must be an integer in \[1, inf\), got 64.0 \(float\)$"),
+        ({"layers": ("layer5",)}, ValueError,
+         r"^parameter layers: must be a non-empty list of ResNet18 layers from "
+         r"\('stem', 'layer1', 'layer2', 'layer3', 'layer4'\), got unknown \['layer5'\]$"),
+        ({"layers": ()}, ValueError, r"^parameter layers: must be a non-empty list of ResNet18 layers .*got none$"),
+        ({"schedule": "cosine"}, ValueError, r"^parameter schedule must be one of \('step40', 'thirds', 'constant'\)"),
+        ({"lr": 0.0}, ValueError, r"^parameter lr must be a number in \(0, inf\), got 0.0$"),
+        ({"width_multiplier": -1}, ValueError,
+         r"^parameter width_multiplier must be a number in \(0, inf\), got -1.0$"),
+        ({"momentum": -0.1}, ValueError, r"^parameter momentum must be a number in \[0, inf\), got -0.1$"),
+        ({"fc_bias": 1}, ParameterTypeError, r"^parameter fc_bias must be a bool \(true/false\), got 1 \(int\)$"),
     ],
 )
-def test_bad_train_config(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_train_config(kwargs, exc, match):
+    with pytest.raises(exc, match=match) as err:
         TrainConfig(**kwargs)
+    assert type(err.value) is exc
+
+
+def test_train_config_rules_from_params_and_fingerprint():
+    import dataclasses
+    import hashlib
+
+    from ncutils._validate import Rule
+
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    assert list(TrainConfig.RULES) == names and all(isinstance(r, Rule) and r.doc for r in TrainConfig.RULES.values())
+    assert TrainConfig.RULES["layers"].validate("layers", ("layer4",)) == ("layer4",)
+    # notebook 07's parameters, with keys that are not training settings
+    params = {"dataset": "mnist", "loss": "ce", "fc_bias": True, "lr": 0.05, "schedule": "thirds", "epochs": 40,
+              "batch_size": 64, "momentum": 0.9, "wd_features": 5e-4, "wd_classifier": 5e-4, "per_class": 200,
+              "test_per_class": 50, "width_multiplier": 0.125, "layers": ["layer1", "layer4"], "flatten": True,
+              "measure_every": 2, "seed": 3, "device": "cpu", "data_root": "data", "results_dir": "",
+              "checkpoint_every": 5, "compile": False, "profile": "cpu"}
+    cfg = TrainConfig.from_params(params)
+    assert cfg.width_multiplier == 0.125 and cfg.layers == ("layer1", "layer4") and cfg.seed == 3 and cfg.loss == "ce"
+    assert cfg == TrainConfig(**{k: v for k, v in params.items() if k in names} | {"layers": ("layer1", "layer4")})
+    assert TrainConfig.from_params({"epochs": 7}) == TrainConfig(epochs=7)
+    with pytest.raises(ValueError, match=r"^parameter epochs must be an integer in \[1, inf\), got 0$"):
+        TrainConfig.from_params(params | {"epochs": 0})
+    # the fingerprint: same meaning as before the rename (the repr with the field named width)
+    old_repr = repr(cfg).replace("width_multiplier=", "width=")
+    assert cfg.fingerprint() == hashlib.sha256(old_repr.encode()).hexdigest()
+    assert cfg.fingerprint() == TrainConfig.from_params(params).fingerprint()
+    assert cfg.fingerprint() != dataclasses.replace(cfg, width_multiplier=0.25).fingerprint()
+
+
+def test_nets_module_and_old_names():
+    from ncutils import models, nets
+
+    assert models.resnet18 is nets.resnet18 and models.RESNET_LAYERS is nets.RESNET_LAYERS == RESNET_LAYERS
+    assert RESNET_LAYERS == ("stem", "layer1", "layer2", "layer3", "layer4")
 
 
 # --------------------------------------------------------------------------- notebook 07 parameters

@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from ncutils import theory
+from ncutils._validate import ParameterTypeError
 from ncutils.models import UFM
 from ncutils.solve import DivergenceError, gradient_descent, record_steps
 
 
 def test_spec_check_numbers():
-    """SPEC §2: K=4, d=20, n=50, λ_W=λ_H=5e-3 → c = 0.141421, f* = 0.131421, ρ = 0.121421."""
+    """Tirer & Bruna 2022, §3 setting: K=4, d=20, n=50, λ_W=λ_H=5e-3 → c = 0.141421, f* = 0.131421, ρ = 0.121421."""
     o = theory.ufm_mse_optimum(4, 50, 5e-3, 5e-3)
     assert o.c == pytest.approx(0.141421, abs=1e-6)
     assert o.objective == pytest.approx(0.131421, abs=1e-6)
@@ -102,21 +103,37 @@ def test_divergence_names_step_size():
         gradient_descent(UFM(K=3, n=4, d=5), lr=50.0, steps=2000, device="cpu", init_std=1.0)
 
 
-@pytest.mark.parametrize("kw,match", [(dict(lr=0.0), "lr"), (dict(lr=-1.0), "lr"), (dict(steps=0), "steps"),
-                                      (dict(init_std=-1.0), "init_std"), (dict(device="tpu"), "device"),
-                                      (dict(dtype="float16"), "dtype")])
-def test_gd_bad_arguments(kw, match):
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(lr=0.0), ValueError, r"^parameter lr must be a finite number in \(0, inf\), got 0.0$"),
+    (dict(lr=-1.0), ValueError, r"^parameter lr must be a finite number in \(0, inf\), got -1.0$"),
+    (dict(lr="0.1"), ParameterTypeError, r"^parameter lr must be a finite number in \(0, inf\), got '0.1' \(str\)$"),
+    (dict(steps=0), ValueError, r"^parameter steps must be an integer in \[1, inf\), got 0$"),
+    (dict(steps=10.0), ParameterTypeError, r"^parameter steps must be an integer in \[1, inf\), got 10.0 \(float\)$"),
+    (dict(init_std=-1.0), ValueError, r"^parameter init_std must be a finite number in \[0, inf\), got -1.0$"),
+    (dict(runs=0), ValueError, r"^parameter runs must be an integer in \[1, inf\), got 0$"),
+    (dict(device="tpu"), ValueError, r"^parameter device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'$"),
+    (dict(dtype="float16"), ValueError, r"^parameter dtype must be one of \('float64', 'float32'\), got 'float16'$"),
+])
+def test_gd_bad_arguments(kw, exc, match):
     args = dict(lr=0.1, steps=10, device="cpu") | kw
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(exc, match=match) as err:
         gradient_descent(UFM(K=3, n=4, d=5), **args)
+    assert type(err.value) is exc
 
 
-@pytest.mark.parametrize("kw,match", [(dict(K=1), "K must be an integer >= 2"), (dict(n=0), "n must"),
-                                      (dict(lambda_W=-1e-3), r"lambda_W must be finite and in \[0"),
-                                      (dict(loss="hinge"), "loss must be one of")])
-def test_model_bad_arguments(kw, match):
-    with pytest.raises(ValueError, match=match):
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(K=1), ValueError, r"^parameter K must be an integer in \[2, inf\), got 1$"),
+    (dict(K=2.0), ParameterTypeError, r"^parameter K must be an integer in \[2, inf\), got 2.0 \(float\)$"),
+    (dict(n=0), ValueError, r"^parameter n must be an integer in \[1, inf\), got 0$"),
+    (dict(lambda_W=-1e-3), ValueError, r"^parameter lambda_W must be a finite number in \[0, inf\), got -0.001$"),
+    (dict(lambda_W=[0.1, float("nan")]), ValueError, r"^parameter lambda_W must be a number or a non-empty list"),
+    (dict(lambda_H="0.1"), ParameterTypeError, r"^parameter lambda_H must be a number or a non-empty list"),
+    (dict(loss="hinge"), ValueError, r"^parameter loss must be one of \('mse', 'ce'\), got 'hinge'$"),
+])
+def test_model_bad_arguments(kw, exc, match):
+    with pytest.raises(exc, match=match) as err:
         UFM(**(dict(K=3, n=4, d=5) | kw))
+    assert type(err.value) is exc
 
 
 def test_record_steps_grid():
@@ -165,3 +182,32 @@ def test_checkpoint_of_other_configuration_is_refused(tmp_path):
     gradient_descent(UFM(K=3, n=4, d=5), lr=0.1, steps=10, device="cpu", checkpoint=ck)
     with pytest.raises(ValueError, match="different configuration"):
         gradient_descent(UFM(K=3, n=4, d=5), lr=0.2, steps=10, device="cpu", checkpoint=ck)
+
+
+@pytest.mark.parametrize("args,exc,match", [
+    ((1, 5, 0.01, 0.01), ValueError, r"^parameter K must be an integer in \[2, inf\), got 1$"),
+    ((3, 5, 0.0, 0.01), ValueError, r"^parameter lambda_W must be a finite number in \(0, inf\), got 0.0$"),
+    ((3, 5, 0.01, None), ParameterTypeError, r"^parameter lambda_H must be a finite number in \(0, inf\), got None"),
+])
+def test_theory_bad_arguments(args, exc, match):
+    with pytest.raises(exc, match=match) as err:
+        theory.ufm_mse_optimum(*args)
+    assert type(err.value) is exc
+
+
+def test_validation_helpers_moved_to_validate():
+    """check_hyperparameter & co. live in ncutils._validate; ncutils.models re-exports them for one release."""
+    from ncutils import _validate, models
+
+    for name in ("check_hyperparameter", "check_integer", "check_integers"):
+        assert getattr(models, name) is getattr(_validate, name)
+    assert _validate.check_hyperparameter("lam", 0.5) == 0.5
+    assert _validate.check_hyperparameter("lam", [1, 2.5]) == (1.0, 2.5)
+    with pytest.raises(ValueError, match=r"^parameter lam must be a finite number in \(0, inf\), got 0$"):
+        _validate.check_hyperparameter("lam", 0, strict=True)
+    with pytest.raises(ValueError, match=r"^parameter lam must be a number or a non-empty list of finite numbers"):
+        _validate.check_hyperparameter("lam", [])
+    with pytest.raises(ParameterTypeError, match=r"^parameter lam must be a number or a non-empty list"):
+        _validate.check_hyperparameter("lam", [0.1, "x"])
+    with pytest.raises(ParameterTypeError, match=r"^parameter k must be an integer in \[1, inf\), got True \(bool\)$"):
+        _validate.check_integer("k", True, 1)
