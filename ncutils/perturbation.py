@@ -26,15 +26,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import scipy.integrate
 import scipy.optimize
 import torch
 from torch import Tensor
 
+from ._extras import need
 from ._validate import check_float, check_integer, check_integers
 from .metrics import class_means_t, nc1_t, nc1_trace_t, nc2_from_means_t
 from .theory import perturbation_to_ufm, ufm_mse_optimum
+
+pd = need("pandas")  # the [data] extra: tables
 
 
 @contextlib.contextmanager

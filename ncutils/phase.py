@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 import torch
 
 from . import theory
+from ._extras import need
 from ._validate import bad_value, check_choice, check_float, check_integer
 from .device import resolve_device, resolve_dtype
 from .metrics import class_means_t
@@ -33,6 +33,8 @@ from .models import UFM as _UFM
 from .models import DeepUFM, FeatureModel
 from .report import check
 from .solve import gradient_descent
+
+pd = need("pandas")  # the [data] extra: tables
 
 __all__ = ["CPU_CHUNK_BYTES", "PHASE_KINDS", "PhaseResult", "auto_chunk", "boundary_curves", "grid", "phase_boundary",
            "phase_checks", "phase_diagram", "phase_model", "phase_table", "phase_theory",

@@ -21,7 +21,8 @@ from matplotlib.figure import Figure
 
 from .paths import atomic_path
 
-__all__ = ["DASHES", "LEVEL_PANELS", "PANELS", "finish_axes", "level_panels", "nc_panels", "save", "style", "sweep_metric"]
+__all__ = ["DASHES", "LEVEL_PANELS", "PANELS", "finish_axes", "level_panels", "nc_panels", "save", "style",
+           "sweep_metric"]
 
 #: Panels of the standard NC figure: title → (metric, label) pairs.
 PANELS: dict[str, list[tuple[str, str]]] = {

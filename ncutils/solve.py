@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm  # plain text bar: no ipywidgets needed, nothing on stderr in kernels
 
+from ._extras import need
 from ._validate import check_float, check_int
 from .device import is_quiet, resolve_device, resolve_dtype
 from .metrics import nc_metrics_t
@@ -92,7 +92,7 @@ def _fingerprint(model: FeatureModel, **config: object) -> str:
 
 
 def _record(model: FeatureModel, p: Params, y: Tensor, step: int, objective: Tensor) -> list[pd.DataFrame]:
-    import pandas as pd
+    pd = need("pandas")
 
     S = objective.shape[0]
     runs = np.arange(S)
@@ -208,6 +208,7 @@ def gradient_descent(
 
     show = (not is_quiet()) if progress is None else progress
     t0 = time.perf_counter()
+    tqdm = need("tqdm").tqdm  # plain text bar (the [data] extra): no ipywidgets needed, nothing on stderr
     bar = tqdm(total=int(steps), initial=start, desc=desc, disable=not show, mininterval=1.0)
     if start == 0:
         f0 = model.objective(p)
@@ -237,7 +238,7 @@ def gradient_descent(
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     wall = elapsed + time.perf_counter() - t0
-    import pandas as pd
+    pd = need("pandas")
 
     history = pd.concat(chunks, ignore_index=True)
     history["level"] = history["level"].astype("category")

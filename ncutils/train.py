@@ -17,16 +17,18 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-import pandas as pd
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
+from ._extras import need
 from ._validate import Rule, check_integer, check_ints
 from .data import DATASETS, DeviceBatches
 from .device import is_quiet
 from .nets import RESNET_LAYERS, FeatureTaps
 from .paths import atomic_path
+
+pd = need("pandas")  # the [data] extra: tables
+tqdm = need("tqdm").tqdm  # the [data] extra: progress bars
 
 __all__ = ["LOSSES", "SCHEDULES", "MLPResult", "TrainConfig", "TrainResult", "measure_network", "mlp_features",
            "train_mlp", "train_resnet"]

@@ -16,12 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import scipy.optimize
 import torch
 
+from ._extras import need
 from ._validate import check_integer
 from .metrics import nc_metrics_t
+
+pd = need("pandas")  # the [data] extra: tables
 
 __all__ = ["MaxMarginSolution", "min_norm_separation"]
 

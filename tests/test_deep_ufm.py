@@ -8,12 +8,14 @@ import torch
 from scipy.optimize import minimize_scalar
 from scipy.stats import ortho_group
 
-from ncutils import experiments as ex
 from ncutils import metrics as m
 from ncutils import theory
 from ncutils._validate import ParameterTypeError
 from ncutils.models import UFM, DeepUFM, FeatureModel, extended_ufm
 from ncutils.solve import gradient_descent
+from ncutils.studies import deep_ufm as deep_ufm_study
+from ncutils.studies import linear_eufm as linear_eufm_study
+from ncutils.studies import relu_eufm as relu_eufm_study
 
 
 def test_spec_check_numbers_eufm():
@@ -237,44 +239,45 @@ def test_metastable_collapsed_branch():
 
 
 def test_threshold_sweep_lands_on_theory():
-    df = ex.dufm_threshold_sweep(3, 3, 6, [0.3, 2.0], L=2, activation="linear", lr=0.5, steps=4000, init_std=0.4,
+    df = relu_eufm_study.dufm_threshold_sweep(3, 3, 6, [0.3, 2.0], L=2, activation="linear", lr=0.5, steps=4000,
+                                              init_std=0.4,
                                  device="cpu")
     assert df.objective_rel_err[0] < 1e-8
     assert df.objective_gd[1] == pytest.approx(0.5, abs=1e-8)
     assert np.isnan(df.objective_metastable[1])
-    assert all(c["passed"] for c in ex.dufm_sweep_checks(df))
+    assert all(c["passed"] for c in relu_eufm_study.dufm_sweep_checks(df))
     bad = df.assign(objective_gd=df.objective_theory * 0.9)  # GD below the global optimum: impossible
-    assert not ex.dufm_sweep_checks(bad)[0]["passed"]
+    assert not relu_eufm_study.dufm_sweep_checks(bad)[0]["passed"]
     # K q = ratio · 2^{−4/3} with all λ equal
     assert 3 * theory.dufm_q(3, [df["lambda"][0]] * 2, df["lambda"][0]) == pytest.approx(0.3 * theory.eufm_threshold())
 
 
 def test_init_scale_study_is_batched_rescaled_draws():
     model = extended_ufm(3, 2, 4, "relu", 0.01, 0.01, 0.01)
-    gd, table = ex.init_scale_study(model, [0.1, 1.0], seeds=2, lr=0.1, steps=3, seed=5, device="cpu")
+    gd, table = deep_ufm_study.init_scale_study(model, [0.1, 1.0], seeds=2, lr=0.1, steps=3, seed=5, device="cpu")
     assert table.init_std.tolist() == [0.1, 0.1, 1.0, 1.0] and table.seed.tolist() == [0, 1, 0, 1]
     base = model.init(2, 1.0, torch.Generator().manual_seed(5), torch.float64)
     ref = gradient_descent(model, lr=0.1, steps=3, runs=1, device="cpu",
                            init={k: 1.0 * v[1:2] for k, v in base.items()})
     assert gd.final("objective")[3] == pytest.approx(ref.final("objective")[0], rel=1e-13)
     with pytest.raises(ValueError, match="scales must be"):
-        ex.init_scale_study(model, [0.0], seeds=1, lr=0.1, steps=1)
+        deep_ufm_study.init_scale_study(model, [0.0], seeds=1, lr=0.1, steps=1)
 
 
 def test_seed_table_ranks_and_level_ratio():
     model = extended_ufm(3, 4, 6, "linear", 0.01, 0.01, 0.01)
     gd = gradient_descent(model, lr=0.5, steps=6000, runs=2, init_std=0.3, record_every=500, device="cpu")
     opt = theory.eufm_optimum(3, 4, 0.01, 0.01, 0.01)
-    t = ex.seed_table(gd, opt)
+    t = deep_ufm_study.seed_table(gd, opt)
     assert t.status.tolist() == ["at f*", "at f*"] and t.min_rank.tolist() == [3, 3]
-    ranks = ex.class_mean_ranks(gd)
+    ranks = deep_ufm_study.class_mean_ranks(gd)
     assert set(ranks.level) == {"H1", "H2"} and (ranks["rank"] == 3).all()
     assert np.allclose(ranks.groupby(["run", "level"]).sv_rel.max(), 1.0)
-    ratio = ex.level_ratio(gd, "nc1", "H2", "H1")
+    ratio = linear_eufm_study.level_ratio(gd, "nc1", "H2", "H1")
     assert len(ratio) >= 3 and (ratio > 0).all() and ratio.index[0] == 0
-    cos = ex.mean_gram_cosines(gd)
+    cos = relu_eufm_study.mean_gram_cosines(gd)
     assert len(cos) == 2 * 2 * 3 and cos.cosine.abs().max() < 1e-6  # both levels orthogonal frames (linear)
-    checks = ex.deep_ufm_checks(gd, opt, label="t")
+    checks = deep_ufm_study.deep_ufm_checks(gd, opt, label="t")
     assert all(c["passed"] for c in checks), [c for c in checks if not c["passed"]]
 
 
@@ -285,6 +288,6 @@ def test_gd_reaches_f_dnc_for_a_binary_deep_ufm():
     gd = gradient_descent(DeepUFM(K=K, n=n, d=d, L=L, lambda_W=lam, lambda_H=lam), lr=0.5, steps=20000, runs=3,
                           init_std=d**-0.5, record_every=20000, seed=2, device="cpu", progress=False)
     o = theory.dufm_optimum(K, n, [lam] * L, lam)
-    checks = ex.deep_ufm_checks(gd, o)  # the tolerances: 1e-4 relative, NC1 1e-6, NC2/NC3 1e-3
+    checks = deep_ufm_study.deep_ufm_checks(gd, o)  # the tolerances: 1e-4 relative, NC1 1e-6, NC2/NC3 1e-3
     assert all(c["passed"] for c in checks), [c for c in checks if not c["passed"]]
     assert len([c for c in checks if "NC2" in c["name"]]) == L - 1  # H2 … HL, not the pre-ReLU H1

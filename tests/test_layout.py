@@ -207,11 +207,17 @@ def test_wheel_installs_with_only_the_core_requirements(tmp_path):
             import ncutils.pipeline
         except ImportError as err:
             print("pipeline:", err)
+        try:
+            import ncutils.phase
+        except ImportError as err:
+            print("phase:", err)
     """, env={"PYTHONPATH": "", "NCUTILS_ROOT": str(tmp_path)}, python=str(py), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert re.search(r"^nc1 \d", out.stdout, flags=re.M) and str(site) in out.stdout, out.stdout
     assert "matplotlib is here" not in out.stdout
+    assert "pipeline: ncutils.pipeline needs papermill" in out.stdout, out.stdout
     assert "pip install 'neural-collapse-utils[notebooks]'" in out.stdout, out.stdout
+    assert "phase: this part of ncutils needs pandas" in out.stdout and "[data]'" in out.stdout, out.stdout
 
 
 def test_old_nc_setup_style_is_refused_for_names_of_other_notebooks():

@@ -9,13 +9,15 @@ import pytest
 import torch
 
 from ncutils import metrics, theory
-from ncutils import run as runner
 from ncutils._validate import ParameterTypeError
 from ncutils.data import DatasetNotFoundError, balanced_subset, load_dataset, write_fake_mnist
 from ncutils.models import UFM
 from ncutils.paths import repo_root
 from ncutils.perturbation import PerturbationModel, jacobian_blocks, layerwise_chain, monotonicity_checks
+from ncutils.pipeline import runner
 from ncutils.solve import gradient_descent
+from ncutils.studies import layer_peeled as layer_peeled_study
+from ncutils.studies import perturbation as perturbation_study
 from ncutils.train import mlp_features, train_mlp
 from ncutils.ulpm import min_norm_separation
 
@@ -336,24 +338,22 @@ def test_notebook_05_without_mnist_stops_before_any_compute(tmp_path, monkeypatc
 
 # --------------------------------------------------------------------------- experiment helpers of 05 / 06
 def test_jacobian_study_and_checks_fail_on_wrong_numbers():
-    from ncutils import experiments
 
-    table, spectra = experiments.jacobian_study(4, 10, 10, SQRT2, [0.2], 100.0)
+    table, spectra = perturbation_study.jacobian_study(4, 10, 10, SQRT2, [0.2], 100.0)
     assert set(spectra) == {0.2} and len(spectra[0.2]) == 100
-    assert all(c["passed"] for c in experiments.jacobian_checks(table, 10, 10))
+    assert all(c["passed"] for c in perturbation_study.jacobian_checks(table, 10, 10))
     bad = table.assign(diag_sigma_min=table.diag_sigma_min - 2e-4, offdiag_rank=2)
-    failed = [c["name"] for c in experiments.jacobian_checks(bad, 10, 10) if not c["passed"]]
+    failed = [c["name"] for c in perturbation_study.jacobian_checks(bad, 10, 10) if not c["passed"]]
     assert failed == ["lambda_H=0.2: sigma_min(F_kk)", "lambda_H=0.2: rank(F_kk'), k != k'"]
 
 
 def test_chain_and_beta_sweep_checks():
-    from ncutils import experiments
 
     chain = pd.DataFrame({"beta": 1.0, "layer": [0, 1, 2], "nc1": [1.0, 0.5, 0.6], "nc1_trace": [1.0, 0.5, 0.2]})
-    res = {c["name"].split(": ")[1].split(" (")[0]: c["passed"] for c in experiments.chain_checks(chain, "fake")}
+    res = {c["name"].split(": ")[1].split(" (")[0]: c["passed"] for c in perturbation_study.chain_checks(chain, "fake")}
     assert res == {"layers where nc1 does not decrease": False, "layers where nc1_trace does not decrease": True}
     m = PerturbationModel(K=3, n=4, d=5, lambda_W=1.0, lambda_H=0.3)
-    sweep = experiments.beta_sweep(m, _random((12, 5), 9), [0.1, 10.0])
+    sweep = perturbation_study.beta_sweep(m, _random((12, 5), 9), [0.1, 10.0])
     assert (sweep.nc1_trace < sweep.nc1_trace_H0).all() and sweep.converged.all()
     assert sweep.nc1_trace.iloc[0] < sweep.nc1_trace.iloc[1]  # more freedom (small beta), more collapse
 
@@ -361,10 +361,8 @@ def test_chain_and_beta_sweep_checks():
 def test_loglog_slope_recovers_a_known_rate():
     from types import SimpleNamespace
 
-    from ncutils import experiments
-
     steps = np.unique(np.geomspace(10, 1e6, 40).astype(int))
     rows = [{"step": s, "run": r, "level": "H", "metric": "nc1", "value": (r + 1) * np.log(s) ** -2.0}
             for s in steps for r in range(2)]
-    slopes = experiments.loglog_slope(SimpleNamespace(history=pd.DataFrame(rows)), "nc1", t_min=100)
+    slopes = layer_peeled_study.loglog_slope(SimpleNamespace(history=pd.DataFrame(rows)), "nc1", t_min=100)
     np.testing.assert_allclose(slopes, [-2.0, -2.0], rtol=1e-10)

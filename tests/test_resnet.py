@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from ncutils import metrics
-from ncutils import run as runner
 from ncutils._validate import ParameterTypeError
 from ncutils.data import DatasetNotFoundError, DeviceBatches, load_dataset, write_fake_cifar10, write_fake_mnist
 from ncutils.nets import RESNET_LAYERS, FeatureTaps, resnet18
+from ncutils.pipeline import runner
 from ncutils.stream import StreamingNC
+from ncutils.studies import resnet as resnet_study
 from ncutils.train import TrainConfig, measure_network, train_resnet
 
 KEYS = ("nc1", "nc1_trace", "nc2_etf", "nc2_orthogonal", "nc2_equinorm", "nc2_equiangle", "nc2_maxangle",
@@ -294,16 +295,14 @@ def test_resnet_checks_and_tables_order_layers_by_depth():
 
     import pandas as pd
 
-    from ncutils import experiments
-
     nc1 = {"stem": [3.0, 3.0], "layer1": [2.0, 1.0], "layer4": [1.0, 0.1], "layer1_flat": [1.0, 0.5]}
     rows = [{"epoch": e, "layer": layer, "metric": "nc1", "value": v[i]}
             for layer, v in nc1.items() for i, e in enumerate((1, 10))]
     good = SimpleNamespace(history=pd.DataFrame(rows))
-    assert all(c["passed"] for c in experiments.resnet_checks(good))
-    assert list(experiments.resnet_metric_table(good).index) == ["stem", "layer1", "layer1_flat", "layer4"]
-    assert list(experiments.resnet_final(good).index) == ["stem", "layer1", "layer1_flat", "layer4"]
+    assert all(c["passed"] for c in resnet_study.resnet_checks(good))
+    assert list(resnet_study.resnet_metric_table(good).index) == ["stem", "layer1", "layer1_flat", "layer4"]
+    assert list(resnet_study.resnet_final(good).index) == ["stem", "layer1", "layer1_flat", "layer4"]
     worse = pd.DataFrame(rows)
     worse.loc[(worse.layer == "layer4") & (worse.epoch == 10), "value"] = 2.5  # grew, and above layer1
-    checks = experiments.resnet_checks(SimpleNamespace(history=worse))
+    checks = resnet_study.resnet_checks(SimpleNamespace(history=worse))
     assert [c["passed"] for c in checks] == [False, False]

@@ -30,7 +30,8 @@ opt = theory.ufm_mse_optimum(K, n, lambda_W, lambda_H)
 out = pathlib.Path(results_dir)
 out.mkdir(parents=True, exist_ok=True)
 summary = {"params": {"K": K, "lambda_W": lambda_W}, "passed": True, "objective": opt.objective,
-           "checks": [{"name": "f*", "gd": opt.objective, "theory": opt.objective, "passed": True}],
+           "checks": [{"id": "f_star", "name": f"f* at lambda_W = {lambda_W}", "gd": opt.objective,
+                      "theory": opt.objective, "passed": True}],
            "extra": {"seed_plus_one": seed + 1}}
 (out / "summary.json").write_text(json.dumps(summary))
 '''
@@ -103,9 +104,10 @@ def test_local_sweep_runs_skips_reports_failures_and_reruns_alone(probe, tmp_pat
     failed = table[table.status == "failed"]
     assert failed.error.str.contains("probe failure requested").all()
     done = table[table.status == "done"].sort_values("lambda_W")
-    assert done["objective"].tolist() == pytest.approx([float(x) for x in done["checks[f*].theory"]])
+    assert done["objective"].tolist() == pytest.approx([float(x) for x in done["checks[f_star].theory"]])
     assert (done["extra.seed_plus_one"] == 1).all() and (done.wall_time_s > 0).all()
-    assert {"key", "status", "wall_time_s", "error", "lambda_W", "fail", "checks[f*].passed"} <= set(table.columns)
+    assert {"key", "status", "wall_time_s", "error", "lambda_W", "fail", "checks[f_star].passed"} <= set(table.columns)
+    assert not [c for c in table.columns if c.startswith("checks[f*")]  # one column per check id, not per label
     out = tmp_path / "out"
     assert pd.read_parquet(out / "table.parquet").shape == table.shape
     assert pd.read_csv(out / "table.csv").shape == table.shape

@@ -114,7 +114,8 @@ def parse_parameters(source: str, where: str = "parameters cell") -> dict[str, t
         try:
             default = ast.literal_eval(node.value)
         except ValueError:
-            raise ValueError(f"{where}, line {node.lineno}: the default of {node.target.id} must be a literal") from None
+            name = node.target.id
+            raise ValueError(f"{where}, line {node.lineno}: the default of {name} must be a literal") from None
         out[node.target.id] = (ast.unparse(node.annotation), default, comments.get(node.lineno, ""))
     return out
 
@@ -164,7 +165,8 @@ def notebook_schema(notebook: str | os.PathLike[str], source: str | None = None)
     return _schema(stem, source, known)
 
 
-def validate(notebook: str | os.PathLike[str], params: Mapping[str, Any], schema: Mapping[str, Parameter] | None = None) -> dict[str, Any]:
+def validate(notebook: str | os.PathLike[str], params: Mapping[str, Any],
+             schema: Mapping[str, Parameter] | None = None) -> dict[str, Any]:
     """Check names, types and ranges of ``params`` against the notebook's schema; return them validated.
 
     A name the notebook does not declare is refused, listing the valid names.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .runner import list_notebooks
 
-__all__ = ["FORMATS", "twin_path", "twin_text", "write_twins", "stale_twins"]
+__all__ = ["FORMATS", "stale_twins", "twin_path", "twin_text", "write_twins"]
 
 #: jupytext pairing of every notebook with its twin in ``scripts/``
 FORMATS = "ipynb,scripts//py:percent"

@@ -30,30 +30,36 @@ __all__ = [
 
 def int_list(low: int, what: str) -> Callable[[Any], None]:
     """A check for a non-empty list of integers ≥ ``low`` (``what`` names them in the message)."""
+
     def check(values: Any) -> None:
         try:
             check_ints(what, values, low)
         except ValueError:
             raise ValueError(f"must be a non-empty list of integers >= {low} ({what}), got {values!r}") from None
+
     return check
 
 
 def positive_list(what: str) -> Callable[[Any], None]:
     """A check for a non-empty list of finite numbers > 0."""
+
     def check(values: Any) -> None:
         try:
             check_floats(what, values, 0.0, strict_low=True)
         except ValueError:
             raise ValueError(f"must be a non-empty list of finite numbers > 0 ({what}), got {values!r}") from None
+
     return check
 
 
 def names(valid: tuple[str, ...], what: str) -> Callable[[Any], None]:
     """A check for a non-empty list of names from ``valid``."""
+
     def check(values: Any) -> None:
         bad = [v for v in values if v not in valid]
         if not values or bad:
             raise ValueError(f"must be a non-empty list of {what} from {valid}, got unknown {bad or 'empty list'}")
+
     return check
 
 
@@ -111,13 +117,14 @@ class Assumption:
 
 def width_at_least(width: str, K: str) -> Requirement:
     """Every level (``width``: an int or a list of ints) must hold an orthogonal frame of ``K`` means."""
-    return Requirement((width, K), lambda p: min(p[width]) >= p[K] if isinstance(p[width], list) else p[width] >= p[K],
-                       f"parameter {width} must be >= {K} (every level must hold an orthogonal frame of {K} "
-                       "class means for the collapsed optimum to exist)")
+    return Requirement(
+        (width, K),
+        lambda p: min(p[width]) >= p[K] if isinstance(p[width], list) else p[width] >= p[K],
+        f"parameter {width} must be >= {K} (every level must hold an orthogonal frame of {K} "
+        "class means for the collapsed optimum to exist)",
+    )
 
 
 def best_run(gd: Any) -> int:
     """Index of the run with the lowest final objective (``gd``: a :class:`ncutils.solve.GDResult`)."""
     return int(np.argmin(gd.final("objective")))
-
-

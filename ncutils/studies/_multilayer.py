@@ -1,4 +1,7 @@
-"""Steps shared by the multi-layer UFM studies (notebooks 02–04): checks against the collapsed optimum, seed tables, init-scale studies."""
+"""Steps shared by the multi-layer UFM studies (notebooks 02–04).
+
+Checks against the collapsed optimum, seed tables, init-scale studies.
+"""
 
 from __future__ import annotations
 
@@ -40,10 +43,19 @@ def _deep(gd: GDResult) -> DeepUFM:
     return gd.model
 
 
-def deep_ufm_checks(gd: GDResult, opt: theory.DeepUFMOptimum, *, run: int | None = None, label: str = "",
-                    tol: float = 1e-4, zero_tol: float = 1e-6, frame_tol: float = 1e-3,
-                    frame_levels: list[int] | None = None) -> list[dict[str, Any]]:
-    """GD-versus-theory checks of a multi-layer UFM run against its collapsed optimum (Tirer & Bruna 2022, Thms 4.1–4.2; Súkeník et al. 2023, Thm 3).
+def deep_ufm_checks(
+    gd: GDResult,
+    opt: theory.DeepUFMOptimum,
+    *,
+    run: int | None = None,
+    label: str = "",
+    tol: float = 1e-4,
+    zero_tol: float = 1e-6,
+    frame_tol: float = 1e-3,
+    frame_levels: list[int] | None = None,
+) -> list[dict[str, Any]]:
+    """GD-versus-theory checks of a multi-layer UFM run against its collapsed optimum
+    (Tirer & Bruna 2022, Thms 4.1–4.2; Súkeník et al. 2023, Thm 3).
 
     Relative errors (``tol``) for f*, the fit s (output means s·I), ‖H₁‖², every ‖W_l‖² and every
     level's ‖μ_k‖²; absolute errors for NC1 at every level (``zero_tol``) and, at the levels where
@@ -61,18 +73,29 @@ def deep_ufm_checks(gd: GDResult, opt: theory.DeepUFMOptimum, *, run: int | None
     def final(metric: str, level: str = "model") -> float:
         return float(gd.final(metric, level)[r])
 
-    out = [check(f"{pre}objective f*", final("objective"), opt.objective, tol),
-           check(f"{pre}fit s (output means s I)", final("fit"), opt.s, tol),
-           check(f"{pre}||H1||_F^2", final("norm_H1_sq"), opt.norm_H_sq, tol)]
-    out += [check(f"{pre}||W{layer}||_F^2", final(f"norm_W{layer}_sq"), opt.norm_W_sq[layer - 1], tol)
-            for layer in range(1, m.L + 1)]
-    out += [check(f"{pre}||mu_k||^2 at H{layer}", final("mean_norm_sq", f"H{layer}"), opt.mean_norm_sq[layer - 1], tol)
-            for layer in range(1, m.L + 1)]
-    out += [check(f"{pre}NC1 at H{layer}", final("nc1", f"H{layer}"), 0.0, zero_tol, kind="abs")
-            for layer in range(1, m.L + 1)]
+    out = [
+        check(f"{pre}objective f*", final("objective"), opt.objective, tol),
+        check(f"{pre}fit s (output means s I)", final("fit"), opt.s, tol),
+        check(f"{pre}||H1||_F^2", final("norm_H1_sq"), opt.norm_H_sq, tol),
+    ]
+    out += [
+        check(f"{pre}||W{layer}||_F^2", final(f"norm_W{layer}_sq"), opt.norm_W_sq[layer - 1], tol)
+        for layer in range(1, m.L + 1)
+    ]
+    out += [
+        check(f"{pre}||mu_k||^2 at H{layer}", final("mean_norm_sq", f"H{layer}"), opt.mean_norm_sq[layer - 1], tol)
+        for layer in range(1, m.L + 1)
+    ]
+    out += [
+        check(f"{pre}NC1 at H{layer}", final("nc1", f"H{layer}"), 0.0, zero_tol, kind="abs")
+        for layer in range(1, m.L + 1)
+    ]
     for layer in frame_levels:
-        out.append(check(f"{pre}NC2 to orthogonal at H{layer}", final("nc2_orthogonal", f"H{layer}"), 0.0,
-                         frame_tol, kind="abs"))
+        out.append(
+            check(
+                f"{pre}NC2 to orthogonal at H{layer}", final("nc2_orthogonal", f"H{layer}"), 0.0, frame_tol, kind="abs"
+            )
+        )
         nc3 = "nc3_orthogonal" if layer == m.L else "nc3_gram"
         out.append(check(f"{pre}NC3 ({nc3[4:]}) at H{layer}", final(nc3, f"H{layer}"), 0.0, frame_tol, kind="abs"))
     return out
@@ -92,8 +115,9 @@ def class_mean_ranks(gd: GDResult, rel_tol: float = 1e-3) -> pd.DataFrame:
     return last.reset_index(drop=True)
 
 
-def seed_table(gd: GDResult, opt: theory.DeepUFMOptimum, reach_tol: float = 1e-3,
-               rank_tol: float = 1e-3) -> pd.DataFrame:
+def seed_table(
+    gd: GDResult, opt: theory.DeepUFMOptimum, reach_tol: float = 1e-3, rank_tol: float = 1e-3
+) -> pd.DataFrame:
     """One row per run: final objective, its relative error to f*, whether it got there
     (``reach_tol``), whether it went *below* f* (a lower, non-collapsed solution), the largest
     NC1 over levels and the smallest class-mean rank over levels."""
@@ -103,13 +127,23 @@ def seed_table(gd: GDResult, opt: theory.DeepUFMOptimum, reach_tol: float = 1e-3
     nc1 = np.max([gd.final("nc1", f"H{layer}") for layer in range(1, m.L + 1)], axis=0)
     ranks = class_mean_ranks(gd, rank_tol).groupby("run")["rank"].min().to_numpy()
     status = np.where(np.abs(rel) <= reach_tol, "at f*", np.where(rel < 0, "below f*", "above f*"))
-    return pd.DataFrame({"run": np.arange(len(f)), "objective": f, "rel_err": rel, "status": status,
-                         "max_nc1": nc1, "min_rank": ranks})
+    return pd.DataFrame(
+        {"run": np.arange(len(f)), "objective": f, "rel_err": rel, "status": status, "max_nc1": nc1, "min_rank": ranks}
+    )
 
 
-def init_scale_study(model: DeepUFM, scales: list[float] | np.ndarray, *, seeds: int, lr: float, steps: int,
-                     seed: int = 0, device: Any = "auto", dtype: Any = "float64",
-                     record_every: int | None = None) -> tuple[GDResult, pd.DataFrame]:
+def init_scale_study(
+    model: DeepUFM,
+    scales: list[float] | np.ndarray,
+    *,
+    seeds: int,
+    lr: float,
+    steps: int,
+    seed: int = 0,
+    device: Any = "auto",
+    dtype: Any = "float64",
+    record_every: int | None = None,
+) -> tuple[GDResult, pd.DataFrame]:
     """GD from initializations of several scales × ``seeds`` seeds, as one batched run.
 
     Run ``i·seeds + j`` starts from scale ``scales[i]`` times the j-th standard-normal draw (the same
@@ -120,10 +154,24 @@ def init_scale_study(model: DeepUFM, scales: list[float] | np.ndarray, *, seeds:
         raise ValueError("init_scale_study needs scalar hyperparameters (the runs are the scales × seeds)")
     base = model.init(seeds, 1.0, torch.Generator().manual_seed(int(seed)), torch.float64)
     init = {k: torch.cat([float(x) * v for x in sc]) for k, v in base.items()}
-    gd = gradient_descent(model, lr=lr, steps=steps, runs=len(sc) * seeds, init=init, device=device,
-                          dtype=dtype, record_every=record_every, desc="init scales")
-    table = pd.DataFrame({"run": np.arange(len(sc) * seeds), "init_std": np.repeat(sc, seeds),
-                          "seed": np.tile(np.arange(seeds), len(sc))})
+    gd = gradient_descent(
+        model,
+        lr=lr,
+        steps=steps,
+        runs=len(sc) * seeds,
+        init=init,
+        device=device,
+        dtype=dtype,
+        record_every=record_every,
+        desc="init scales",
+    )
+    table = pd.DataFrame(
+        {
+            "run": np.arange(len(sc) * seeds),
+            "init_std": np.repeat(sc, seeds),
+            "seed": np.tile(np.arange(seeds), len(sc)),
+        }
+    )
     return gd, table
 
 
@@ -151,4 +199,3 @@ def init_scales_figure(study: Any, table: pd.DataFrame, f_star: float, title: st
     if title:
         fig.suptitle(title)
     return fig
-

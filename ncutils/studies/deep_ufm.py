@@ -21,7 +21,18 @@ from ._common import (
 )
 from ._multilayer import class_mean_ranks, deep_ufm_checks, seed_table
 
-__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "best_run", "class_mean_ranks", "class_mean_spectra_figure", "deep_ufm_checks", "rank_studies_figure", "seed_table"]
+__all__ = [
+    "ASSUMPTIONS",
+    "NOTEBOOK",
+    "REQUIREMENTS",
+    "RULES",
+    "best_run",
+    "class_mean_ranks",
+    "class_mean_spectra_figure",
+    "deep_ufm_checks",
+    "rank_studies_figure",
+    "seed_table",
+]
 
 NOTEBOOK = "04_deep_ufm"
 
@@ -40,8 +51,11 @@ RULES: dict[str, Rule] = {
     "lambda_study": Rule(list, check=positive_list("weight decays")),
 }
 #: Hard requirements of the theory: a run whose parameters break one fails before any compute.
-REQUIREMENTS: list[Requirement] = [width_at_least("width", "K"), width_at_least("multi_width", "multi_K"),
-                                   width_at_least("width_study", "multi_K")]
+REQUIREMENTS: list[Requirement] = [
+    width_at_least("width", "K"),
+    width_at_least("multi_width", "multi_K"),
+    width_at_least("width_study", "multi_K"),
+]
 #: Assumptions of the theorem: runs go on, but say so.
 ASSUMPTIONS: list[Assumption] = []
 
@@ -51,13 +65,25 @@ def class_mean_spectra_figure(ranks: pd.DataFrame, hue: str = "run", title: str 
     :func:`ncutils.experiments.class_mean_ranks`, optionally with another ``hue`` column), one panel per level."""
     style()
     levels = list(dict.fromkeys(ranks.level))
-    fig, axes = plt.subplots(1, len(levels), figsize=(2.9 * len(levels), 3.0), constrained_layout=True,
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(levels), figsize=(2.9 * len(levels), 3.0), constrained_layout=True, sharey=True, squeeze=False
+    )
     for ax, lv in zip(axes[0], levels, strict=True):
         part = ranks[ranks.level == lv]
-        sns.lineplot(data=part, x="k", y="sv_rel", hue=hue, units="run", estimator=None, ax=ax, lw=0.9,
-                     marker="o", ms=3, palette="colorblind" if part[hue].nunique() <= 10 else "viridis",
-                     legend=ax is axes[0][-1])
+        sns.lineplot(
+            data=part,
+            x="k",
+            y="sv_rel",
+            hue=hue,
+            units="run",
+            estimator=None,
+            ax=ax,
+            lw=0.9,
+            marker="o",
+            ms=3,
+            palette="colorblind" if part[hue].nunique() <= 10 else "viridis",
+            legend=ax is axes[0][-1],
+        )
         ax.set_yscale("log")
         ax.set_title(f"{lv}: σ_k / σ_1")
         ax.set_xlabel("k")
@@ -66,7 +92,9 @@ def class_mean_spectra_figure(ranks: pd.DataFrame, hue: str = "run", title: str 
     return fig
 
 
-def rank_studies_figure(width_table: pd.DataFrame, lambda_ranks: pd.DataFrame, K: int, title: str | None = None) -> Figure:
+def rank_studies_figure(
+    width_table: pd.DataFrame, lambda_ranks: pd.DataFrame, K: int, title: str | None = None
+) -> Figure:
     """Left: how many seeds end at f_DNC / below / above per width (``width_table``: ``width, status``
     from :func:`ncutils.experiments.seed_table`). Right: mean numerical rank of each level's class means
     against λ (``lambda_ranks``: ``lambda, level, run, rank`` from :func:`ncutils.experiments.class_mean_ranks`)."""
@@ -88,4 +116,3 @@ def rank_studies_figure(width_table: pd.DataFrame, lambda_ranks: pd.DataFrame, K
     if title:
         fig.suptitle(title)
     return fig
-

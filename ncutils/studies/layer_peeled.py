@@ -26,7 +26,18 @@ from ._common import (
 )
 from .ufm_mse import ufm_checks
 
-__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "ULPM_PANELS", "best_run", "loglog_slope", "ufm_checks", "ulpm_checks", "ulpm_figure"]
+__all__ = [
+    "ASSUMPTIONS",
+    "NOTEBOOK",
+    "REQUIREMENTS",
+    "RULES",
+    "ULPM_PANELS",
+    "best_run",
+    "loglog_slope",
+    "ufm_checks",
+    "ulpm_checks",
+    "ulpm_figure",
+]
 
 NOTEBOOK = "06_layer_peeled"
 
@@ -47,16 +58,27 @@ ASSUMPTIONS: list[Assumption] = []
 # --------------------------------------------------------------------------- #
 # §6 unconstrained layer-peeled model (notebook 06)
 # --------------------------------------------------------------------------- #
-def ulpm_checks(gd: GDResult, opt: theory.ULPMOptimum, sol: MaxMarginSolution, margin_tol: float = 0.03,
-                value_tol: float = 1e-6, zero_tol: float = 1e-6) -> list[dict[str, Any]]:
+def ulpm_checks(
+    gd: GDResult,
+    opt: theory.ULPMOptimum,
+    sol: MaxMarginSolution,
+    margin_tol: float = 0.03,
+    value_tol: float = 1e-6,
+    zero_tol: float = 1e-6,
+) -> list[dict[str, Any]]:
     """GD's best normalized margin vs 1/(√n(K−1)) (relative, ``margin_tol``: convergence is O(1/log t));
     the SLSQP max-margin solution's value vs √n(K−1), its NC1/NC2/NC3 (→ 0) and norms."""
     margin = gd.final("normalized_margin")
     K = gd.model.K
     return [
         check("GD: normalized margin (best seed)", margin.max(), opt.normalized_margin, margin_tol),
-        check("GD: normalized margin stays below its limit (worst seed, abs excess)",
-              max(margin.max() - opt.normalized_margin, 0.0), 0.0, 1e-12, kind="abs"),
+        check(
+            "GD: normalized margin stays below its limit (worst seed, abs excess)",
+            max(margin.max() - opt.normalized_margin, 0.0),
+            0.0,
+            1e-12,
+            kind="abs",
+        ),
         check("SLSQP: min 1/2(|W|^2+|H|^2) vs sqrt(n)(K-1)", sol.value, opt.value, value_tol),
         check("SLSQP: smallest margin", sol.min_margin, 1.0, value_tol),
         check("SLSQP: NC1", sol.metrics["nc1"], 0.0, zero_tol, kind="abs"),
@@ -83,8 +105,11 @@ def loglog_slope(gd: GDResult, metric: str, level: str = "H", t_min: float = 1e3
 ULPM_PANELS: dict[str, list[tuple[str, str, str]]] = {
     "normalized margin": [("model", "normalized_margin", "margin / ½(‖W‖²+‖H‖²)")],
     "NC1": [("H", "nc1", "tr(Σ_W Σ_B†)/K")],
-    "NC2 (Papyan)": [("H", "nc2_equinorm", "equinorm"), ("H", "nc2_equiangle", "equiangle"),
-                     ("H", "nc2_maxangle", "max-angle")],
+    "NC2 (Papyan)": [
+        ("H", "nc2_equinorm", "equinorm"),
+        ("H", "nc2_equiangle", "equiangle"),
+        ("H", "nc2_maxangle", "max-angle"),
+    ],
     "NC3": [("H", "nc3_etf", "W vs M̃ (ETF)")],
 }
 
@@ -94,16 +119,21 @@ def ulpm_figure(results: Mapping[str, Any], margin_limit: float, title: str | No
     1/(√n(K−1)) dashed), NC1, Papyan's NC2 variants, NC3 — and ‖W‖_F against log t. One colour per
     entry of ``results`` (label → GDResult); the mean over seeds is drawn."""
     style()
-    fig, axes = plt.subplots(1, len(ULPM_PANELS) + 1, figsize=(3.3 * (len(ULPM_PANELS) + 1), 3.2),
-                             constrained_layout=True)
+    fig, axes = plt.subplots(
+        1, len(ULPM_PANELS) + 1, figsize=(3.3 * (len(ULPM_PANELS) + 1), 3.2), constrained_layout=True
+    )
     colors = dict(zip(results, sns.color_palette("colorblind", len(results)), strict=True))
     for label, gd in results.items():
         h = gd.history[gd.history.step >= 2]
         for ax, (panel, curves) in zip(axes, ULPM_PANELS.items(), strict=False):
             for j, (lev, metric, name) in enumerate(curves):
                 c = h[(h.level == lev) & (h.metric == metric)].groupby("step", observed=True).value.mean()
-                (line,) = ax.plot(np.log(np.log(c.index.to_numpy(dtype=float))), c.to_numpy(), color=colors[label],
-                                  label=f"{label}" + (f", {name}" if len(curves) > 1 else ""))
+                (line,) = ax.plot(
+                    np.log(np.log(c.index.to_numpy(dtype=float))),
+                    c.to_numpy(),
+                    color=colors[label],
+                    label=f"{label}" + (f", {name}" if len(curves) > 1 else ""),
+                )
                 line.set_dashes(_DASHES[j % len(_DASHES)])
             ax.set_title(panel)
         w = h[h.metric == "norm_W_sq"].groupby("step", observed=True).value.mean()
@@ -118,4 +148,3 @@ def ulpm_figure(results: Mapping[str, Any], margin_limit: float, title: str | No
     if title:
         fig.suptitle(title)
     return fig
-

@@ -14,7 +14,18 @@ from ._common import (
 )
 from ._multilayer import MULTILAYER_RULES, deep_ufm_checks, init_scale_study, init_scales_figure, seed_table
 
-__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "best_run", "deep_ufm_checks", "init_scale_study", "init_scales_figure", "level_ratio", "seed_table"]
+__all__ = [
+    "ASSUMPTIONS",
+    "NOTEBOOK",
+    "REQUIREMENTS",
+    "RULES",
+    "best_run",
+    "deep_ufm_checks",
+    "init_scale_study",
+    "init_scales_figure",
+    "level_ratio",
+    "seed_table",
+]
 
 NOTEBOOK = "02_linear_eufm"
 
@@ -26,8 +37,9 @@ REQUIREMENTS: list[Requirement] = [width_at_least("d", "K")]
 ASSUMPTIONS: list[Assumption] = []
 
 
-def level_ratio(gd: GDResult, metric: str, upper: str, lower: str, run: int | None = None,
-                floor: float = 1e-20) -> pd.Series:
+def level_ratio(
+    gd: GDResult, metric: str, upper: str, lower: str, run: int | None = None, floor: float = 1e-20
+) -> pd.Series:
     """``metric(upper) / metric(lower)`` along GD (per recorded step, run ``run`` or the median over runs).
 
     Steps where either value is below ``floor`` are dropped: there both are round-off (NC1 of a
@@ -41,4 +53,3 @@ def level_ratio(gd: GDResult, metric: str, upper: str, lower: str, run: int | No
     if run is not None:
         return ratio.xs(run, level="run")
     return ratio.groupby(level="step").median()
-

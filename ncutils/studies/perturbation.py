@@ -52,7 +52,23 @@ def _h0_shape(p: dict) -> bool:
     return not p["h0_file"] or np.load(resolve_path(p["h0_file"]), mmap_mode="r").shape == (p["K"] * p["n"], p["d"])
 
 
-__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "beta_sweep", "beta_sweep_figure", "chain_checks", "flow_checks", "flow_figure", "jacobian_checks", "jacobian_spectra_figure", "jacobian_study", "layerwise_chain_figure", "mnist_chain", "random_features"]
+__all__ = [
+    "ASSUMPTIONS",
+    "NOTEBOOK",
+    "REQUIREMENTS",
+    "RULES",
+    "beta_sweep",
+    "beta_sweep_figure",
+    "chain_checks",
+    "flow_checks",
+    "flow_figure",
+    "jacobian_checks",
+    "jacobian_spectra_figure",
+    "jacobian_study",
+    "layerwise_chain_figure",
+    "mnist_chain",
+    "random_features",
+]
 
 NOTEBOOK = "05_perturbation"
 
@@ -77,20 +93,33 @@ RULES: dict[str, Rule] = {
 #: Hard requirements of the theory: a run whose parameters break one fails before any compute.
 REQUIREMENTS: list[Requirement] = [
     Requirement(("d", "K"), lambda p: p["d"] > p["K"], "parameter d must be > K (Theorem 4.2 assumes d > K)"),
-    Requirement(("lambda_W",), lambda p: p["lambda_W"] > 0,
-                "parameter lambda_W must be > 0 (the central path W*(H) needs it)"),
-    Requirement(("lambda_W", "lambda_H"), lambda p: p["lambda_W"] * p["lambda_H"] < 1,
-                "parameters lambda_W * lambda_H must be < 1 (else the minimizer is H = 0: nothing collapses)"),
-    Requirement(("lambda_W", "jacobian_lambda_H"),
-                lambda p: all(p["lambda_W"] * v < 1 for v in p["jacobian_lambda_H"]),
-                "parameters lambda_W * jacobian_lambda_H must all be < 1 (Theorem 4.2 needs a collapsed H0)"),
-    Requirement(("beta_min", "beta_max"), lambda p: p["beta_min"] < p["beta_max"],
-                "parameter beta_min must be < beta_max"),
-    Requirement(("h0_file", "K", "n", "d"), _h0_shape,
-                "parameter h0_file must hold an array of shape (K n, d), rows class-major"),
-    Requirement(("chain_data", "data_root"),
-                lambda p: p["chain_data"] != "mnist" or missing_files("mnist", p["data_root"]) is None,
-                lambda p: f"parameter data_root: {missing_files('mnist', p['data_root'])}", machine=True),
+    Requirement(
+        ("lambda_W",), lambda p: p["lambda_W"] > 0, "parameter lambda_W must be > 0 (the central path W*(H) needs it)"
+    ),
+    Requirement(
+        ("lambda_W", "lambda_H"),
+        lambda p: p["lambda_W"] * p["lambda_H"] < 1,
+        "parameters lambda_W * lambda_H must be < 1 (else the minimizer is H = 0: nothing collapses)",
+    ),
+    Requirement(
+        ("lambda_W", "jacobian_lambda_H"),
+        lambda p: all(p["lambda_W"] * v < 1 for v in p["jacobian_lambda_H"]),
+        "parameters lambda_W * jacobian_lambda_H must all be < 1 (Theorem 4.2 needs a collapsed H0)",
+    ),
+    Requirement(
+        ("beta_min", "beta_max"), lambda p: p["beta_min"] < p["beta_max"], "parameter beta_min must be < beta_max"
+    ),
+    Requirement(
+        ("h0_file", "K", "n", "d"),
+        _h0_shape,
+        "parameter h0_file must hold an array of shape (K n, d), rows class-major",
+    ),
+    Requirement(
+        ("chain_data", "data_root"),
+        lambda p: p["chain_data"] != "mnist" or missing_files("mnist", p["data_root"]) is None,
+        lambda p: f"parameter data_root: {missing_files('mnist', p['data_root'])}",
+        machine=True,
+    ),
 ]
 #: Assumptions of the theorem: runs go on, but say so.
 ASSUMPTIONS: list[Assumption] = []
@@ -109,8 +138,10 @@ def flow_checks(model: PerturbationModel, flow: FlowResult, tol: float = 1e-6) -
     """Theorem 3.1 at every recorded time (one check per claim: the number of violations, 0 expected)
     and the end of the flow vs the β-free optimum f* = c − c²/2, c = √(λ_Hλ_W) (TB normalization)."""
     mono = monotonicity_checks(flow.table)
-    out = [check(f"Thm 3.1: {r.claim} (violations in {r.steps} steps)", r.violations, 0, 0, kind="abs")
-           for r in mono.itertuples()]
+    out = [
+        check(f"Thm 3.1: {r.claim} (violations in {r.steps} steps)", r.violations, 0, 0, kind="abs")
+        for r in mono.itertuples()
+    ]
     lw, lh = model.ufm_lambdas()
     f_star = theory.ufm_objective_star(model.K, model.n, lw, lh)
     out.append(check("flow end: L(H_T) vs f* (their lambdas mapped to TB)", flow.table.L.iloc[-1], f_star, tol))
@@ -126,14 +157,22 @@ def beta_sweep(model: PerturbationModel, H0: torch.Tensor, betas: list[float] | 
     for beta in betas:
         m = replace(model, beta=float(beta))
         r = m.minimize(H0)
-        rows.append({"beta": float(beta), "nc1": float(nc1_t(r.H, y, model.K)),
-                     "nc1_trace": float(nc1_trace_t(r.H, y, model.K)), "nc1_trace_H0": base,
-                     "grad_norm": r.grad_norm, "converged": r.converged})
+        rows.append(
+            {
+                "beta": float(beta),
+                "nc1": float(nc1_t(r.H, y, model.K)),
+                "nc1_trace": float(nc1_trace_t(r.H, y, model.K)),
+                "nc1_trace_H0": base,
+                "grad_norm": r.grad_norm,
+                "converged": r.converged,
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def jacobian_study(K: int, n: int, d: int, lambda_W: float, lambda_Hs: list[float], beta: float,
-                   seed: int = 0) -> tuple[pd.DataFrame, dict[float, np.ndarray]]:
+def jacobian_study(
+    K: int, n: int, d: int, lambda_W: float, lambda_Hs: list[float], beta: float, seed: int = 0
+) -> tuple[pd.DataFrame, dict[float, np.ndarray]]:
     """Theorem 4.2 / Fig. 1: for each λ_H, the Jacobian F = ∂vec(H*)/∂vec(H₀) at a collapsed minimizer H₀
     (implicit differentiation), summarized per λ_H: the extreme singular values of the diagonal blocks,
     rank and σ_max of the off-diagonal blocks, multiplicities, and the predictions.
@@ -147,35 +186,60 @@ def jacobian_study(K: int, n: int, d: int, lambda_W: float, lambda_Hs: list[floa
         pred = theory.perturbation_jacobian(lambda_W, float(lh), beta)
         diag, off = blocks[blocks.diagonal], blocks[~blocks.diagonal]
         spectra[float(lh)] = diag.sv.iloc[0]
-        rows.append({"lambda_H": float(lh), "moved": float((star.H - H0).norm()),
-                     "diag_sigma_max": float(diag.sigma_max.max()), "diag_sigma_min": float(diag.sigma_min.min()),
-                     "diag_sigma_min_spread": float(diag.sigma_min.max() - diag.sigma_min.min()),
-                     "diag_rank": int(diag["rank"].min()), "offdiag_rank": int(off["rank"].max()),
-                     "offdiag_sigma_max": float(off.sigma_max.max()),
-                     "pred_diag_sigma_min": pred.diag_sigma_min, "pred_offdiag_sigma_max": pred.offdiag_sigma_max,
-                     "diag_multiplicities": diag.multiplicities.iloc[0]})
+        rows.append(
+            {
+                "lambda_H": float(lh),
+                "moved": float((star.H - H0).norm()),
+                "diag_sigma_max": float(diag.sigma_max.max()),
+                "diag_sigma_min": float(diag.sigma_min.min()),
+                "diag_sigma_min_spread": float(diag.sigma_min.max() - diag.sigma_min.min()),
+                "diag_rank": int(diag["rank"].min()),
+                "offdiag_rank": int(off["rank"].max()),
+                "offdiag_sigma_max": float(off.sigma_max.max()),
+                "pred_diag_sigma_min": pred.diag_sigma_min,
+                "pred_offdiag_sigma_max": pred.offdiag_sigma_max,
+                "diag_multiplicities": diag.multiplicities.iloc[0],
+            }
+        )
     return pd.DataFrame(rows), spectra
 
 
-def jacobian_checks(table: pd.DataFrame, n: int, d: int, abs_tol: float = 1e-4,
-                    offdiag_rel_tol: float = 0.01) -> list[dict[str, Any]]:
+def jacobian_checks(
+    table: pd.DataFrame, n: int, d: int, abs_tol: float = 1e-4, offdiag_rel_tol: float = 0.01
+) -> list[dict[str, Any]]:
     """Theorem 4.2's claims per λ_H: σ_max(F_kk) = 1, |σ_min(F_kk) − 1 + √(λ_H/λ_W)/β| ≤ ``abs_tol``,
     F_kk of full rank n·d, F_kk' of rank 1 with σ_max within ``offdiag_rel_tol`` of the first-order
     prediction 2λ_H(1 − √(λ_Hλ_W))/β."""
     out = []
     for r in table.itertuples():
         tag = f"lambda_H={r.lambda_H:g}"
-        out += [check(f"{tag}: sigma_max(F_kk)", r.diag_sigma_max, 1.0, 1e-9),
-                check(f"{tag}: sigma_min(F_kk)", r.diag_sigma_min, r.pred_diag_sigma_min, abs_tol, kind="abs"),
-                check(f"{tag}: rank(F_kk)", r.diag_rank, n * d, 0, kind="abs"),
-                check(f"{tag}: rank(F_kk'), k != k'", r.offdiag_rank, 1, 0, kind="abs"),
-                check(f"{tag}: sigma_max(F_kk'), first order in 1/beta", r.offdiag_sigma_max,
-                      r.pred_offdiag_sigma_max, offdiag_rel_tol)]
+        out += [
+            check(f"{tag}: sigma_max(F_kk)", r.diag_sigma_max, 1.0, 1e-9),
+            check(f"{tag}: sigma_min(F_kk)", r.diag_sigma_min, r.pred_diag_sigma_min, abs_tol, kind="abs"),
+            check(f"{tag}: rank(F_kk)", r.diag_rank, n * d, 0, kind="abs"),
+            check(f"{tag}: rank(F_kk'), k != k'", r.offdiag_rank, 1, 0, kind="abs"),
+            check(
+                f"{tag}: sigma_max(F_kk'), first order in 1/beta",
+                r.offdiag_sigma_max,
+                r.pred_offdiag_sigma_max,
+                offdiag_rel_tol,
+            ),
+        ]
     return out
 
 
-def mnist_chain(model: PerturbationModel, betas: list[float], *, layers: int, data_root: str, per_class: int,
-                width: int, epochs: int, seed: int = 0, fake: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+def mnist_chain(
+    model: PerturbationModel,
+    betas: list[float],
+    *,
+    layers: int,
+    data_root: str,
+    per_class: int,
+    width: int,
+    epochs: int,
+    seed: int = 0,
+    fake: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The layer-wise argument on real features: train a 784→width→width→10 ReLU MLP on a balanced MNIST
     subset (``per_class`` digits per class, read by torchvision from ``data_root``), take its first hidden
     layer's features as H₀ (scaled so that the mean squared row norm equals the collapsed ‖μ_k‖² of the
@@ -207,8 +271,16 @@ def chain_checks(chain: pd.DataFrame, data: str = "mnist") -> list[dict[str, Any
     for beta, part in chain.groupby("beta"):
         for metric in ("nc1", "nc1_trace"):
             v = part.sort_values("layer")[metric].to_numpy()
-            out.append(check(f"{data} chain beta={beta:g}: layers where {metric} does not decrease "
-                             f"(last/H0 = {v[-1] / v[0]:.3g})", int((np.diff(v) >= 0).sum()), 0, 0, kind="abs"))
+            out.append(
+                check(
+                    f"{data} chain beta={beta:g}: layers where {metric} does not decrease "
+                    f"(last/H0 = {v[-1] / v[0]:.3g})",
+                    int((np.diff(v) >= 0).sum()),
+                    0,
+                    0,
+                    kind="abs",
+                )
+            )
     return out
 
 
@@ -218,9 +290,15 @@ def flow_figure(table: pd.DataFrame, title: str | None = None) -> Figure:
     style()
     fig, axes = plt.subplots(1, 3, figsize=(11.0, 3.2), constrained_layout=True)
     pos = table[table.t > 0]
-    for ax, (col, label, claim) in zip(axes, [("nc1_trace", "nc1_trace = tr Σ_W / tr Σ_B", "decreases"),
-                                              ("scaled_tr_Sigma_W", "e^{2λ_H t} tr Σ_W", "decreases"),
-                                              ("scaled_tr_Sigma_B", "e^{2λ_H t} tr Σ_B", "increases")], strict=True):
+    for ax, (col, label, claim) in zip(
+        axes,
+        [
+            ("nc1_trace", "nc1_trace = tr Σ_W / tr Σ_B", "decreases"),
+            ("scaled_tr_Sigma_W", "e^{2λ_H t} tr Σ_W", "decreases"),
+            ("scaled_tr_Sigma_B", "e^{2λ_H t} tr Σ_B", "increases"),
+        ],
+        strict=True,
+    ):
         ax.plot(pos.t, pos[col], color="C0", label=f"flow (claim: {claim})")
         ax.axhline(float(table[col].iloc[0]), color="0.4", ls=":", lw=1, label="t = 0")
         _finish(ax, label, "time t", xlog=True, ylog=True)
@@ -243,14 +321,17 @@ def beta_sweep_figure(df: pd.DataFrame, title: str | None = None) -> Figure:
     return fig
 
 
-def jacobian_spectra_figure(table: pd.DataFrame, spectra: Mapping[float, np.ndarray], title: str | None = None) -> Figure:
+def jacobian_spectra_figure(
+    table: pd.DataFrame, spectra: Mapping[float, np.ndarray], title: str | None = None
+) -> Figure:
     """Fig. 1 of Tirer, Huang & Niles-Weed: singular values of a diagonal block F_kk, one colour per λ_H,
     with the predicted σ_min = 1 − √(λ_H/λ_W)/β (dashed) and σ_max = 1 (grey); right: σ_max of the
     off-diagonal blocks vs 2λ_H(1 − √(λ_Hλ_W))/β (``table``/``spectra`` from
     :func:`ncutils.experiments.jacobian_study`)."""
     style()
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9.0, 3.4), constrained_layout=True,
-                                   gridspec_kw={"width_ratios": [2, 1]})
+    fig, (ax0, ax1) = plt.subplots(
+        1, 2, figsize=(9.0, 3.4), constrained_layout=True, gridspec_kw={"width_ratios": [2, 1]}
+    )
     colors = sns.color_palette("colorblind", len(spectra))
     for color, (lh, sv) in zip(colors, spectra.items(), strict=True):
         ax0.plot(np.arange(1, len(sv) + 1), sv, ".", color=color, ms=4, label=f"λ_H = {lh:g}")
@@ -274,11 +355,17 @@ def layerwise_chain_figure(chain: pd.DataFrame, title: str | None = None) -> Fig
     style()
     fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.2), constrained_layout=True)
     for ax, (col, label) in zip(axes, [("nc1", "NC1 = tr(Σ_W Σ_B†)/K"), ("nc1_trace", "nc1_trace")], strict=True):
-        sns.lineplot(data=chain.assign(beta=chain.beta.map("β = {:g}".format)), x="layer", y=col, hue="beta",
-                     marker="o", ax=ax, palette="colorblind")
+        sns.lineplot(
+            data=chain.assign(beta=chain.beta.map("β = {:g}".format)),
+            x="layer",
+            y=col,
+            hue="beta",
+            marker="o",
+            ax=ax,
+            palette="colorblind",
+        )
         ax.set_ylabel("")
         _finish(ax, label, "layer (0 = the MLP's features H₀)", ylog=True)
     if title:
         fig.suptitle(title)
     return fig
-

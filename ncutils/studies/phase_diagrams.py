@@ -39,19 +39,29 @@ RULES: dict[str, Rule] = {
 #: Hard requirements of the theory: a run whose parameters break one fails before any compute.
 REQUIREMENTS: list[Requirement] = [
     width_at_least("d", "K"),
-    Requirement(("lambda_min", "lambda_max"), lambda p: p["lambda_min"] < p["lambda_max"],
-                "parameter lambda_min must be < lambda_max"),
+    Requirement(
+        ("lambda_min", "lambda_max"),
+        lambda p: p["lambda_min"] < p["lambda_max"],
+        "parameter lambda_min must be < lambda_max",
+    ),
 ]
 #: Assumptions of the theorem: runs go on, but say so.
 ASSUMPTIONS: list[Assumption] = []
 
 
-_PHASE_TITLES = {"ufm": "UFM: c = K√(nλ_Hλ_W) = 1", "eufm": "extended UFM: K q = 2^(−4/3)",
-                 "dufm": "deep UFM (L = {L}): (Km/2) q = threshold"}
+_PHASE_TITLES = {
+    "ufm": "UFM: c = K√(nλ_Hλ_W) = 1",
+    "eufm": "extended UFM: K q = 2^(−4/3)",
+    "dufm": "deep UFM (L = {L}): (Km/2) q = threshold",
+}
 
 
-def phase_figure(tables: Mapping[str, pd.DataFrame], boundaries: Mapping[str, Mapping[str, np.ndarray]],
-                 L: int = 3, title: str | None = None) -> Figure:
+def phase_figure(
+    tables: Mapping[str, pd.DataFrame],
+    boundaries: Mapping[str, Mapping[str, np.ndarray]],
+    L: int = 3,
+    title: str | None = None,
+) -> Figure:
     """Phase diagrams, one column per model (``tables`` from :func:`ncutils.phase.phase_table`, keyed by kind):
     top, the fit s GD reaches (0 = the trivial solution H = 0, colour) with the theory boundary (solid) and,
     for deeper models, where the metastable collapsed branch ends (dashed); × marks a point where GD's phase
@@ -64,10 +74,12 @@ def phase_figure(tables: Mapping[str, pd.DataFrame], boundaries: Mapping[str, Ma
         t = tables[kind]
         lw, lh = np.unique(t.lambda_W), np.unique(t.lambda_H)
         b = boundaries[kind]
-        for i, (col, label, kw) in enumerate([
-            ("fit_gd", "fit s reached by GD", {"vmin": 0.0, "vmax": 1.0, "cmap": "viridis"}),
-            ("log_err", "log₁₀ rel. error of f", {"vmin": -16, "vmax": 0, "cmap": "magma"}),
-        ]):
+        for i, (col, label, kw) in enumerate(
+            [
+                ("fit_gd", "fit s reached by GD", {"vmin": 0.0, "vmax": 1.0, "cmap": "viridis"}),
+                ("log_err", "log₁₀ rel. error of f", {"vmin": -16, "vmax": 0, "cmap": "magma"}),
+            ]
+        ):
             ax = axes[i, j]
             values = t.fit_gd if col == "fit_gd" else np.log10(np.maximum(t.objective_rel_err, 1e-16))
             Z = values.to_numpy().reshape(len(lw), len(lh)).T  # rows: λ_H, columns: λ_W
@@ -77,8 +89,7 @@ def phase_figure(tables: Mapping[str, pd.DataFrame], boundaries: Mapping[str, Ma
             if kind != "ufm":
                 ax.plot(b["lambda_W"], b["spinodal"], color="w", lw=1.5, ls="--", label="end of metastable branch")
             wrong = t[t.collapsed_gd != t.collapsed_theory]
-            ax.plot(wrong.lambda_W, wrong.lambda_H, "x", color="r", ms=7, mew=2, ls="none",
-                    label="GD phase ≠ theory")
+            ax.plot(wrong.lambda_W, wrong.lambda_H, "x", color="r", ms=7, mew=2, ls="none", label="GD phase ≠ theory")
             ax.set_xlim(lw.min() / 1.2, lw.max() * 1.2)
             ax.set_ylim(lh.min() / 1.2, lh.max() * 1.2)
             ax.set_ylabel("λ_H")
@@ -88,4 +99,3 @@ def phase_figure(tables: Mapping[str, pd.DataFrame], boundaries: Mapping[str, Ma
     if title:
         fig.suptitle(title)
     return fig
-

@@ -29,7 +29,22 @@ from ._common import (
 )
 from ._multilayer import MULTILAYER_RULES, _deep, deep_ufm_checks, init_scale_study, init_scales_figure, seed_table
 
-__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "best_run", "deep_ufm_checks", "dufm_sweep_checks", "dufm_threshold_sweep", "dufm_threshold_sweep_figure", "gram_cosines_figure", "init_scale_study", "init_scales_figure", "mean_gram_cosines", "seed_table"]
+__all__ = [
+    "ASSUMPTIONS",
+    "NOTEBOOK",
+    "REQUIREMENTS",
+    "RULES",
+    "best_run",
+    "deep_ufm_checks",
+    "dufm_sweep_checks",
+    "dufm_threshold_sweep",
+    "dufm_threshold_sweep_figure",
+    "gram_cosines_figure",
+    "init_scale_study",
+    "init_scales_figure",
+    "mean_gram_cosines",
+    "seed_table",
+]
 
 NOTEBOOK = "03_relu_eufm"
 
@@ -63,14 +78,31 @@ def mean_gram_cosines(gd: GDResult) -> pd.DataFrame:
         cos = (Mn @ Mn.transpose(-1, -2))[:, iu[0], iu[1]].cpu().numpy()
         for r in range(cos.shape[0]):
             for j in range(cos.shape[1]):
-                rows.append({"run": r, "level": f"H{layer}", "pair": f"{int(iu[0, j]) + 1}-{int(iu[1, j]) + 1}",
-                             "cosine": float(cos[r, j])})
+                rows.append(
+                    {
+                        "run": r,
+                        "level": f"H{layer}",
+                        "pair": f"{int(iu[0, j]) + 1}-{int(iu[1, j]) + 1}",
+                        "cosine": float(cos[r, j]),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 def dufm_threshold_sweep(
-    K: int, n: int, d: int, ratios: np.ndarray | list[float], *, L: int = 2, activation: str = "relu",
-    lr: float, steps: int, init_std: float, seeds: int = 1, seed: int = 0, device: Any = "auto",
+    K: int,
+    n: int,
+    d: int,
+    ratios: np.ndarray | list[float],
+    *,
+    L: int = 2,
+    activation: str = "relu",
+    lr: float,
+    steps: int,
+    init_std: float,
+    seeds: int = 1,
+    seed: int = 0,
+    device: Any = "auto",
     dtype: Any = "float64",
 ) -> pd.DataFrame:
     """GD across the existence threshold of the multi-layer UFM, all points × seeds as one batched run.
@@ -87,18 +119,40 @@ def dufm_threshold_sweep(
     q = 2 * r * theory.dufm_threshold(m_) / (K * m_)
     lam = tuple(float(x) for x in q / n ** (1 / m_))  # q = (n λ^m)^{1/m} = n^{1/m} λ
     per_run = tuple(x for x in lam for _ in range(seeds))  # point i, seed j → run i·seeds + j
-    model = DeepUFM(K=K, n=n, d=d, L=L, activation=activation,  # type: ignore[arg-type]
-                    lambda_W=(per_run,) * L, lambda_H=per_run)
-    gd = gradient_descent(model, lr=lr, steps=steps, init_std=init_std, seed=seed, device=device,
-                          dtype=dtype, record_every=steps, desc="threshold sweep")
+    model = DeepUFM(
+        K=K,
+        n=n,
+        d=d,
+        L=L,
+        activation=activation,  # type: ignore[arg-type]
+        lambda_W=(per_run,) * L,
+        lambda_H=per_run,
+    )
+    gd = gradient_descent(
+        model,
+        lr=lr,
+        steps=steps,
+        init_std=init_std,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        record_every=steps,
+        desc="threshold sweep",
+    )
     rows = []
     for i, x in enumerate(lam):
-        opt = theory.dufm_optimum(K, n, x, [x] * L)
-        meta = theory.dufm_optimum(K, n, x, [x] * L, branch="collapsed")
-        rows.append({"ratio": r[i], "lambda": x, "objective_theory": opt.objective,
-                     "objective_metastable": meta.objective if meta.collapsed else np.nan,
-                     "mean_norm_sq_theory": opt.mean_norm_sq[-1],
-                     "mean_norm_sq_metastable": meta.mean_norm_sq[-1] if meta.collapsed else np.nan})
+        opt = theory.dufm_optimum(K, n, [x] * L, x)
+        meta = theory.dufm_optimum(K, n, [x] * L, x, branch="collapsed")
+        rows.append(
+            {
+                "ratio": r[i],
+                "lambda": x,
+                "objective_theory": opt.objective,
+                "objective_metastable": meta.objective if meta.collapsed else np.nan,
+                "mean_norm_sq_theory": opt.mean_norm_sq[-1],
+                "mean_norm_sq_metastable": meta.mean_norm_sq[-1] if meta.collapsed else np.nan,
+            }
+        )
     df = pd.DataFrame(rows)
     f = gd.final("objective").reshape(len(lam), seeds)
     best = f.argmin(axis=1)
@@ -120,12 +174,28 @@ def dufm_sweep_checks(sweep: pd.DataFrame, tol: float = 1e-4) -> list[dict[str, 
     rel = (sweep.objective_gd - sweep.objective_theory) / sweep.objective_theory
     first, last = sweep.iloc[0], sweep.iloc[-1]
     return [
-        check(f"sweep: GD below the global f* (worst of {len(sweep)} points)", max(0.0, float(-rel.min())), 0.0,
-              1e-9, kind="abs", id="sweep_never_below_global"),
-        check(f"sweep: f at ratio {first.ratio:.3g} (collapsed)", first.objective_gd, first.objective_theory, tol,
-              id="sweep_smallest_ratio_objective"),
-        check(f"sweep: f at ratio {last.ratio:.3g} (H = 0)", last.objective_gd, last.objective_theory, tol,
-              id="sweep_largest_ratio_objective"),
+        check(
+            f"sweep: GD below the global f* (worst of {len(sweep)} points)",
+            max(0.0, float(-rel.min())),
+            0.0,
+            1e-9,
+            kind="abs",
+            id="sweep_never_below_global",
+        ),
+        check(
+            f"sweep: f at ratio {first.ratio:.3g} (collapsed)",
+            first.objective_gd,
+            first.objective_theory,
+            tol,
+            id="sweep_smallest_ratio_objective",
+        ),
+        check(
+            f"sweep: f at ratio {last.ratio:.3g} (H = 0)",
+            last.objective_gd,
+            last.objective_theory,
+            tol,
+            id="sweep_largest_ratio_objective",
+        ),
     ]
 
 
@@ -148,11 +218,13 @@ def dufm_threshold_sweep_figure(df: pd.DataFrame, level_label: str = "last level
     global optimum (line, with its jump at 1), metastable collapsed branch (dotted), GD (markers)."""
     style()
     fig, axes = plt.subplots(1, 2, figsize=(7.8, 3.2), constrained_layout=True)
-    for ax, (key, label) in zip(axes, [("mean_norm_sq", f"‖μ_k‖², {level_label}"), ("objective", "objective f")],
-                                strict=True):
+    for ax, (key, label) in zip(
+        axes, [("mean_norm_sq", f"‖μ_k‖², {level_label}"), ("objective", "objective f")], strict=True
+    ):
         for side in (df.ratio <= 1, df.ratio > 1):
-            ax.plot(df.ratio[side], df[f"{key}_theory"][side], color="C0",
-                    label="theory (global)" if side.iloc[0] else None)
+            ax.plot(
+                df.ratio[side], df[f"{key}_theory"][side], color="C0", label="theory (global)" if side.iloc[0] else None
+            )
         ax.plot(df.ratio, df[f"{key}_metastable"], color="C2", ls=":", label="collapsed branch (local)")
         ax.plot(df.ratio, df[f"{key}_gd"], "o", color="C1", ms=5, mfc="none", label="GD")
         ax.axvline(1.0, color="0.4", ls="--", lw=1, label="threshold")
@@ -160,4 +232,3 @@ def dufm_threshold_sweep_figure(df: pd.DataFrame, level_label: str = "last level
     if title:
         fig.suptitle(title)
     return fig
-

@@ -1,4 +1,7 @@
-"""Notebook 07 — ResNet18 on MNIST / CIFAR-10, neural collapse layer by layer (Tirer & Bruna 2022, Figs. 5, 10; Papyan, Han & Donoho 2020)."""
+"""Notebook 07 — ResNet18 on MNIST / CIFAR-10, neural collapse layer by layer.
+
+Tirer & Bruna 2022, Figs. 5, 10; Papyan, Han & Donoho 2020.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +35,18 @@ def resnet_cpu_hours(p: Mapping[str, Any]) -> float:
     return 3 * 1.11e9 * p["width_multiplier"] ** 2 * images / 50e9 / 3600
 
 
-__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "resnet_checks", "resnet_cpu_hours", "resnet_data", "resnet_final", "resnet_metric_table", "training_figure"]
+__all__ = [
+    "ASSUMPTIONS",
+    "NOTEBOOK",
+    "REQUIREMENTS",
+    "RULES",
+    "resnet_checks",
+    "resnet_cpu_hours",
+    "resnet_data",
+    "resnet_final",
+    "resnet_metric_table",
+    "training_figure",
+]
 
 NOTEBOOK = "07_resnet"
 
@@ -46,15 +60,22 @@ RULES: dict[str, Rule] = {
 }
 #: Hard requirements of the theory: a run whose parameters break one fails before any compute.
 REQUIREMENTS: list[Requirement] = [
-    Requirement(("dataset", "data_root", "fake_data"),
-                lambda p: p["fake_data"] or missing_files(p["dataset"], p["data_root"]) is None,
-                lambda p: f"parameter data_root: {missing_files(p['dataset'], p['data_root'])}", machine=True),
-    Requirement(("device", "width_multiplier", "per_class", "epochs", "max_cpu_hours"),
-                lambda p: resolve_device(p["device"]).type != "cpu" or resnet_cpu_hours(p) <= p["max_cpu_hours"],
-                lambda p: (f"this run needs about {resnet_cpu_hours(p):.3g} CPU hours (ResNet18 training ≈ 3.3 "
-                           "GFLOP per 32×32 image at width 1, assumed 50 GFLOP/s): run it on a GPU (device "
-                           "cuda), lower width_multiplier/per_class/epochs (profile cpu), or raise max_cpu_hours"),
-                machine=True),
+    Requirement(
+        ("dataset", "data_root", "fake_data"),
+        lambda p: p["fake_data"] or missing_files(p["dataset"], p["data_root"]) is None,
+        lambda p: f"parameter data_root: {missing_files(p['dataset'], p['data_root'])}",
+        machine=True,
+    ),
+    Requirement(
+        ("device", "width_multiplier", "per_class", "epochs", "max_cpu_hours"),
+        lambda p: resolve_device(p["device"]).type != "cpu" or resnet_cpu_hours(p) <= p["max_cpu_hours"],
+        lambda p: (
+            f"this run needs about {resnet_cpu_hours(p):.3g} CPU hours (ResNet18 training ≈ 3.3 "
+            "GFLOP per 32×32 image at width 1, assumed 50 GFLOP/s): run it on a GPU (device "
+            "cuda), lower width_multiplier/per_class/epochs (profile cpu), or raise max_cpu_hours"
+        ),
+        machine=True,
+    ),
 ]
 #: Assumptions of the theorem: runs go on, but say so.
 ASSUMPTIONS: list[Assumption] = []
@@ -63,8 +84,9 @@ ASSUMPTIONS: list[Assumption] = []
 # --------------------------------------------------------------------------- #
 # §7 ResNet18 on real data (notebook 07)
 # --------------------------------------------------------------------------- #
-def resnet_data(dataset: str, data_root: str, per_class: int, test_per_class: int = 0, seed: int = 0,
-                fake: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def resnet_data(
+    dataset: str, data_root: str, per_class: int, test_per_class: int = 0, seed: int = 0, fake: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Balanced training subset and test set, normalized, MNIST zero-padded to 32×32 (the CIFAR stem).
     ``test_per_class`` 0: the whole test split. ``fake``: write and read tiny files in the dataset's real
     format under ``data_root`` first (tests, CI)."""
@@ -74,8 +96,9 @@ def resnet_data(dataset: str, data_root: str, per_class: int, test_per_class: in
         writer = write_fake_mnist if dataset == "mnist" else write_fake_cifar10
         writer(data_root, per_class=per_class, test_per_class=max(test_per_class, 2), seed=seed)
     Xtr, ytr = load_dataset(dataset, data_root, per_class=per_class, seed=seed, pad_to=32, verify=not fake)
-    Xte, yte = load_dataset(dataset, data_root, train=False, per_class=test_per_class or None, seed=seed, pad_to=32,
-                            verify=not fake)
+    Xte, yte = load_dataset(
+        dataset, data_root, train=False, per_class=test_per_class or None, seed=seed, pad_to=32, verify=not fake
+    )
     return Xtr, ytr, Xte, yte
 
 
@@ -99,7 +122,8 @@ def resnet_metric_table(result: Any, metric: str = "nc1") -> pd.DataFrame:
 
 
 def resnet_checks(result: Any) -> list[dict[str, Any]]:
-    """The real-network claims (Papyan, Han & Donoho 2020; Tirer & Bruna 2022, Fig. 5) on this run: NC1 of the penultimate features (GAP of ``layer4``)
+    """The real-network claims (Papyan, Han & Donoho 2020; Tirer & Bruna 2022, Fig. 5) on this
+    run: NC1 of the penultimate features (GAP of ``layer4``)
     falls from the first to the last measured epoch, and at the last epoch the penultimate features are the
     most collapsed of all tapped (pooled) layers (earlier layers with an NC1 as small: 0 expected). How NC1
     orders the earlier layers is printed, not checked: stem and layer1 can swap in small runs."""
@@ -110,10 +134,21 @@ def resnet_checks(result: Any) -> list[dict[str, Any]]:
     earlier = [name for name in RESNET_LAYERS[:-1] if name in nc1.columns]
     last = nc1.iloc[-1]
     return [
-        check("penultimate NC1: last / first measured epoch (< 1)", nc1.layer4.iloc[-1] / nc1.layer4.iloc[0],
-              0.0, 1.0, kind="abs"),
-        check(f"earlier layers ({', '.join(earlier)}) with NC1 <= the penultimate's at the last epoch",
-              int((last[earlier] <= last["layer4"]).sum()), 0, 0, kind="abs", id="earlier_layers_nc1_not_above_penultimate"),
+        check(
+            "penultimate NC1: last / first measured epoch (< 1)",
+            nc1.layer4.iloc[-1] / nc1.layer4.iloc[0],
+            0.0,
+            1.0,
+            kind="abs",
+        ),
+        check(
+            f"earlier layers ({', '.join(earlier)}) with NC1 <= the penultimate's at the last epoch",
+            int((last[earlier] <= last["layer4"]).sum()),
+            0,
+            0,
+            kind="abs",
+            id="earlier_layers_nc1_not_above_penultimate",
+        ),
     ]
 
 
@@ -124,8 +159,11 @@ def training_figure(history: pd.DataFrame, frame: str = "etf", title: str | None
     One colour per layer, deeper is darker; flattened feature maps dashed."""
     style()
     fig, axes = plt.subplots(1, 4, figsize=(14.4, 3.3), constrained_layout=True)
-    m = history[history.layer == "model"].pivot(index="epoch", columns="metric", values="value").dropna(
-        subset=["objective"])
+    m = (
+        history[history.layer == "model"]
+        .pivot(index="epoch", columns="metric", values="value")
+        .dropna(subset=["objective"])
+    )
     ax = axes[0]
     ax.plot(m.index, m.objective, color="C0", label="objective (loss + decay)")
     ax.plot(m.index, m.train_loss, color="C0", ls="--", label="train loss")
@@ -140,14 +178,21 @@ def training_figure(history: pd.DataFrame, frame: str = "etf", title: str | None
     feats = history[history.layer != "model"]
     layers = [name for name in dict.fromkeys(feats.layer) if not name.endswith("_flat")]
     colors = dict(zip(layers, sns.color_palette("rocket_r", len(layers) + 1)[1:], strict=True))
-    for ax, (panel, metric) in zip(axes[1:3], [("NC1 (dashed: flattened maps)", "nc1"),
-                                               (f"NC2 to the {frame} frame", f"nc2_{frame}")], strict=True):
+    for ax, (panel, metric) in zip(
+        axes[1:3], [("NC1 (dashed: flattened maps)", "nc1"), (f"NC2 to the {frame} frame", f"nc2_{frame}")], strict=True
+    ):
         for layer in layers:
             for suffix, dashes in (("", ""), ("_flat", (4, 2))):
                 c = feats[(feats.layer == layer + suffix) & (feats.metric == metric)]
                 if not c.empty:
-                    ax.plot(c.epoch, c.value, color=colors[layer], marker=".", dashes=dashes,
-                            label=layer if not suffix else None)
+                    ax.plot(
+                        c.epoch,
+                        c.value,
+                        color=colors[layer],
+                        marker=".",
+                        dashes=dashes,
+                        label=layer if not suffix else None,
+                    )
         _finish(ax, panel, "epoch", ylog=True)
     ax = axes[3]
     for metric, label in (("nc3_etf", "NC3 (ETF)"), ("nc3_orthogonal", "NC3 (orth.)")):
@@ -159,4 +204,3 @@ def training_figure(history: pd.DataFrame, frame: str = "etf", title: str | None
     if title:
         fig.suptitle(title)
     return fig
-

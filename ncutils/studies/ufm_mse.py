@@ -1,4 +1,4 @@
-"""Notebook 01 — the UFM with MSE loss (Tirer & Bruna, ICML 2022, §3, Theorem 3.1; Fig. 1): parameters, steps, checks, figures."""
+"""Notebook 01 — the UFM with MSE loss (Tirer & Bruna, ICML 2022, §3, Theorem 3.1; Fig. 1)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,16 @@ from ._common import (
     Rule,
 )
 
-__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "sweep_check", "threshold_sweep_figure", "ufm_checks", "ufm_threshold_sweep"]
+__all__ = [
+    "ASSUMPTIONS",
+    "NOTEBOOK",
+    "REQUIREMENTS",
+    "RULES",
+    "sweep_check",
+    "threshold_sweep_figure",
+    "ufm_checks",
+    "ufm_threshold_sweep",
+]
 
 NOTEBOOK = "01_ufm_mse"
 
@@ -36,14 +45,17 @@ RULES: dict[str, Rule] = {
 REQUIREMENTS: list[Requirement] = []
 #: Assumptions of the theorem: runs go on, but say so.
 ASSUMPTIONS: list[Assumption] = [
-    Assumption(lambda p: p["d"] >= p["K"],
-               "d < K: Tirer & Bruna's Theorem 3.1 assumes d >= K (an orthogonal frame of K means needs "
-               "K dimensions); the run goes on but the closed forms need not apply"),
+    Assumption(
+        lambda p: p["d"] >= p["K"],
+        "d < K: Tirer & Bruna's Theorem 3.1 assumes d >= K (an orthogonal frame of K means needs "
+        "K dimensions); the run goes on but the closed forms need not apply",
+    ),
 ]
 
 
-def ufm_checks(gd: GDResult, opt: theory.UFMOptimum, tol: float = 1e-4, zero_tol: float = 1e-6,
-               run: int = 0) -> list[dict[str, Any]]:
+def ufm_checks(
+    gd: GDResult, opt: theory.UFMOptimum, tol: float = 1e-4, zero_tol: float = 1e-6, run: int = 0
+) -> list[dict[str, Any]]:
     """GD-versus-theory checks for a UFM run (MSE or CE, with or without bias).
 
     Relative errors (``tol``) for f*, ‖μ_k‖², the fit diag(WM), ‖W‖², ‖H‖² (and b*);
@@ -78,14 +90,31 @@ def ufm_checks(gd: GDResult, opt: theory.UFMOptimum, tol: float = 1e-4, zero_tol
         check(f"{label}: NC3 ({own})", final(f"nc3_{own}", "H"), 0.0, zero_tol, kind="abs"),
     ]
     distinct = "nc2_orthogonal" if etf else "nc3_etf"
-    out.append(check(f"{label}: {'NC2 to orthogonal' if etf else 'NC3 (ETF)'} = frame distance",
-                     final(distinct, "H"), theory.frame_distance(m.K), tol))
+    out.append(
+        check(
+            f"{label}: {'NC2 to orthogonal' if etf else 'NC3 (ETF)'} = frame distance",
+            final(distinct, "H"),
+            theory.frame_distance(m.K),
+            tol,
+        )
+    )
     return out
 
 
 def ufm_threshold_sweep(
-    K: int, n: int, d: int, c_values: np.ndarray | list[float], *, loss: str = "mse", bias: bool = False,
-    lr: float, steps: int, init_std: float, seed: int, device: Any = "auto", dtype: Any = "float64",
+    K: int,
+    n: int,
+    d: int,
+    c_values: np.ndarray | list[float],
+    *,
+    loss: str = "mse",
+    bias: bool = False,
+    lr: float,
+    steps: int,
+    init_std: float,
+    seed: int,
+    device: Any = "auto",
+    dtype: Any = "float64",
 ) -> pd.DataFrame:
     """GD across the threshold c = K√(nλ_Hλ_W) with λ_W = λ_H = c/(K√n), all points as one batched run.
 
@@ -94,16 +123,31 @@ def ufm_threshold_sweep(
     c = np.asarray(check_floats("c_values", c_values, 0.0, strict_low=True))
     lam = tuple(float(x) for x in c / (K * math.sqrt(n)))
     model = UFM(K=K, n=n, d=d, lambda_W=lam, lambda_H=lam, loss=loss, bias=bias)  # type: ignore[arg-type]
-    gd = gradient_descent(model, lr=lr, steps=steps, init_std=init_std, seed=seed, device=device,
-                          dtype=dtype, record_every=steps, desc="threshold sweep")
-    optimum = theory.ufm_ce_optimum if loss == "ce" else (
-        lambda K, n, lw, lh: theory.ufm_mse_optimum(K, n, lw, lh, bias))
+    gd = gradient_descent(
+        model,
+        lr=lr,
+        steps=steps,
+        init_std=init_std,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        record_every=steps,
+        desc="threshold sweep",
+    )
+    optimum = (
+        theory.ufm_ce_optimum if loss == "ce" else (lambda K, n, lw, lh: theory.ufm_mse_optimum(K, n, lw, lh, bias))
+    )
     th = [optimum(K, n, x, x) for x in lam]
-    df = pd.DataFrame({
-        "c": c, "lambda": lam,
-        "objective_gd": gd.final("objective"), "objective_theory": [t.objective for t in th],
-        "mean_norm_sq_gd": gd.final("mean_norm_sq", "H"), "mean_norm_sq_theory": [t.mean_norm_sq for t in th],
-    })
+    df = pd.DataFrame(
+        {
+            "c": c,
+            "lambda": lam,
+            "objective_gd": gd.final("objective"),
+            "objective_theory": [t.objective for t in th],
+            "mean_norm_sq_gd": gd.final("mean_norm_sq", "H"),
+            "mean_norm_sq_theory": [t.mean_norm_sq for t in th],
+        }
+    )
     df["objective_rel_err"] = (df.objective_gd - df.objective_theory).abs() / df.objective_theory
     return df
 
@@ -111,8 +155,13 @@ def ufm_threshold_sweep(
 def sweep_check(sweep: pd.DataFrame, tol: float = 1e-4) -> dict[str, Any]:
     """The worst point of a threshold sweep as one relative-error check of f."""
     worst = sweep.loc[sweep.objective_rel_err.idxmax()]
-    return check(f"sweep: f at c = {worst.c:.3g} (worst of {len(sweep)})", worst.objective_gd,
-                 worst.objective_theory, tol, id="sweep_worst_objective")
+    return check(
+        f"sweep: f at c = {worst.c:.3g} (worst of {len(sweep)})",
+        worst.objective_gd,
+        worst.objective_theory,
+        tol,
+        id="sweep_worst_objective",
+    )
 
 
 def threshold_sweep_figure(df: pd.DataFrame, title: str | None = None) -> Figure:
@@ -128,4 +177,3 @@ def threshold_sweep_figure(df: pd.DataFrame, title: str | None = None) -> Figure
     if title:
         fig.suptitle(title)
     return fig
-

@@ -105,10 +105,11 @@ print("at the last recorded steps above round-off:", ratio.tail(4).round(4).toli
 # below run as one batched program (the same normal draws, rescaled).
 
 # %%
-study, scales = study.init_scale_study(model, init_scales, seeds=seeds, lr=lr, steps=steps, seed=seed,
+init_run, scales = study.init_scale_study(model, init_scales, seeds=seeds, lr=lr, steps=steps, seed=seed,
                                                 device=run.device, dtype=run.dtype, record_every=record_every)
-scales["rel_err"] = study.final("objective") / opt.objective - 1
-fig = study.init_scales_figure(study, scales, opt.objective, title="Linear EUFM: final objective vs initialization scale")
+scales["rel_err"] = init_run.final("objective") / opt.objective - 1
+fig = study.init_scales_figure(init_run, scales, opt.objective,
+                                title="Linear EUFM: final objective vs initialization scale")
 nc.plot.save(fig, f"tb22_{tag}_linear_eufm_init", run.figures_dir)
 print(scales.groupby("init_std").rel_err.agg(["min", "max"]).to_string(float_format="{:.1e}".format))
 
@@ -125,7 +126,7 @@ checks.append(nc.report.check("linear: objective, worst seed", gd.final("objecti
 seeds_table = study.seed_table(gd, opt)
 summary = nc.report.summary(run.params, checks, theory=opt.as_dict(), seeds=seeds_table.to_dict("records"),
                             nc1_ratio_H2_H1={"min": ratio.min(), "median": ratio.median(), "max": ratio.max()},
-                            wall_time_s={"gd": gd.wall_time_s, "init_study": study.wall_time_s}, notes=run.notes)
+                            wall_time_s={"gd": gd.wall_time_s, "init_study": init_run.wall_time_s}, notes=run.notes)
 run.write_json("summary.json", summary)
 print(nc.report.checks_table(checks).to_string())
 print(nc.report.seeds_table(seeds_table).to_string())

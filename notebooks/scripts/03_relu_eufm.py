@@ -108,12 +108,12 @@ print(cos.groupby("level").cosine.agg(["min", "max"]).to_string(float_format="{:
 
 # %%
 if studies:
-    study, scales = study.init_scale_study(relu, init_scales, seeds=seeds, lr=lr, steps=study_steps,
+    init_run, scales = study.init_scale_study(relu, init_scales, seeds=seeds, lr=lr, steps=study_steps,
                                                     seed=seed, device=run.device, dtype=run.dtype,
                                                     record_every=record_every)
-    scales["rel_err"] = study.final("objective") / opt.objective - 1
+    scales["rel_err"] = init_run.final("objective") / opt.objective - 1
     scales["reached"] = scales.rel_err.abs() <= 1e-3
-    fig = study.init_scales_figure(study, scales, opt.objective,
+    fig = study.init_scales_figure(init_run, scales, opt.objective,
                               title="ReLU EUFM: final objective vs initialization scale")
     nc.plot.save(fig, f"tb22_{tag}_relu_init", run.figures_dir)
     print(scales.groupby("init_std").agg(at_f_star=("reached", "sum"), worst_rel_err=("rel_err", "max"))

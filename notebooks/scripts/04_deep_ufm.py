@@ -78,7 +78,7 @@ gd_args = dict(lr=lr, runs=seeds, seed=seed, device=run.device, dtype=run.dtype)
 # %%
 binary, optima = {}, {}
 for L in depths:
-    optima[L] = nc.theory.dufm_optimum(K, n, lambda_H, [lambda_W] * L)
+    optima[L] = nc.theory.dufm_optimum(K, n, [lambda_W] * L, lambda_H)
     model = nc.DeepUFM(K=K, n=n, d=width, L=L, activation=activation, lambda_W=lambda_W, lambda_H=lambda_H)
     binary[L] = nc.gradient_descent(model, steps=steps, record_every=record_every, init_std=init_std,
                                     desc=f"DUFM L={L}", **gd_args)
@@ -119,7 +119,7 @@ print(layer_table.to_string(float_format="{:.1e}".format))
 # existence region.
 
 # %%
-opt_multi = nc.theory.dufm_optimum(multi_K, multi_n, lambda_H, [lambda_W] * multi_L)
+opt_multi = nc.theory.dufm_optimum(multi_K, multi_n, [lambda_W] * multi_L, lambda_H)
 multi_model = nc.DeepUFM(K=multi_K, n=multi_n, d=multi_width, L=multi_L, activation=activation, lambda_W=lambda_W,
                          lambda_H=lambda_H)
 gd_multi = nc.gradient_descent(multi_model, steps=multi_steps, record_every=max(multi_steps // 100, 1),
@@ -161,7 +161,7 @@ r_l = nc.gradient_descent(m_l, lr=lr, steps=study_steps, record_every=study_step
                           seed=seed, device=run.device, dtype=run.dtype, desc="weight decays")
 lam_ranks = study.class_mean_ranks(r_l)
 lam_ranks["lambda"] = [lam_runs[i] for i in lam_ranks.run]
-f_dnc = [nc.theory.dufm_optimum(multi_K, multi_n, x, [x] * multi_L).objective for x in lam_runs]
+f_dnc = [nc.theory.dufm_optimum(multi_K, multi_n, [x] * multi_L, x).objective for x in lam_runs]
 lam_f = pd.DataFrame({"lambda": lam_runs, "objective": r_l.final("objective"), "f_DNC": f_dnc})
 fig = study.rank_studies_figure(width_table, lam_ranks, multi_K)
 nc.plot.save(fig, "sml24_dufm_width_lambda", run.figures_dir)
