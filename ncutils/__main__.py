@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import yaml
-
-from .pipeline import runner
+from .pipeline import runner, yamlio
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("notebook", help="stem (01_ufm_mse), number (01) or path")
     r.add_argument("--profile", help="profile name in profiles/<notebook>.yaml (e.g. paper, small)")
     r.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                   help="parameter override; VALUE is parsed as YAML (1e-3, true, [1, 2])")
+                   help="parameter override; VALUE is parsed as YAML with YAML 1.2 numbers (1e-3, .5, true, [1, 2])")
     r.add_argument("-o", "--output", help="executed notebook path (default under outputs/)")
     f = sub.add_parser("figures", help="run every notebook at paper settings (only what changed)")
     f.add_argument("--force", action="store_true", help="re-run even if nothing changed")
@@ -40,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.cmd == "run":
-            params = {k: yaml.safe_load(v) for k, v in args.param}
+            params = {k: yamlio.load(v) for k, v in args.param}
             rec = runner.run_notebook(args.notebook, profile=args.profile, params=params, output=args.output)
             print(f"{rec.notebook}: ok in {rec.wall_time_s:.1f} s -> {rec.output}")
             return 0

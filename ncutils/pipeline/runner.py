@@ -31,6 +31,7 @@ import nbformat
 import yaml
 
 from ..paths import repo_root, resolve_path
+from . import yamlio
 from .params import check_requirements, notebook_schema, validate
 
 __all__ = [
@@ -91,7 +92,7 @@ def load_profile(notebook: str | os.PathLike[str], profile: str) -> dict[str, An
     path = repo_root() / "profiles" / f"{stem}.yaml"
     if not path.exists():
         raise ValueError(f"no profile file {path} for notebook {stem}")
-    profiles = yaml.safe_load(path.read_text()) or {}
+    profiles = yamlio.load(path.read_text()) or {}
     if profile not in profiles:
         raise ValueError(f"unknown profile {profile!r} for {stem}; profiles in {path.name}: {sorted(profiles)}")
     return dict(profiles[profile] or {})
@@ -232,7 +233,7 @@ def figure_profiles(notebook: str | os.PathLike[str]) -> list[str]:
     settings or the held-out check settings — in file order."""
     stem = notebook_path(notebook).stem
     path = repo_root() / "profiles" / f"{stem}.yaml"
-    names = list((yaml.safe_load(path.read_text()) or {}) if path.exists() else {})
+    names = list((yamlio.load(path.read_text()) or {}) if path.exists() else {})
     return ["paper", *[p for p in names if p not in ("paper", "small")]]
 
 

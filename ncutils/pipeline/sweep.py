@@ -47,6 +47,7 @@ import pandas as pd
 import yaml
 
 from ..paths import atomic_path, resolve_path, write_json
+from . import yamlio
 from .params import check_requirements, validate
 from .runner import declared_parameters, load_profile, notebook_path
 
@@ -132,7 +133,7 @@ def load_sweep(path: str | os.PathLike[str]) -> Sweep:
     if not source.is_file():
         raise ValueError(f"sweep file {source} does not exist")
     try:
-        spec = yaml.safe_load(source.read_text())
+        spec = yamlio.load(source.read_text())
     except yaml.YAMLError as err:
         raise _fail(source, f"is not valid YAML: {err}") from None
     if not isinstance(spec, dict):
