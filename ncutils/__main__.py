@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from .pipeline import runner, yamlio
+
+
+def _parse_value(name: str, text: str) -> object:
+    """A ``-p NAME VALUE`` value: YAML with YAML 1.2 numbers (``1e-3``); a malformed one is an ``error:`` line."""
+    import yaml
+
+    try:
+        return yamlio.load(text)
+    except yaml.YAMLError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(f"parameter {name}: cannot read {text!r} as a value ({first}); quote strings, "
+                         "write lists as [1, 2]") from None
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt("terminated (SIGTERM)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="parameter override; VALUE is parsed as YAML with YAML 1.2 numbers (1e-3, .5, true, [1, 2])")
     r.add_argument("-o", "--output", help="executed notebook path (default under outputs/)")
+    r.add_argument("--allow-failed-checks", action="store_true",
+                   help="exit 0 even when the run's theory checks fail (exploratory runs)")
     f = sub.add_parser("figures", help="run every notebook at paper settings (only what changed)")
     f.add_argument("--force", action="store_true", help="re-run even if nothing changed")
     f.add_argument("--only", nargs="*", help="notebook stems or numbers")
@@ -35,13 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("twins", help="rewrite notebooks/scripts/*.py (jupytext twins) from the notebooks")
     t.add_argument("--check", action="store_true", help="only list the twins that differ (exit 1 if any)")
     args = ap.parse_args(argv)
+    if args.cmd in ("run", "figures", "golden") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm)  # SIGTERM ends a run like Ctrl-C: *.failed.ipynb and one line
 
     try:
         if args.cmd == "run":
-            params = {k: yamlio.load(v) for k, v in args.param}
+            params = {k: _parse_value(k, v) for k, v in args.param}
             rec = runner.run_notebook(args.notebook, profile=args.profile, params=params, output=args.output)
-            print(f"{rec.notebook}: ok in {rec.wall_time_s:.1f} s -> {rec.output}")
-            return 0
+            verdict = {True: "all checks passed", False: "SOME CHECKS FAILED", None: "no summary.json written"}
+            print(f"{rec.notebook}: ran in {rec.wall_time_s:.1f} s -> {rec.output}; {verdict[rec.passed]}")
+            return 1 if rec.passed is False and not args.allow_failed_checks else 0
         if args.cmd == "sweep":
             return _sweep(args)
         if args.cmd == "twins":
@@ -61,9 +84,12 @@ def main(argv: list[str] | None = None) -> int:
             recs = runner.figures(only=args.only, force=args.force, profile=args.profile)
         else:
             recs = runner.golden(only=args.only)
-    except ValueError as err:
+    except ValueError as err:  # bad input, refused before any kernel started (ParameterTypeError included)
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: one line, the partial notebook kept
+        print(f"interrupted: {err or 'stopped before a notebook ran'}", file=sys.stderr)
+        return 130
     failed = [r for r in recs if not r.ok]
     print(f"[ncutils] {len(recs) - len(failed)} ok ({sum(r.skipped for r in recs)} up to date), {len(failed)} failed")
     for r in failed:

@@ -207,5 +207,7 @@ class Rule:
             try:
                 self.check(value)
             except ValueError as err:
-                raise ValueError(f"parameter {name}: {err}") from None
+                text = str(err)
+                prefixed = text.startswith(f"parameter {name} ")
+                raise ValueError(text if prefixed else f"parameter {name}: {text}") from None
         return value

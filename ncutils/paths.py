@@ -35,17 +35,50 @@ def resolve_path(path: str | os.PathLike[str]) -> Path:
     return p if p.is_absolute() else repo_root() / p
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _finish_file(path: str | os.PathLike[str]) -> None:
+    """Give a temporary file the permissions of a normal new file (``0666 & ~umask``: ``mkstemp`` makes it
+    0600, unreadable to collaborators on a shared file system) and flush it to disk."""
+    os.chmod(path, 0o666 & ~_umask())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: str | os.PathLike[str]) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some file systems do not open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A temporary file next to ``path`` to write into; moved onto ``path`` when the block succeeds, removed
-    when it fails — readers never see a half-written file. Creates the parent folder."""
+    when it fails — readers never see a half-written file. Creates the parent folder. The file gets normal
+    permissions (umask respected) and is fsynced before the rename, the folder after it."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
+        _finish_file(tmp)
         os.replace(tmp, target)
+        _fsync_dir(target.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -164,17 +164,18 @@ class TrainConfig:
         "test_per_class": Rule(int, low=0, doc="test images per class; 0 uses the whole test split"),
         "width_multiplier": Rule(float, low=0.0, strict_low=True,
                                  doc="channel multiplier (1.0 is ResNet18's 64-128-256-512)"),
-        "layers": Rule(tuple, check=_layer_names, doc=f"measured layers, a non-empty list from {RESNET_LAYERS}"),
+        "layers": Rule(list, check=_layer_names, doc=f"measured layers, a non-empty list from {RESNET_LAYERS}"),
         "flatten": Rule(bool, doc="also measure the flattened (C x H x W) feature maps"),
         "measure_every": Rule(int, low=1, doc="measure after epoch 1, every k epochs and after the last"),
         "seed": Rule(int, low=0, doc="seed of the subset, the initialization and the batch order"),
     }
 
     def __post_init__(self) -> None:
-        if isinstance(self.layers, list):
-            object.__setattr__(self, "layers", tuple(self.layers))
+        if isinstance(self.layers, tuple):  # a list in the notebook's parameters, a tuple here (hashable)
+            object.__setattr__(self, "layers", list(self.layers))
         for f in fields(self):
             object.__setattr__(self, f.name, self.RULES[f.name].validate(f.name, getattr(self, f.name)))
+        object.__setattr__(self, "layers", tuple(self.layers))
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> TrainConfig:

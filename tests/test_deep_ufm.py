@@ -254,14 +254,14 @@ def test_threshold_sweep_lands_on_theory():
 
 def test_init_scale_study_is_batched_rescaled_draws():
     model = extended_ufm(3, 2, 4, "relu", 0.01, 0.01, 0.01)
-    gd, table = deep_ufm_study.init_scale_study(model, [0.1, 1.0], seeds=2, lr=0.1, steps=3, seed=5, device="cpu")
+    gd, table = linear_eufm_study.init_scale_study(model, [0.1, 1.0], seeds=2, lr=0.1, steps=3, seed=5, device="cpu")
     assert table.init_std.tolist() == [0.1, 0.1, 1.0, 1.0] and table.seed.tolist() == [0, 1, 0, 1]
     base = model.init(2, 1.0, torch.Generator().manual_seed(5), torch.float64)
     ref = gradient_descent(model, lr=0.1, steps=3, runs=1, device="cpu",
                            init={k: 1.0 * v[1:2] for k, v in base.items()})
     assert gd.final("objective")[3] == pytest.approx(ref.final("objective")[0], rel=1e-13)
     with pytest.raises(ValueError, match="scales must be"):
-        deep_ufm_study.init_scale_study(model, [0.0], seeds=1, lr=0.1, steps=1)
+        linear_eufm_study.init_scale_study(model, [0.0], seeds=1, lr=0.1, steps=1)
 
 
 def test_seed_table_ranks_and_level_ratio():

@@ -26,7 +26,7 @@ NB = "01_ufm_mse"
         ({"steps": 0}, "steps must"),
         ({"steps": 1.5}, r"steps must be an integer .* got 1.5 \(float\)"),
         ({"K": "4"}, r"K must be an integer .* \(str\)"),
-        ({"device": "tpu"}, r"device: device must be 'auto', 'cpu'"),
+        ({"device": "tpu"}, r"parameter device must be 'auto', 'cpu'"),
         ({"dtype": "half"}, r"dtype must be one of \('float64', 'float32'\)"),
         ({"bogus": 1}, r"unknown parameter\(s\) \['bogus'\] for 01_ufm_mse; valid parameters are"),
     ],
@@ -208,17 +208,24 @@ def test_figures_goes_on_when_a_run_cannot_start(monkeypatch, capsys, tmp_path):
         calls.append(path.stem)
         if path.stem == "05_perturbation":
             raise ValueError("parameter data_root: mnist not found: looked for … in data/MNIST/raw")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text('{"executed": true}')
         return runner.RunRecord(path.stem, profile, output, True, 0.0)
 
-    notebooks = runner.list_notebooks()
+    (tmp_path / "notebooks").mkdir()
+    notebooks = []  # copies: the committed notebooks are never written by this test
+    for src in runner.list_notebooks():
+        notebooks.append(tmp_path / "notebooks" / src.name)
+        notebooks[-1].write_bytes(src.read_bytes())
     monkeypatch.setattr(runner, "list_notebooks", lambda: notebooks)
     monkeypatch.setattr(runner, "repo_root", lambda: tmp_path)  # stamps and outputs go to tmp_path
     monkeypatch.setattr(runner, "run_notebook", fake_run)
     monkeypatch.setattr(runner, "figure_profiles", lambda path: ["paper"])
+    monkeypatch.setattr(runner, "committed_profile", lambda path: "paper")
     monkeypatch.setattr(runner, "source_hash", lambda path, profile: "x")
-    monkeypatch.setattr(runner.shutil, "copyfile", lambda a, b: None)
     assert main(["figures", "--force", "--only", "04", "05", "06"]) == 1
     assert calls == ["04_deep_ufm", "05_perturbation", "06_layer_peeled"]
+    assert (tmp_path / "notebooks" / "04_deep_ufm.ipynb").read_text() == '{"executed": true}'  # copied back
     err = capsys.readouterr().err
     assert "could not run 05_perturbation: could not start: parameter data_root: mnist not found" in err
 

@@ -179,6 +179,14 @@ def validate(notebook: str | os.PathLike[str], params: Mapping[str, Any],
     return {name: schema[name].rule.validate(name, value) for name, value in params.items()}
 
 
+def resolve_data_root(params: dict[str, Any]) -> dict[str, Any]:
+    """An empty ``data_root`` means ``$NCUTILS_DATA_ROOT`` (``make figures DATA_ROOT=…`` sets it), else ``data``:
+    where the datasets lie is this machine's business, not a parameter of the experiment."""
+    if params.get("data_root") == "":
+        params = {**params, "data_root": os.environ.get("NCUTILS_DATA_ROOT") or "data"}
+    return params
+
+
 def check_requirements(notebook: str | os.PathLike[str], params: Mapping[str, Any], machine: bool = True) -> None:
     """Raise ``ValueError`` for the first requirement of the notebook's study that ``params`` break
     (requirements on parameters that are not given are skipped; ``machine=False`` skips those that depend on
@@ -194,12 +202,61 @@ def check_requirements(notebook: str | os.PathLike[str], params: Mapping[str, An
             raise ValueError(f"{message}; got {({name: params[name] for name in req.names})}")
 
 
+#: parameters that say where a run reads and writes or what it runs on, not what it computes
+MACHINE_PARAMETERS = ("device", "data_root", "results_dir", "figures_dir", "profile")
+
+
+def load_profiles(notebook: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """``profiles/<stem>.yaml`` of this checkout as ``{profile: overrides}`` (empty without the file)."""
+    from . import yamlio
+
+    path = repo_root() / "profiles" / f"{_stem(notebook)}.yaml"
+    if not path.is_file():
+        return {}
+    return {str(k): dict(v or {}) for k, v in (yamlio.load(path.read_text()) or {}).items()}
+
+
+def run_name(notebook: str | os.PathLike[str], params: Mapping[str, Any],
+             schema: Mapping[str, Parameter] | None = None) -> str:
+    """The name of a parameter set: its profile's name when ``params`` are exactly that profile of
+    ``profiles/<stem>.yaml`` (machine parameters — device, data root, folders — aside), else
+    ``custom-<hash of the parameters>``, so that no other parameter set can write over a profile's results."""
+    import hashlib
+    import json
+
+    schema = notebook_schema(notebook) if schema is None else schema
+    defaults = {name: p.default for name, p in schema.items()}
+    science = {k: v for k, v in params.items() if k not in MACHINE_PARAMETERS}
+    profile = params.get("profile")
+    overrides = load_profiles(notebook).get(str(profile)) if profile is not None else None
+    if overrides is not None:
+        expected = {**defaults, **overrides}
+        if all(expected.get(k) == v for k, v in science.items()):
+            return str(profile)
+    key = json.dumps({k: science[k] for k in sorted(science)}, sort_keys=True, default=str)
+    return "custom-" + hashlib.sha256(key.encode()).hexdigest()[:10]
+
+
+def injected_names(namespace: Mapping[str, Any]) -> list[str]:
+    """Names assigned by papermill's injected-parameters cell in a kernel's input history (``In``), if any."""
+    for source in reversed(list(namespace.get("In", []) or [])):
+        if isinstance(source, str) and source.lstrip().startswith("# Parameters"):
+            try:
+                tree = ast.parse(source)
+            except SyntaxError:
+                return []
+            return [t.id for node in tree.body if isinstance(node, ast.Assign)
+                    for t in node.targets if isinstance(t, ast.Name)]
+    return []
+
+
 @dataclass
 class Run:
     """What a notebook needs after :func:`setup`: validated parameters, device, folders."""
 
     notebook: str
     params: dict[str, Any]
+    name: str  # the profile's name, or custom-<hash> for any other parameter set
     device: torch.device
     dtype: torch.dtype
     results_dir: Path
@@ -208,6 +265,12 @@ class Run:
 
     def __getitem__(self, key: str) -> Any:
         return self.params[key]
+
+    def summary(self, checks: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        """The run's ``summary.json`` content (:func:`ncutils.report.summary`) with its parameters and name."""
+        from ..report import summary
+
+        return summary(self.params, checks, run=self.name, **extra)
 
     def write_json(self, name: str, obj: Any) -> Path:
         """Write ``obj`` as JSON into the results folder, atomically."""
@@ -244,13 +307,17 @@ def setup(notebook: str, namespace: Mapping[str, Any] | None = None, /, **params
                         for k, v in annotations.items())
         schema = notebook_schema(stem, src)
     if namespace is not None:
+        unknown = sorted(set(injected_names(namespace)) - set(schema))
+        if unknown:  # papermill only warns about names the notebook does not declare; they would be ignored
+            raise ValueError(f"unknown parameter(s) {unknown} for {stem} were injected; valid parameters are "
+                             f"{sorted(schema)}")
         missing = [name for name in schema if name not in namespace]
         if missing:
             raise ValueError(f"parameters {missing} of {stem} are not defined: run the parameters cell first")
         given = {name: namespace[name] for name in schema}
     else:
         given = {**{name: p.default for name, p in schema.items()}, **params}
-    p = validate(stem, given, schema)
+    p = resolve_data_root(validate(stem, given, schema))
     check_requirements(stem, p)
     seed = p.get("seed", 0)
     random.seed(seed)
@@ -258,8 +325,13 @@ def setup(notebook: str, namespace: Mapping[str, Any] | None = None, /, **params
     torch.manual_seed(seed)
     device = resolve_device(p.get("device", "auto"))
     dtype = resolve_dtype(p.get("dtype", "float64"))
-    results = p.get("results_dir") or f"outputs/{stem}/{p.get('profile', 'default')}"
-    run = Run(stem, p, device, dtype, resolve_path(results), resolve_path(p.get("figures_dir", "figures")))
+    name = run_name(stem, p, schema)
+    results = p.get("results_dir") or f"outputs/{stem}/{name}"
+    figures = p.get("figures_dir", "figures")
+    default_figures = schema["figures_dir"].default if "figures_dir" in schema else "figures"
+    if name.startswith("custom-") and figures == default_figures:
+        figures = f"outputs/{stem}/{name}/figures"  # only the profiles' runs write the repository's figures/
+    run = Run(stem, p, name, device, dtype, resolve_path(results), resolve_path(figures))
     run.results_dir.mkdir(parents=True, exist_ok=True)
     run.figures_dir.mkdir(parents=True, exist_ok=True)
     study = study_for(stem, required=False)

@@ -23,6 +23,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +32,9 @@ from typing import Any
 import nbformat
 import yaml
 
-from ..paths import repo_root, resolve_path
+from ..paths import _finish_file, atomic_path, repo_root, resolve_path
 from . import yamlio
-from .params import check_requirements, notebook_schema, validate
+from .params import check_requirements, load_profiles, notebook_schema, resolve_data_root, run_name, validate
 
 __all__ = [
     "RunRecord",
@@ -62,6 +64,7 @@ class RunRecord:
     wall_time_s: float
     error: str | None = None
     skipped: bool = False
+    passed: bool | None = None  # the run's summary.json says its checks passed (None: no summary)
 
 
 def list_notebooks() -> list[Path]:
@@ -77,6 +80,10 @@ def notebook_path(notebook: str | os.PathLike[str]) -> Path:
     for cand in list_notebooks():
         if cand.stem == str(notebook) or cand.stem.split("_", 1)[0] == str(notebook):
             return cand
+    folder = repo_root() / "notebooks"
+    if not folder.is_dir():
+        raise ValueError(f"no notebooks/ folder in {repo_root()}: run from a checkout of the repository, set "
+                         "NCUTILS_ROOT to one, or pass the notebook's path (…/NN_name.ipynb)")
     names = [c.stem for c in list_notebooks()]
     raise ValueError(f"unknown notebook {str(notebook)!r}; available notebooks are {names}")
 
@@ -119,6 +126,44 @@ def _clean(path: Path, kernel: dict[str, str] = KERNEL_DISPLAY, record: dict[str
     nbformat.write(nb, path)
 
 
+@contextmanager
+def _kernel_environment(**env: str) -> Iterator[None]:
+    """Set variables for the kernel papermill starts (it inherits this process's environment), then restore."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def strip_injected(source: Path, target: Path) -> None:
+    """Write ``source`` to ``target`` without any ``injected-parameters`` cell: papermill keeps an existing
+    injected cell when it has nothing to inject, so a stale one would run instead of the defaults."""
+    nb = nbformat.read(source, as_version=4)
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    nbformat.write(nb, target)
+
+
+def check_output(output: str | os.PathLike[str]) -> Path:
+    """The executed notebook's path, refused before any run when it cannot be written there."""
+    out = Path(output)
+    if out.is_dir():
+        raise ValueError(f"parameter output: {out} is a folder; give the path of the executed notebook (*.ipynb)")
+    if out.suffix != ".ipynb":
+        raise ValueError(f"parameter output must end in .ipynb, got {out}")
+    parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise ValueError(f"parameter output: {parent} is not a folder, so {out} cannot be written")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"parameter output: cannot write into {parent} (permission denied)")
+    return out
+
+
 def run_notebook(
     notebook: str | os.PathLike[str],
     *,
@@ -129,76 +174,90 @@ def run_notebook(
     timeout_s: int | None = None,
     raise_on_error: bool = True,
 ) -> RunRecord:
-    """Execute a notebook with papermill.
+    """Execute a notebook with papermill, with exactly the validated parameters.
 
     Parameters
     ----------
     notebook : stem, number or path of the notebook.
     profile : a profile name in ``profiles/<stem>.yaml``; its values, then ``params``,
         override the notebook's defaults. The profile name is passed as ``profile``.
-    output : the executed notebook; default ``outputs/<stem>/<profile>/<stem>.ipynb``.
+    output : the executed notebook; default ``outputs/<stem>/<name>/<stem>.ipynb`` where ``name`` is the
+        profile's name, or ``custom-<hash>`` for any other parameter set (:func:`~.params.run_name`).
     kernel_name : ``"python3"`` runs the kernel in this very environment.
+
+    Any ``injected-parameters`` cell the notebook file holds is dropped before papermill injects the
+    run's own, so what runs is what was validated. ``$NCUTILS_DATA_ROOT`` reaches the kernel as an
+    environment variable (the data's location is not a parameter of the experiment).
 
     Raises
     ------
-    ValueError : unknown notebook/profile/parameter, or a bad value — before any kernel starts.
+    ValueError : unknown notebook/profile/parameter, a bad value or output path — before any kernel starts.
     RuntimeError : the notebook failed (when ``raise_on_error``), naming the cell's error.
+    KeyboardInterrupt : interrupted; the partial notebook is kept as ``*.failed.ipynb``.
     """
     import papermill
 
     path = notebook_path(notebook)
-    declared = declared_parameters(path)
+    schema = notebook_schema(path)
+    declared = {name: p.default for name, p in schema.items()}
     merged: dict[str, Any] = {}
     if profile is not None:
         merged.update(load_profile(path, profile))
         if "profile" in declared:
             merged["profile"] = profile
     merged.update(params or {})
-    data_root = os.environ.get("NCUTILS_DATA_ROOT")
-    if data_root and "data_root" in declared and "data_root" not in merged:  # make figures DATA_ROOT=…
-        merged["data_root"] = data_root
-    checked = validate(path, {**declared, **merged})
-    check_requirements(path.stem, checked)
-    # inject only what differs from the notebook's defaults (a paper run leaves the notebook untouched)
+    checked = validate(path, {**declared, **merged}, schema)
+    check_requirements(path.stem, resolve_data_root(checked))
+    # inject what differs from the notebook's defaults (a paper run leaves the notebook untouched)
     merged = {k: checked[k] for k in merged if checked[k] != declared.get(k, object())}
-    default_out = repo_root() / "outputs" / path.stem / (profile or "custom") / path.name
-    out = Path(output) if output is not None else default_out
+    name = run_name(path, checked, schema)
+    out = check_output(output if output is not None else repo_root() / "outputs" / path.stem / name / path.name)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}", suffix=".ipynb")
     os.close(fd)
-    os.environ["NCUTILS_QUIET"] = "1"
-    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    source = Path(tmp).with_name(Path(tmp).stem + ".input.ipynb")
+    strip_injected(path, source)
     t0, started = time.perf_counter(), time.time()
+    failed = out.with_suffix(".failed.ipynb")
     try:
-        papermill.execute_notebook(
-            str(path), tmp, parameters=merged, kernel_name=kernel_name, progress_bar=False,
-            cwd=str(repo_root()), execution_timeout=timeout_s,
-            # the kernel's own start-up log (e.g. ipykernel's local-TCP notice) is noise; cell output is kept
-            extra_arguments=["--IPKernelApp.log_level=ERROR"],
-        )
-    except Exception as err:  # papermill.PapermillExecutionError and kernel failures
-        failed = out.with_suffix(".failed.ipynb")
+        with _kernel_environment(NCUTILS_QUIET="1",
+                                 MPLBACKEND=os.environ.get("MPLBACKEND", "module://matplotlib_inline.backend_inline")):
+            papermill.execute_notebook(
+                str(source), tmp, parameters=merged, kernel_name=kernel_name, progress_bar=False,
+                cwd=str(repo_root()), execution_timeout=timeout_s,
+                # the kernel's own start-up log (e.g. ipykernel's local-TCP notice) is noise; cell output is kept
+                extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+            )
+    except KeyboardInterrupt:
         if os.path.exists(tmp):
             os.replace(tmp, failed)
-        msg = f"{path.name} (profile {profile}) failed: {getattr(err, 'ename', type(err).__name__)}: " \
+        raise KeyboardInterrupt(f"{path.name} ({name}) interrupted; partial notebook: {failed}") from None
+    except Exception as err:  # papermill.PapermillExecutionError and kernel failures
+        if os.path.exists(tmp):
+            os.replace(tmp, failed)
+        msg = f"{path.name} ({name}) failed: {getattr(err, 'ename', type(err).__name__)}: " \
               f"{getattr(err, 'evalue', err)}; partial notebook: {failed}"
         if raise_on_error:
             raise RuntimeError(msg) from err
         return RunRecord(path.stem, profile, failed, False, time.perf_counter() - t0, msg)
+    finally:
+        source.unlink(missing_ok=True)
     wall = time.perf_counter() - t0
-    record: dict[str, Any] = {"profile": profile, "wall_time_s": round(wall, 1)}
-    record.update(_summary_record(checked, path.stem, since=started))
+    record: dict[str, Any] = {"profile": name, "wall_time_s": round(wall, 1)}
+    summary = _summary_record(checked, path.stem, name, since=started)
+    record.update(summary)
     _clean(Path(tmp), record=record)
+    _finish_file(Path(tmp))
     os.replace(tmp, out)
-    return RunRecord(path.stem, profile, out, True, wall)
+    return RunRecord(path.stem, profile, out, True, wall, passed=summary.get("passed"))
 
 
-def _summary_record(params: dict[str, Any], stem: str, since: float) -> dict[str, Any]:
+def _summary_record(params: dict[str, Any], stem: str, name: str, since: float) -> dict[str, Any]:
     """``passed`` and the per-check pass/fail (by check id) of the ``summary.json`` this run wrote (a summary
     older than the run is not this run's: then nothing is recorded)."""
     import json
 
-    folder = params.get("results_dir") or f"outputs/{stem}/{params.get('profile', 'default')}"
+    folder = params.get("results_dir") or f"outputs/{stem}/{name}"
     path = resolve_path(folder) / "summary.json"
     if not path.exists() or path.stat().st_mtime < since:
         return {}
@@ -227,21 +286,29 @@ def source_hash(notebook: str | os.PathLike[str], profile: str) -> str:
     return h.hexdigest()
 
 
-def figure_profiles(notebook: str | os.PathLike[str]) -> list[str]:
-    """The profiles ``make figures`` runs: ``paper`` first, then every other profile of
-    ``profiles/<stem>.yaml`` except ``small`` (the CI profile) — e.g. a second paper figure's
-    settings or the held-out check settings — in file order."""
+def committed_profile(notebook: str | os.PathLike[str]) -> str:
+    """The profile whose run is committed as ``notebooks/<stem>.ipynb``: the first profile of
+    ``profiles/<stem>.yaml`` that changes nothing (the parameters cell's own defaults, so that "Run All" in
+    JupyterLab runs what the committed outputs show) — ``paper`` for the theory notebooks."""
     stem = notebook_path(notebook).stem
-    path = repo_root() / "profiles" / f"{stem}.yaml"
-    names = list((yamlio.load(path.read_text()) or {}) if path.exists() else {})
-    return ["paper", *[p for p in names if p not in ("paper", "small")]]
+    profiles = load_profiles(stem)
+    return next((name for name, overrides in profiles.items() if not overrides), "paper")
+
+
+def figure_profiles(notebook: str | os.PathLike[str]) -> list[str]:
+    """The profiles ``make figures`` runs: the committed one (:func:`committed_profile`) first, then every
+    other profile of ``profiles/<stem>.yaml`` except ``small`` (the CI profile) — e.g. a second paper figure's
+    settings or the held-out check settings — in file order."""
+    first = committed_profile(notebook)
+    return [first, *[p for p in load_profiles(notebook_path(notebook).stem) if p not in (first, "small")]]
 
 
 def figures(only: list[str] | None = None, force: bool = False, profile: str | None = None) -> list[RunRecord]:
     """Run every notebook at paper settings, refreshing ``figures/``.
 
-    The ``paper`` profile runs in place (``notebooks/NN_*.ipynb`` gets the outputs a GitHub
-    reader sees); the other profiles (:func:`figure_profiles`) write their notebook to
+    The committed profile (:func:`committed_profile`, ``paper`` for the theory notebooks) runs in place
+    (``notebooks/NN_*.ipynb`` gets the outputs a GitHub reader sees); the other profiles
+    (:func:`figure_profiles`) write their notebook to
     ``outputs/<stem>/<profile>/``. ``profile`` runs that one profile only. Skips
     runs whose :func:`source_hash` matches the stamp of their last successful run.
     """
@@ -269,8 +336,9 @@ def _figure_run(path: Path, profile: str, stamps: Path, force: bool) -> RunRecor
     except ValueError as err:  # refused before any kernel started (bad parameters, missing dataset): go on
         rec = RunRecord(path.stem, profile, tmp_out, False, 0.0, error=f"could not start: {err}")
     if rec.ok:
-        if profile == "paper":
-            shutil.copyfile(tmp_out, path)
+        if profile == committed_profile(path):  # copied atomically: a full disk leaves the old notebook whole
+            with atomic_path(path) as tmp:
+                shutil.copyfile(tmp_out, tmp)
             rec.output = path
         stamp.write_text(digest + "\n")
         print(f"[ncutils] {path.stem} ({profile}): done in {rec.wall_time_s:.1f} s", flush=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 import nbformat
 
-from ..paths import repo_root, resolve_path
+from ..paths import _umask, repo_root, resolve_path
 from .runner import figure_profiles, list_notebooks
 
 __all__ = ["GalleryEntry", "build_site", "gallery_entries"]
@@ -147,6 +147,7 @@ def build_site(output: str | os.PathLike[str] = "site") -> Path:
     out = resolve_path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700: the gallery is for collaborators too
     try:
         (tmp / "img").mkdir()
         for e in entries:

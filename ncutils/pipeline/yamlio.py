@@ -4,7 +4,8 @@ PyYAML implements YAML 1.1, where ``1e-3``, ``5E-4`` and ``1_000.`` are *strings
 needs a dot and a signed exponent); a user who writes ``lambda_W: 1e-3`` means a number. This loader
 is ``yaml.SafeLoader`` with YAML 1.2's float pattern (``1e-3``, ``5E-4``, ``.5``, ``1.``, ``-2.5e+3``,
 ``.inf``, ``.nan``) and with duplicate mapping keys refused (YAML says keys are unique; PyYAML silently
-keeps the last one, so a repeated ``grid:`` would drop a whole grid). Everything else keeps YAML's
+keeps the last one, so a repeated ``grid:`` would drop a whole grid; the keys of a merge ``<<: *anchor``
+may still be overridden). Everything else keeps YAML's
 semantics: ``true``/``false``, ``null``, lists, quoted strings stay strings.
 """
 
@@ -35,6 +36,8 @@ class Loader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, yaml.Mark] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be overridden
+                continue
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise DuplicateKeyError(

@@ -133,8 +133,8 @@ nc.plot.save(fig, "tb22_thm31_threshold_sweep", run.figures_dir);
 # NBVAL_CHECK_OUTPUT
 checks = [c for r, o in models.values() for c in study.ufm_checks(r, o)]
 checks.append(study.sweep_check(sweep))
-summary = nc.report.summary(run.params, checks, sweep=sweep.to_dict("records"),
-                            wall_time_s={k: r.wall_time_s for k, (r, _) in models.items()}, notes=run.notes)
+summary = run.summary(checks, sweep=sweep.to_dict("records"),
+                      wall_time_s={k: r.wall_time_s for k, (r, _) in models.items()}, notes=run.notes)
 run.write_json("summary.json", summary)
 print(nc.report.checks_table(checks).to_string())
 print("all checks passed:", summary["passed"])

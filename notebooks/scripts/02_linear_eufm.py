@@ -124,9 +124,9 @@ print(scales.groupby("init_std").rel_err.agg(["min", "max"]).to_string(float_for
 checks = study.deep_ufm_checks(gd, opt, label="linear")
 checks.append(nc.report.check("linear: objective, worst seed", gd.final("objective").max(), opt.objective, 1e-4))
 seeds_table = study.seed_table(gd, opt)
-summary = nc.report.summary(run.params, checks, theory=opt.as_dict(), seeds=seeds_table.to_dict("records"),
-                            nc1_ratio_H2_H1={"min": ratio.min(), "median": ratio.median(), "max": ratio.max()},
-                            wall_time_s={"gd": gd.wall_time_s, "init_study": init_run.wall_time_s}, notes=run.notes)
+summary = run.summary(checks, theory=opt.as_dict(), seeds=seeds_table.to_dict("records"),
+                      nc1_ratio_H2_H1={"min": ratio.min(), "median": ratio.median(), "max": ratio.max()},
+                      wall_time_s={"gd": gd.wall_time_s, "init_study": init_run.wall_time_s}, notes=run.notes)
 run.write_json("summary.json", summary)
 print(nc.report.checks_table(checks).to_string())
 print(nc.report.seeds_table(seeds_table).to_string())

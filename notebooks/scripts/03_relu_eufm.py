@@ -156,10 +156,10 @@ if studies:
     checks += study.dufm_sweep_checks(sweep)
     extra = dict(init_study=scales.to_dict("records"), sweep=sweep.to_dict("records"))
 seeds_relu = study.seed_table(gd_relu, opt)
-summary = nc.report.summary(run.params, checks, theory=opt.as_dict(), seeds=seeds_relu.to_dict("records"),
-                            gram_cosines=cos.to_dict("records"), **extra,
-                            wall_time_s={"relu": gd_relu.wall_time_s, "linear": gd_lin.wall_time_s},
-                            notes=run.notes)
+summary = run.summary(checks, theory=opt.as_dict(), seeds=seeds_relu.to_dict("records"),
+                      gram_cosines=cos.to_dict("records"), **extra,
+                      wall_time_s={"relu": gd_relu.wall_time_s, "linear": gd_lin.wall_time_s},
+                      notes=run.notes)
 run.write_json("summary.json", summary)
 print(nc.report.checks_table(checks).to_string())
 print(nc.report.seeds_table(seeds_relu).to_string())

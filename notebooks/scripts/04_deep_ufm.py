@@ -187,14 +187,14 @@ checks.append(nc.report.check(f"K={multi_K}, L={multi_L}: best GD loss below f_D
                               opt_multi.objective, 0.0, kind="below"))
 checks.append(nc.report.check(f"K={multi_K}: NC1 (max over levels) of the best run", seeds_multi.max_nc1[best], 0.0,
                               1e-3, kind="abs"))
-summary = nc.report.summary(run.params, checks, per_depth=per_depth.reset_index().to_dict("records"),
-                            layers=layer_table.reset_index().to_dict("records"),
-                            multi=dict(f_dnc=opt_multi.objective, seeds=seeds_multi.to_dict("records"),
-                                       ranks=ranks.to_dict("records")),
-                            width_study=width_table.to_dict("records"), lambda_study=lam_f.to_dict("records"),
-                            wall_time_s={**{f"L={L}": r.wall_time_s for L, r in binary.items()},
-                                         "multi": gd_multi.wall_time_s, "lambda_study": r_l.wall_time_s},
-                            notes=run.notes)
+summary = run.summary(checks, per_depth=per_depth.reset_index().to_dict("records"),
+                      layers=layer_table.reset_index().to_dict("records"),
+                      multi=dict(f_dnc=opt_multi.objective, seeds=seeds_multi.to_dict("records"),
+                                 ranks=ranks.to_dict("records")),
+                      width_study=width_table.to_dict("records"), lambda_study=lam_f.to_dict("records"),
+                      wall_time_s={**{f"L={L}": r.wall_time_s for L, r in binary.items()},
+                                   "multi": gd_multi.wall_time_s, "lambda_study": r_l.wall_time_s},
+                      notes=run.notes)
 run.write_json("summary.json", summary)
 print(nc.report.checks_table(checks).to_string())
 print("all checks passed:", summary["passed"])

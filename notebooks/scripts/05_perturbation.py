@@ -45,7 +45,7 @@ beta_min: float = 0.001  # smallest beta of the Corollary 3.2 sweep
 beta_max: float = 10000.0  # largest beta of the sweep
 beta_points: int = 15  # number of beta values (geometric grid)
 chain_data: str = "mnist"  # mnist (torchvision files under data_root) or fake (synthetic files, for CI)
-data_root: str = "data"  # folder holding MNIST/raw (torchvision layout); make figures DATA_ROOT sets it
+data_root: str = ""  # folder holding MNIST/raw (or cifar-10-batches-py); empty: $NCUTILS_DATA_ROOT, else data/
 chain_per_class: int = 50  # MNIST digits per class of the layer-wise chain
 chain_width: int = 64  # width of the two hidden layers of the MLP that produces H0
 chain_epochs: int = 10  # SGD epochs of the MLP
@@ -55,11 +55,6 @@ seed: int = 0  # random seed (H0, rotation of the collapsed minimizer, MLP)
 results_dir: str = ""  # folder of summary.json; empty: outputs/05_perturbation/<profile>
 figures_dir: str = "figures"  # folder of the PDF/PNG figures, relative to the repository root
 profile: str = "paper"  # name of the parameter profile (set by the runner)
-
-# %% tags=["injected-parameters"]
-# Parameters
-data_root = "../shared/data"
-
 
 # %%
 import numpy as np
@@ -161,7 +156,7 @@ chain, mlp_history = study.mnist_chain(
     nc.perturbation.PerturbationModel(K=10, n=chain_per_class, d=chain_width, lambda_W=lambda_W,
                                       lambda_H=lambda_H, beta=1.0),
     chain_betas, layers=chain_layers, data_root=(str(run.results_dir / "fake_data") if chain_data == "fake"
-                                                 else data_root),
+                                                 else run["data_root"]),
     per_class=chain_per_class, width=chain_width, epochs=chain_epochs, seed=seed, fake=chain_data == "fake")
 print(f"MLP ({chain_data}): final training accuracy {mlp_history.train_accuracy.iloc[-1]:.3f}")
 print(chain.pivot(index="layer", columns="beta", values="nc1").to_string(float_format="%.4g"))
@@ -183,9 +178,9 @@ checks.append(nc.report.check("Cor 3.2: betas where nc1_trace(H*) >= nc1_trace(H
                               int((sweep.nc1_trace >= sweep.nc1_trace_H0).sum()), 0, 0, kind="abs"))
 checks += study.jacobian_checks(jac, n, d)
 checks += study.chain_checks(chain, chain_data)
-summary = nc.report.summary(run.params, checks, jacobian=jac.drop(columns="diag_multiplicities").to_dict("records"),
-                            beta_sweep=sweep.to_dict("records"), chain=chain.to_dict("records"),
-                            flow_nfev=flow.nfev, notes=run.notes)
+summary = run.summary(checks, jacobian=jac.drop(columns="diag_multiplicities").to_dict("records"),
+                      beta_sweep=sweep.to_dict("records"), chain=chain.to_dict("records"),
+                      flow_nfev=flow.nfev, notes=run.notes)
 run.write_json("summary.json", summary)
 print(nc.report.checks_table(checks).to_string())
 print("all checks passed:", summary["passed"])

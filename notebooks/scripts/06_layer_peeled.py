@@ -119,10 +119,10 @@ checks = study.ulpm_checks(gd, opt, sol, margin_tol=margin_tol)
 checks += study.ufm_checks(wd, wd_opt, run=study.best_run(wd))
 checks.append(nc.report.check("weight decay: normalized margin (best seed)", wd.final("normalized_margin").max(),
                               opt.normalized_margin, 1e-4))
-summary = nc.report.summary(run.params, checks, theory=opt.as_dict(), weight_decay_theory=wd_opt.as_dict(),
-                            margin=margin.to_dict(), slopes=slopes,
-                            maxmargin=sol.table.to_dict("records"),
-                            wall_time_s={"ulpm": gd.wall_time_s, "weight_decay": wd.wall_time_s}, notes=run.notes)
+summary = run.summary(checks, theory=opt.as_dict(), weight_decay_theory=wd_opt.as_dict(),
+                      margin=margin.to_dict(), slopes=slopes,
+                      maxmargin=sol.table.to_dict("records"),
+                      wall_time_s={"ulpm": gd.wall_time_s, "weight_decay": wd.wall_time_s}, notes=run.notes)
 run.write_json("summary.json", summary)
 print(nc.report.checks_table(checks).to_string())
 print("all checks passed:", summary["passed"])

@@ -36,43 +36,28 @@ dataset: str = "mnist"  # mnist or cifar10
 loss: str = "mse"  # mse (one-hot targets, 1/2 squared error) or ce (cross-entropy)
 fc_bias: bool = False  # classifier bias (Tirer and Bruna: none with MSE, one with CE); never decayed
 lr: float = 0.05  # SGD learning rate
-schedule: str = "step40"  # step40 (divide by 10 every 40 epochs), thirds (at 1/3 and 2/3), constant
-epochs: int = 200  # training epochs (Tirer and Bruna do not state them: open)
-batch_size: int = 128  # mini-batch size
+schedule: str = "thirds"  # step40 (divide by 10 every 40 epochs), thirds (at 1/3 and 2/3), constant
+epochs: int = 40  # training epochs (Tirer and Bruna do not state them: open)
+batch_size: int = 64  # mini-batch size
 momentum: float = 0.9  # SGD momentum
 wd_features: float = 0.0005  # weight decay of every backbone parameter
 wd_classifier: float = 0.0005  # weight decay of the classifier weight W (the UFM's lambda_W)
-per_class: int = 5000  # training images per class (Papyan: 5000 for MNIST), a balanced random subset
-test_per_class: int = 0  # test images per class; 0 uses the whole test split
-width_multiplier: float = 1.0  # channel multiplier (1.0 is ResNet18's 64-128-256-512; 0.125 for CPU runs)
+per_class: int = 200  # training images per class (Papyan: 5000 for MNIST), a balanced random subset
+test_per_class: int = 50  # test images per class; 0 uses the whole test split
+width_multiplier: float = 0.125  # channel multiplier (1.0 is ResNet18's 64-128-256-512; 0.125 for CPU runs)
 layers: list = ["stem", "layer1", "layer2", "layer3", "layer4"]  # measured layers (layer4 feeds the classifier)
-flatten: bool = False  # also measure the flattened (C x H x W) feature maps
-measure_every: int = 5  # measure after epoch 1, every k epochs and after the last
+flatten: bool = True  # also measure the flattened (C x H x W) feature maps
+measure_every: int = 2  # measure after epoch 1, every k epochs and after the last
 checkpoint_every: int = 5  # write a resumable checkpoint every k epochs
-device: str = "auto"  # auto | cpu | cuda | cuda:N
+device: str = "cpu"  # auto | cpu | cuda | cuda:N
 compile: bool = False  # torch.compile the training step (CUDA only)
-data_root: str = "data"  # folder with MNIST/raw or cifar-10-batches-py; make figures DATA_ROOT sets it
+data_root: str = ""  # folder holding MNIST/raw (or cifar-10-batches-py); empty: $NCUTILS_DATA_ROOT, else data/
 fake_data: bool = False  # write and read tiny synthetic files in the dataset's real format (CI)
 max_cpu_hours: float = 2.0  # refuse CPU runs estimated to take longer (use a GPU or a smaller profile)
 seed: int = 0  # seed of the subset, the initialization and the batch order
 results_dir: str = ""  # folder of summary.json and the checkpoint; empty: outputs/07_resnet/<profile>
 figures_dir: str = "figures"  # folder of the PDF/PNG figures, relative to the repository root
-profile: str = "paper"  # name of the parameter profile (set by the runner)
-
-# %% tags=["injected-parameters"]
-# Parameters
-per_class = 200
-test_per_class = 50
-width_multiplier = 0.125
-epochs = 40
-schedule = "thirds"
-batch_size = 64
-measure_every = 2
-flatten = True
-device = "cpu"
-profile = "cpu"
-data_root = "../shared/data"
-
+profile: str = "cpu"  # name of the parameter profile (set by the runner)
 
 # %%
 import ncutils as nc
@@ -80,7 +65,7 @@ from ncutils.studies import resnet as study
 
 run = nc.setup("07_resnet", globals())
 cfg = nc.train.TrainConfig.from_params(run.params)  # the training half of the parameters
-root = str(run.results_dir / "fake_data") if fake_data else data_root
+root = str(run.results_dir / "fake_data") if fake_data else run["data_root"]
 data = study.resnet_data(dataset, root, per_class, test_per_class, seed, fake=fake_data)
 print(f"profile {profile}: {dataset}{' (synthetic files)' if fake_data else ''}, {len(data[1])} training and "
       f"{len(data[3])} test images, {loss} loss, fc bias {fc_bias}, width x{width_multiplier}, device {run.device}")
@@ -122,9 +107,9 @@ nc.plot.save(fig, f"tb22_fig5_resnet18_{dataset}_{loss}{'_bias' if fc_bias else 
 # NBVAL_CHECK_OUTPUT
 checks = study.resnet_checks(result)
 m = result.history.query("layer == 'model'").pivot(index="epoch", columns="metric", values="value").dropna()
-summary = nc.report.summary(run.params, checks, final_layers=final.to_dict("index"),
-                            final_model=m.iloc[-1].to_dict(), train_time_s=result.train_time_s,
-                            measure_time_s=result.measure_time_s, device=str(run.device), notes=run.notes)
+summary = run.summary(checks, final_layers=final.to_dict("index"),
+                      final_model=m.iloc[-1].to_dict(), train_time_s=result.train_time_s,
+                      measure_time_s=result.measure_time_s, device=str(run.device), notes=run.notes)
 run.write_json("summary.json", summary)
 print(f"final train accuracy {m.train_accuracy.iloc[-1]:.3f}, test accuracy {m.test_accuracy.iloc[-1]:.3f}")
 print(nc.report.checks_table(checks).to_string())

@@ -126,10 +126,10 @@ for kind, table in tables.items():
 
 # %%
 # NBVAL_CHECK_OUTPUT
-summary = nc.report.summary(run.params, checks, wall_time_s={k: r.wall_time_s for k, r in results.items()},
-                            problems={k: r.problems for k, r in results.items()},
-                            grid=[{"model": k, **row} for k, t in tables.items()
-                                  for row in t.drop(columns=["collapsed_gd", "collapsed_theory"]).to_dict("records")])
+summary = run.summary(checks, wall_time_s={k: r.wall_time_s for k, r in results.items()},
+                      problems={k: r.problems for k, r in results.items()},
+                      grid=[{"model": k, **row} for k, t in tables.items()
+                            for row in t.drop(columns=["collapsed_gd", "collapsed_theory"]).to_dict("records")])
 run.write_json("summary.json", summary)
 print(nc.report.checks_table(checks).to_string())
 print("all checks passed:", summary["passed"])
