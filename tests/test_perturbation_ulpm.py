@@ -168,8 +168,8 @@ def test_layerwise_chain_reduces_nc1():
 @pytest.mark.parametrize(
     "bad,match",
     [
-        ({"beta": 0.0}, r"parameter beta must be a float in \(0, inf\), got 0.0"),
-        ({"beta": -5.0}, r"parameter beta must be a float in \(0, inf\)"),
+        ({"beta": 0.0}, r"parameter beta must be a finite number in \(0, inf\), got 0.0"),
+        ({"beta": -5.0}, r"parameter beta must be a finite number in \(0, inf\)"),
         ({"d": 4}, r"parameter d must be > K"),
         ({"jacobian_lambda_H": [0.1, 1.0]}, r"lambda_W \* jacobian_lambda_H must all be < 1"),
         ({"chain_data": "cifar"}, r"parameter chain_data must be one of \('mnist', 'fake'\)"),
@@ -202,10 +202,10 @@ def test_bad_H0_file_of_notebook_05(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "bad,match",
     [
-        ({"steps": 0}, r"parameter steps must be a int in \[1, inf\)"),
-        ({"wd_lambda": 0.0}, r"parameter wd_lambda must be a float in \(0, inf\)"),
-        ({"num_records": 1}, r"parameter num_records must be a int in \[2, inf\)"),
-        ({"maxmargin_starts": 0}, r"parameter maxmargin_starts must be a int in \[1, inf\)"),
+        ({"steps": 0}, r"parameter steps must be an integer in \[1, inf\)"),
+        ({"wd_lambda": 0.0}, r"parameter wd_lambda must be a finite number in \(0, inf\)"),
+        ({"num_records": 1}, r"parameter num_records must be an integer in \[2, inf\)"),
+        ({"maxmargin_starts": 0}, r"parameter maxmargin_starts must be an integer in \[1, inf\)"),
     ],
 )
 def test_bad_parameters_of_notebook_06(bad, match, monkeypatch):

@@ -220,10 +220,10 @@ def test_training_learns_and_records_every_layer(tmp_path):
          r"\('stem', 'layer1', 'layer2', 'layer3', 'layer4'\), got unknown \['layer5'\]$"),
         ({"layers": ()}, ValueError, r"^parameter layers: must be a non-empty list of ResNet18 layers .*got none$"),
         ({"schedule": "cosine"}, ValueError, r"^parameter schedule must be one of \('step40', 'thirds', 'constant'\)"),
-        ({"lr": 0.0}, ValueError, r"^parameter lr must be a number in \(0, inf\), got 0.0$"),
+        ({"lr": 0.0}, ValueError, r"^parameter lr must be a finite number in \(0, inf\), got 0.0$"),
         ({"width_multiplier": -1}, ValueError,
-         r"^parameter width_multiplier must be a number in \(0, inf\), got -1.0$"),
-        ({"momentum": -0.1}, ValueError, r"^parameter momentum must be a number in \[0, inf\), got -0.1$"),
+         r"^parameter width_multiplier must be a finite number in \(0, inf\), got -1.0$"),
+        ({"momentum": -0.1}, ValueError, r"^parameter momentum must be a finite number in \[0, inf\), got -0.1$"),
         ({"fc_bias": 1}, ParameterTypeError, r"^parameter fc_bias must be a bool \(true/false\), got 1 \(int\)$"),
     ],
 )
@@ -241,7 +241,7 @@ def test_train_config_rules_from_params_and_fingerprint():
 
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     assert list(TrainConfig.RULES) == names and all(isinstance(r, Rule) and r.doc for r in TrainConfig.RULES.values())
-    assert TrainConfig.RULES["layers"].validate("layers", ("layer4",)) == ("layer4",)
+    assert TrainConfig.RULES["layers"].validate("layers", ["layer4"]) == ["layer4"]
     # notebook 07's parameters, with keys that are not training settings
     params = {"dataset": "mnist", "loss": "ce", "fc_bias": True, "lr": 0.05, "schedule": "thirds", "epochs": 40,
               "batch_size": 64, "momentum": 0.9, "wd_features": 5e-4, "wd_classifier": 5e-4, "per_class": 200,
@@ -274,11 +274,12 @@ def test_nets_module_and_old_names():
     [
         ({"dataset": "svhn"}, r"parameter dataset must be one of \('mnist', 'cifar10'\), got 'svhn'"),
         ({"loss": "hinge"}, r"parameter loss must be one of \('mse', 'ce'\), got 'hinge'"),
-        ({"batch_size": 0}, r"parameter batch_size must be a int in \[1, inf\), got 0"),
+        ({"batch_size": 0}, r"parameter batch_size must be an integer in \[1, inf\), got 0"),
         ({"layers": ["layer1", "fc7"]}, r"parameter layers: must be a non-empty list of ResNet18 layers from "
                                         r"\('stem', 'layer1', 'layer2', 'layer3', 'layer4'\), got unknown \['fc7'\]"),
         ({"data_root": "no/such/folder"}, r"parameter data_root: mnist not found: looked for train-images-idx3-ubyte"),
-        ({"fake_data": True, "device": "cpu"}, r"needs about 185 CPU hours .* run it on a GPU \(device cuda\)"),
+        ({"fake_data": True, "device": "cpu", "per_class": 5000, "width_multiplier": 1.0, "epochs": 200},
+         r"needs about 185 CPU hours .* run it on a GPU \(device cuda\)"),
     ],
 )
 def test_bad_parameters_of_notebook_07(bad, match, monkeypatch):

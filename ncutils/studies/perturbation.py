@@ -246,8 +246,8 @@ def mnist_chain(
     model), and chain ``layers`` minimizers H_{l+1} = argmin f(·; H_l) for each β.
     ``fake``: write and read a synthetic MNIST in the real format first (tests, CI).
     Returns the chain table (β, layer, nc1, …) and the MLP's training history."""
-    from .data import load_dataset, write_fake_mnist
-    from .train import mlp_features, train_mlp
+    from ..data import load_dataset, write_fake_mnist
+    from ..train import mlp_features, train_mlp
 
     if fake:
         write_fake_mnist(data_root, per_class=per_class, seed=seed)

@@ -90,7 +90,7 @@ def resnet_data(
     """Balanced training subset and test set, normalized, MNIST zero-padded to 32×32 (the CIFAR stem).
     ``test_per_class`` 0: the whole test split. ``fake``: write and read tiny files in the dataset's real
     format under ``data_root`` first (tests, CI)."""
-    from .data import load_dataset, write_fake_cifar10, write_fake_mnist
+    from ..data import load_dataset, write_fake_cifar10, write_fake_mnist
 
     if fake:
         writer = write_fake_mnist if dataset == "mnist" else write_fake_cifar10
