@@ -204,8 +204,8 @@ class StreamingNC:
             self.classifier_levels = tuple(clf)
             self.classifiers = dict(clf)
             for name in clf:
-                self.nc4_miss[name] = self._zeros(())
-                self.nc4_miss_test[name] = self._zeros(())
+                self.nc4_miss.setdefault(name, self._zeros(()))
+                self.nc4_miss_test.setdefault(name, self._zeros(()))
 
     def _refuse_after_reduce(self, phase: str, what: str) -> None:
         if phase in self.reduced:
