@@ -22,9 +22,9 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0+unknown"
 
 #: submodules loaded on first attribute access
-_SUBMODULES = ("data", "device", "experiments", "metrics", "models", "nets", "params", "paths", "perturbation",
-               "phase", "pipeline", "plot", "report", "run", "site", "solve", "stream", "studies", "sweep",
-               "theory", "train", "ulpm")
+_SUBMODULES = ("data", "device", "experiments", "measure", "metrics", "models", "nets", "params", "paths",
+               "perturbation", "phase", "pipeline", "plot", "report", "run", "site", "solve", "stream", "studies",
+               "sweep", "theory", "train", "ulpm")
 #: top-level names → the module that defines them
 _NAMES = {
     "nc_metrics": "metrics",

@@ -9,7 +9,6 @@ collapse with streaming metrics (:func:`measure_network`), checkpointing and res
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -235,55 +234,54 @@ def _loss_fn(loss: str, K: int):
 _Taps = FeatureTaps  # the old private name
 
 
+class _Epochs:
+    """A :class:`DeviceBatches` as an iterable of batches: one epoch per iteration."""
+
+    def __init__(self, batches: DeviceBatches) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches.epoch())
+
+
+#: module names (``model.named_modules()``) of the taps of :data:`RESNET_LAYERS` in :func:`ncutils.nets.resnet18`
+_RESNET_MODULES = {"stem": "maxpool", **{f"layer{i}": f"layer{i}" for i in range(1, 5)}}
+
+
 @torch.no_grad()
 def measure_network(model: nn.Module, train: DeviceBatches, test: DeviceBatches | None, K: int, loss: str,
                     layers: tuple[str, ...], flatten: bool = False,
                     autocast: bool = False) -> dict[str, dict[str, float]]:
-    """NC metrics of every tapped level over the whole training set, plus losses, accuracies and NC4 on
-    the test set (nearest *training* class mean vs the classifier), in eval mode.
-
-    Passes: two over the training set (:class:`ncutils.stream.StreamingNC`), one over the test set;
-    all levels at once. NC3 and NC4 are computed at ``layer4`` (the classifier's input) when tapped.
+    """NC metrics of every tapped ResNet18 level over the whole training set, plus losses, accuracies and NC4 on
+    the test set (nearest *training* class mean vs the classifier), in eval mode: :func:`ncutils.measure` with
+    the taps of :data:`ncutils.nets.RESNET_LAYERS` (globally average-pooled, and ``"<name>_flat"`` with
+    ``flatten``); NC3 and NC4 at ``layer4`` (the classifier's input) when tapped. ``autocast``: run the forward
+    passes under bf16 autocast (the features are still taken in float32).
     """
-    from .stream import StreamingNC
+    from .measure import measure
 
-    was_training = model.training
-    model.eval()
-    taps = FeatureTaps(model, layers, flatten)
-    acc = StreamingNC(K, train.y.device)
     lf = _loss_fn(loss, K)
-    W, b = model.fc.weight, model.fc.bias
-    ctx = (lambda: torch.autocast(train.y.device.type, dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
-    sums = {"train_loss": 0.0, "train_accuracy": 0.0}
-    try:
-        for X, y in train.epoch():
-            with ctx():
-                out = model(X).float()
-            acc.update_means(taps.out, y)
-            sums["train_loss"] += float(lf(out, y)) * len(y)
-            sums["train_accuracy"] += float((out.argmax(1) == y).sum())
-        for X, y in train.epoch():
-            with ctx():
-                model(X)
-            acc.update_within(taps.out, y, {"layer4": (W, b)} if "layer4" in layers else None)
-        res = acc.result()
-        N = len(train.y)
-        res["model"] = {k: v / N for k, v in sums.items()}
-        if test is not None:
-            t = {"test_loss": 0.0, "test_accuracy": 0.0, "nc4_test": 0.0}
-            M = acc.means.get("layer4")
-            for X, y in test.epoch():
-                with ctx():
-                    out = model(X).float()
-                t["test_loss"] += float(lf(out, y)) * len(y)
-                t["test_accuracy"] += float((out.argmax(1) == y).sum())
-                if M is not None:
-                    h = taps.out["layer4"].to(torch.float64)
-                    t["nc4_test"] += float((out.argmax(1) != torch.cdist(h, M).argmin(1)).sum())
-            res["model"].update({k: v / len(test.y) for k, v in t.items() if k != "nc4_test" or M is not None})
-    finally:
-        taps.remove()
-        model.train(was_training)
+    sums = {"train_loss": 0.0, "train_accuracy": 0.0, "test_loss": 0.0, "test_accuracy": 0.0}
+
+    def on_output(out: Tensor, y: Tensor, split: str) -> None:
+        out = out.float()
+        sums[f"{split}_loss"] += float(lf(out, y)) * len(y)
+        sums[f"{split}_accuracy"] += float((out.argmax(1) == y).sum())
+
+    head = "layer4" in layers
+    res = measure(model, _Epochs(train), [_RESNET_MODULES[name] for name in layers], num_classes=K,
+                  classifier="fc" if head else None, classifier_reads="layer4" if head else None,
+                  device=train.y.device, test_loader=None if test is None else _Epochs(test), pooled=True,
+                  flatten=flatten, autocast=torch.bfloat16 if autocast else None, on_output=on_output)
+    tap = {m: name for name, m in _RESNET_MODULES.items()}  # "maxpool" → "stem", "maxpool_flat" → "stem_flat"
+    res = {tap[level] if level in tap else tap[level.removesuffix("_flat")] + "_flat": vals
+           for level, vals in res.items()}
+    N = len(train.y)
+    res["model"] = {"train_loss": sums["train_loss"] / N, "train_accuracy": sums["train_accuracy"] / N}
+    if test is not None:
+        res["model"].update({k: sums[k] / len(test.y) for k in ("test_loss", "test_accuracy")})
+        if head:
+            res["model"]["nc4_test"] = res["layer4"].pop("nc4_test")
     return res
 
 
@@ -375,7 +373,7 @@ def train_resnet(cfg: TrainConfig, data: tuple[Tensor, Tensor, Tensor | None, Te
                  {"epoch": epoch, "layer": "model", "metric": "running_loss", "value": mean_loss}]
         if epoch in measured:
             t0 = time.perf_counter()
-            res = measure_network(model, full, test, K, cfg.loss, cfg.layers, cfg.flatten, autocast=cuda)
+            res = measure_network(model, full, test, K, cfg.loss, cfg.layers, cfg.flatten)  # float32 features
             if cuda:
                 torch.cuda.synchronize(dev)
             dt = time.perf_counter() - t0
