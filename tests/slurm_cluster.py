@@ -133,10 +133,11 @@ GresTypes=gpu
 PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 """)
         self.conf.chmod(0o644)
-        (r / "gres.conf").write_text(f"AutoDetect=off\nNodeName={self.node} Name=gpu Count={self.gpus} File=/dev/null\n" if self.gpus else "")
+        gres_conf = f"AutoDetect=off\nNodeName={self.node} Name=gpu Count={self.gpus} File=/dev/null\n"
+        (r / "gres.conf").write_text(gres_conf if self.gpus else "")
 
     def _spawn(self, name: str, args: list[str], pidfile: Path | None = None) -> None:
-        log = open(self.root / "log" / f"{name}.out", "ab")  # noqa: SIM115 - kept open for the daemon's life
+        log = open(self.root / "log" / f"{name}.out", "ab")
         proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=log, start_new_session=True)
         self.pids[name] = proc.pid
         self._procs = getattr(self, "_procs", {})

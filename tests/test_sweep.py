@@ -26,7 +26,7 @@ from ncutils import theory
 time.sleep(sleep_s)
 if counter:  # every execution leaves a line: a run executed twice shows up twice
     with open(counter, "a") as fh:
-        fh.write(f"{lambda_W}\n")
+        fh.write(f"{lambda_W}\\n")
 if fail:
     raise RuntimeError("probe failure requested")
 opt = theory.ufm_mse_optimum(K, n, lambda_W, lambda_H)
