@@ -38,6 +38,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -498,6 +499,9 @@ def execute_run(notebook: str, folder: str, params: dict[str, Any], threads: int
         write_json(path / "status.json", base)
         write_json(path / "params.json", params)
         stop = threading.Event()
+        terminated: list[int] = []
+        if job and threading.current_thread() is threading.main_thread():  # scancel, preemption: SIGTERM first
+            signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
 
         def beat() -> None:
             while not stop.wait(HEARTBEAT_S):
@@ -515,6 +519,8 @@ def execute_run(notebook: str, folder: str, params: dict[str, Any], threads: int
         finally:
             stop.set()
             beater.join()
+        if terminated and not ok:
+            error = f"SLURM sent SIGTERM to job {job} (scancel, preemption or node shutdown): {error}"
         status = {**base, "state": "done" if ok else "failed", "error": error,
                   "wall_time_s": time.time() - started, "finished": time.time()}
         write_json(path / "status.json", status)
