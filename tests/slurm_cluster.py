@@ -217,6 +217,8 @@ StorageLoc=slurm_acct_{self.name.replace('-', '_')}
         return out.strip().startswith("idle")
 
     def stop(self) -> None:
+        if "slurmctld" in getattr(self, "_procs", {}) and self._procs["slurmctld"].poll() is None:
+            self._cancel_all_jobs()
         for name in ("slurmd", "slurmctld", "slurmdbd", "mariadbd", "munged"):
             proc = getattr(self, "_procs", {}).get(name)
             if proc is None or proc.poll() is not None:
@@ -227,20 +229,17 @@ StorageLoc=slurm_acct_{self.name.replace('-', '_')}
             except subprocess.TimeoutExpired:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
-        self._kill_leftover_steps()
 
-    def _kill_leftover_steps(self) -> None:
-        """slurmstepd processes of this cluster's jobs that outlived slurmd (found by their spool folder)."""
-        for proc in Path("/proc").glob("[0-9]*"):
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if "slurmstepd" in cmdline and os.environ.get("SLURM_CONF", "") and self.node in cmdline:
-                try:
-                    os.kill(int(proc.name), signal.SIGKILL)
-                except OSError:
-                    pass
+    def _cancel_all_jobs(self) -> None:
+        """Cancel this cluster's jobs and wait (a few seconds) until they are gone: a slurmstepd whose slurmd
+        stopped would outlive the cluster."""
+        try:
+            self.cmd("scancel", "--full", "-u", "root", timeout=10, check=False)
+            deadline = time.time() + 10
+            while self.cmd("squeue", "-h", timeout=5, check=False).strip() and time.time() < deadline:
+                time.sleep(0.3)
+        except subprocess.TimeoutExpired:
+            pass
 
     def log(self, name: str, tail: int = 3000) -> str:
         path = self.root / "log" / f"{name}.log"
