@@ -46,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("sweep", help="run a sweep file (many parameter sets of one notebook) and aggregate it")
     s.add_argument("file", help="sweep YAML (see ncutils.pipeline.sweep and the README)")
     s.add_argument("--retry-failed", action="store_true", help="re-run runs that failed before")
-    s.add_argument("--only", metavar="KEY", help="run this one run (key or key prefix) alone, whatever its state")
-    s.add_argument("--status", action="store_true", help="only report done/running/failed/pending and write the table")
+    s.add_argument("--only", metavar="KEY",
+                   help="run this one run (key or unambiguous key prefix) alone, whatever its state")
+    s.add_argument("--status", action="store_true",
+                   help="only report done/running/failed/pending and show the table (writes nothing)")
     s.add_argument("--workers", type=int, help="override the file's workers (local executor)")
     s.add_argument("--executor", choices=("local", "submitit-local", "slurm"), help="override the file's executor")
     w = sub.add_parser("site", help="render every executed notebook to an offline HTML gallery (site/)")
@@ -85,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             recs = runner.golden(only=args.only)
     except ValueError as err:  # bad input, refused before any kernel started (ParameterTypeError included)
+        for line in str(err).splitlines() or [""]:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    except OSError as err:  # e.g. the output file system filled up or became read-only while a sweep ran
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: one line, the partial notebook kept
@@ -100,17 +106,17 @@ def main(argv: list[str] | None = None) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from .pipeline import sweep as sw
 
-    spec = sw.load_sweep(args.file)
+    spec = sw.load_sweep(args.file, executor=args.executor)
     if args.workers is not None:
         if args.workers < 1:
             raise ValueError(f"parameter --workers must be an integer in [1, inf), got {args.workers}")
         spec.workers = args.workers
-    if args.executor is not None:
-        spec.executor = args.executor
-    if args.status:
-        counts = sw.sweep_status(spec)
+    if args.only is not None:
+        spec.run(args.only)  # an empty or ambiguous key is refused before anything else
+    if args.status:  # read-only: works on a read-only copy of the results
+        table = sw.sweep_table(spec)
+        counts = {k: int((table.status == k).sum()) for k in sw.STATES}
         print(f"[sweep] {len(spec.runs)} runs: " + ", ".join(f"{counts[k]} {k}" for k in sw.STATES))
-        table = sw.collect(spec)
         print(table.drop(columns=[c for c in table.columns if c.startswith("param.")]).to_string(max_colwidth=40))
         return 0
     table = sw.run_sweep(spec, retry_failed=args.retry_failed, only=args.only)

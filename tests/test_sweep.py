@@ -24,6 +24,9 @@ PROBE = '''
 import json, pathlib, time
 from ncutils import theory
 time.sleep(sleep_s)
+if counter:  # every execution leaves a line: a run executed twice shows up twice
+    with open(counter, "a") as fh:
+        fh.write(f"{lambda_W}\\n")
 if fail:
     raise RuntimeError("probe failure requested")
 opt = theory.ufm_mse_optimum(K, n, lambda_W, lambda_H)
@@ -40,9 +43,14 @@ summary = {"params": {"K": K, "lambda_W": lambda_W}, "passed": True, "objective"
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory) -> Path:
     """A tiny notebook with a parameters cell: f* of the UFM in closed form (fails when ``fail``)."""
-    path = tmp_path_factory.mktemp("nb") / "probe.ipynb"
+    return make_probe(tmp_path_factory.mktemp("nb") / "probe.ipynb")
+
+
+def make_probe(path: Path) -> Path:
+    """Write the probe notebook to ``path``."""
     params = ("K: int = 4\nn: int = 5\nlambda_W: float = 0.005\nlambda_H: float = 0.005\nseed: int = 0\n"
-              "fail: bool = False\nsleep_s: float = 0.0\nresults_dir: str = ''\nfigures_dir: str = 'figures'")
+              "fail: bool = False\nsleep_s: float = 0.0\ncounter: str = ''\n"
+              "results_dir: str = ''\nfigures_dir: str = 'figures'")
     nb = new_notebook(cells=[new_code_cell(params, metadata={"tags": ["parameters"]}), new_code_cell(PROBE)])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
@@ -84,6 +92,8 @@ def test_load_sweep_expands_grid_zip_and_seeds(probe, tmp_path):
     ("params: {results_dir: x}\n", "chooses each run's folders itself"),
     ("grid: {lambda_W: 0.1}\n", "grid.lambda_W must be a list"),
     ("colour: red\n", "unknown key(s) ['colour']"),
+    ("grid: {lambda_W: [0.001]}\ngrid: {K: [3]}\n", "found the key 'grid' twice"),
+    ("slurm: {time_min: 0.5}\n", "parameter slurm.time_min must be a number of minutes >= 1, got 0.5"),
 ])
 def test_bad_sweep_files_fail_with_a_message(probe, tmp_path, body, message):
     with pytest.raises(ValueError, match="sweep file") as err:
@@ -217,3 +227,136 @@ def test_checks_not_passed_lists_finished_runs_whose_theory_checks_failed():
                           "passed": [True, False, None, None]})
     assert sweep.checks_not_passed(table) == ["b"]
     assert sweep.checks_not_passed(table.drop(columns="passed")) == []
+
+
+# --------------------------------------------------------------------------- #
+# issue 19: keys, --only, two processes, read-only --status, bad output folders, SLURM checks without a cluster
+# --------------------------------------------------------------------------- #
+def test_keys_hash_every_ncutils_source_file_and_the_lock_file(probe, tmp_path, monkeypatch):
+    names = {p.name for p in sweep.source_files()}
+    assert {"sweep.py", "runner.py", "theory.py"} <= names
+    assert "requirements.lock" in names or not (Path(sweep.__file__).parents[2] / "requirements.lock").exists()
+    fake = tmp_path / "fake.py"
+    fake.write_text("x = 1\n")
+    monkeypatch.setattr(sweep, "source_files", lambda: [fake])
+    path = write(tmp_path, spec(probe, "grid: {lambda_W: [0.001, 0.01]}\n"))
+    before = [r.key for r in sweep.load_sweep(path).runs]
+    assert [r.key for r in sweep.load_sweep(path).runs] == before
+    fake.write_text("x = 2  # a fix to ncutils\n")
+    after = [r.key for r in sweep.load_sweep(path).runs]
+    assert not set(before) & set(after)  # results computed before the fix are not reused
+
+
+def test_only_refuses_an_empty_or_ambiguous_key(probe, tmp_path, capsys):
+    from dataclasses import replace
+
+    path = write(tmp_path, spec(probe, "grid: {lambda_W: [0.001, 0.01, 0.1]}\n"))
+    sw = sweep.load_sweep(path)
+    sw.runs = [replace(r, key=k) for r, k in zip(sw.runs, ["abc111", "abc222", "abd333"], strict=True)]
+    with pytest.raises(ValueError, match=r"parameter only = 'abc' is ambiguous: 2 runs .*abc111.*abc222"):
+        sw.run("abc")
+    assert sw.run("abd").key == "abd333" and sw.run("abc222").key == "abc222"
+    with pytest.raises(ValueError, match=r"parameter only must be a run key or key prefix \(non-empty\), got ''"):
+        sw.run("")
+    assert main(["sweep", str(path), "--only", ""]) == 2
+    assert "error: parameter only must be" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "runs").exists()  # nothing ran
+
+
+def test_two_sweep_processes_on_one_file_execute_every_run_once(probe, tmp_path):
+    counter = tmp_path / "executions.txt"
+    path = write(tmp_path, spec(probe, f"grid: {{lambda_W: [0.001, 0.002, 0.004]}}\n"
+                                       f"params: {{sleep_s: 1.0, counter: '{counter}'}}\n"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "ncutils", "sweep", str(path)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    lines = counter.read_text().split()
+    assert sorted(lines) == ["0.001", "0.002", "0.004"], f"a run executed twice: {lines}"
+    sw = sweep.load_sweep(path)
+    assert sweep.sweep_status(sw)["done"] == 3  # no finished run flipped back to running
+    assert any("skipped" in e or "running in another process" in e for e in errs) or len(lines) == 3
+
+
+def test_status_is_read_only(probe, tmp_path, capsys):
+    path = write(tmp_path, spec(probe, "grid: {lambda_W: [0.001, 0.01]}\n"))
+    sweep.run_sweep(path, say=lambda m: None)
+    out = tmp_path / "out"
+    for f in [out / "table.csv", out / "table.parquet", *out.glob("runs/*/.lock")]:
+        f.unlink()
+    snapshot = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert main(["sweep", str(path), "--status"]) == 0
+    assert "2 runs: 2 done, 0 running, 0 failed, 0 pending" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == snapshot  # nothing written, nothing created
+
+
+BAD_OUTPUTS = {
+    "a file": ("file", "cannot be a folder"),
+    "under a file": ("file/sub", "cannot be a folder"),
+    "unwritable": ("/proc/ncutils-sweep-out", "is not writable"),
+    "a run folder that is a file": ("runfile", "is a file"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_OUTPUTS))
+def test_every_bad_output_folder_is_an_error_line_before_anything_runs(probe, tmp_path, capsys, case):
+    where, message = BAD_OUTPUTS[case]
+    out = where if where.startswith("/") else str(tmp_path / "out" / where.split("/")[0])
+    if where.startswith("file"):
+        (tmp_path / "out").mkdir()
+        Path(out).write_text("not a folder")
+        out = str(tmp_path / "out" / where)
+    body = "grid: {lambda_W: [0.001, 0.01]}\n"
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"notebook: {probe}\noutput: {out}\n{body}")
+    if where == "runfile":
+        sw = sweep.load_sweep(path)
+        sw.runs[0].folder.parent.mkdir(parents=True)
+        sw.runs[0].folder.write_text("in the way")
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and message in err
+    assert all(line.startswith("error: sweep sweep.yaml") for line in err.splitlines()), err
+    assert not list(tmp_path.rglob("status.json"))  # nothing ran
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_is_an_error_line(probe, tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out").chmod(0o555)
+    path = write(tmp_path, spec(probe, "grid: {lambda_W: [0.001]}\n"))
+    assert main(["sweep", str(path)]) == 2
+    assert "is not writable" in capsys.readouterr().err
+
+
+def test_device_cuda_on_slurm_is_checked_against_the_compute_nodes_not_this_machine(tmp_path, monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the login-node case cannot be shown here")
+    body = "notebook: 01_ufm_mse\nprofile: small\nparams: {device: cuda}\noutput: OUT\n"
+    with pytest.raises(ValueError, match="CUDA is not available here"):
+        sweep.load_sweep(write(tmp_path, body))  # local runs run here
+    sw = sweep.load_sweep(write(tmp_path, body + "executor: slurm\n"))
+    assert sw.runs[0].params["device"] == "cuda"
+    with pytest.raises(ValueError, match=r"slurm\.gpus_per_node is not set"):
+        sweep.preflight(sw)
+    sw.slurm = {"gpus_per_node": 1}
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sinfo here
+    with pytest.raises(ValueError, match=r"sinfo cannot list the compute nodes' GPUs"):
+        sweep.preflight(sw)
+
+
+def test_time_min_leaves_every_run_time_after_submitits_signal_margin():
+    assert sweep.signal_margin_s(None) == 90 and sweep.signal_margin_s(60) == 90
+    assert sweep.signal_margin_s(1) < 60 and sweep.signal_margin_s(2) < 120
+
+
+def test_an_sbatch_refusal_is_one_line_naming_the_option(probe, tmp_path):
+    sw = sweep.load_sweep(write(tmp_path, spec(probe, "executor: slurm\nprofile: null\n"
+                                                      "slurm: {partition: nosuch}\n")))
+    err = RuntimeError("sbatch: error: invalid partition specified: nosuch\n"
+                       "sbatch: error: Batch job submission failed: Invalid partition name specified")
+    msg = sweep._sbatch_message(sw, err)
+    assert "\n" not in msg and "check slurm.partition = 'nosuch'" in msg and "profile None" in msg
