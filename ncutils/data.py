@@ -16,6 +16,7 @@ shuffles and batches it there (no DataLoader workers).
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import struct
@@ -29,8 +30,9 @@ from torch import Tensor
 from ._validate import check_choice, check_integer
 from .paths import atomic_path, resolve_path
 
-__all__ = ["DATASETS", "FILES", "Dataset", "DatasetNotFoundError", "DeviceBatches", "balanced_subset", "load_dataset",
-           "missing_files", "write_fake_cifar10", "write_fake_mnist"]
+__all__ = ["DATASETS", "FILES", "Dataset", "DatasetFormatError", "DatasetNotFoundError", "DeviceBatches",
+           "balanced_subset", "check_idx_pair", "load_dataset", "missing_files", "write_fake_cifar10",
+           "write_fake_mnist"]
 
 #: Supported datasets: name → (torchvision class name, classes, per-channel mean, per-channel std).
 DATASETS: dict[str, tuple[str, int, tuple[float, ...], tuple[float, ...]]] = {
@@ -91,6 +93,43 @@ def balanced_subset(y: Tensor, per_class: int, num_classes: int, seed: int = 0) 
     return torch.cat(out)
 
 
+class DatasetFormatError(ValueError):
+    """A dataset file is there but is not what its name says (bad magic number, size, or label values)."""
+
+
+def check_idx_pair(images: Path, labels: Path, K: int = 10) -> int:
+    """Check an MNIST IDX image file and its label file before torchvision reads them: magic numbers
+    (0x00000803 / 0x00000801), dimensions against the file sizes, the same sample count, labels in
+    ``[0, K)``. Returns the sample count; raises :class:`DatasetFormatError` naming the file and the remedy."""
+    remedy = "replace it with the published file (or pass download=True where there is internet)"
+
+    def header(path: Path, magic: int, ndim: int) -> tuple[int, ...]:
+        raw = path.read_bytes()[: 4 + 4 * ndim]
+        if len(raw) < 4 + 4 * ndim:
+            size = path.stat().st_size
+            raise DatasetFormatError(f"{path} is {size} bytes, too short for an IDX header; {remedy}")
+        got, *dims = struct.unpack(f">{1 + ndim}I", raw)
+        if got != magic:
+            raise DatasetFormatError(f"{path}: magic number 0x{got:08x}, expected 0x{magic:08x} (IDX "
+                                     f"{'labels' if ndim == 1 else 'images'}); {remedy}")
+        expected = 4 + 4 * ndim + math.prod(dims)
+        if path.stat().st_size != expected:
+            raise DatasetFormatError(f"{path} is {path.stat().st_size} bytes but its header {tuple(dims)} needs "
+                                     f"{expected}: truncated or padded; {remedy}")
+        return tuple(dims)
+
+    (n_img, *_) = header(images, 0x00000803, 3)
+    (n_lab,) = header(labels, 0x00000801, 1)
+    if n_img != n_lab:
+        raise DatasetFormatError(f"{images} holds {n_img} images but {labels} {n_lab} labels; {remedy}")
+    values = np.frombuffer(labels.read_bytes()[8:], dtype=np.uint8)
+    bad = np.flatnonzero(values >= K)
+    if bad.size:
+        raise DatasetFormatError(f"{labels}: label {int(values[bad[0]])} at sample {int(bad[0])} is not a class "
+                                 f"in [0, {K}) ({bad.size} such labels); {remedy}")
+    return n_img
+
+
 def _torchvision_class(name: str, verify: bool) -> type:
     import torchvision
 
@@ -120,9 +159,13 @@ def load_dataset(name: str, root: str | os.PathLike[str] = "data", train: bool =
         check_integer("pad_to", pad_to, 1)
     folder = resolve_path(root)
     cls = _torchvision_class(name, verify)
+    if name == "mnist" and missing_files(name, folder) is None:
+        prefix = "train" if train else "t10k"
+        raw = folder / "MNIST" / "raw"
+        check_idx_pair(raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte", K)
     try:
         ds = cls(root=str(folder), train=train, download=download)
-    except (RuntimeError, OSError) as err:  # torchvision: "Dataset not found"; urllib: no network
+    except (RuntimeError, OSError, AssertionError, ValueError) as err:  # torchvision's refusals; no network
         first = str(err).splitlines()[0]
         if missing_files(name, folder) is None:  # the files are there but torchvision refused them
             raise DatasetNotFoundError(f"{name} files under {folder} could not be read ({first}): corrupted, or "

@@ -110,7 +110,8 @@ class FeatureModel(ABC):
     def gradient(self, p: Params) -> Params:
         """Gradient of the objective (default: autograd; models override with closed forms)."""
         leaves = {k: v.detach().requires_grad_() for k, v in p.items()}
-        grads = torch.autograd.grad(self.objective(leaves).sum(), list(leaves.values()))
+        with torch.enable_grad():  # the GD loop runs under no_grad
+            grads = torch.autograd.grad(self.objective(leaves).sum(), list(leaves.values()))
         return dict(zip(leaves, grads, strict=True))
 
     def step(self, p: Params, lr: float) -> None:

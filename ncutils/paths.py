@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "repo_root", "resolve_path", "write_json"]
+__all__ = ["atomic_path", "load_checkpoint", "repo_root", "resolve_path", "tensor_digest", "write_json"]
 
 
 def repo_root() -> Path:
@@ -82,6 +82,41 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def load_checkpoint(path: str | os.PathLike[str], fingerprint: str) -> dict[str, Any]:
+    """A checkpoint written by ``torch.save`` of tensors and plain data, loaded with ``weights_only=True`` (no
+    arbitrary pickle); a truncated or corrupt file, or one of another configuration, is a ``ValueError`` naming
+    the file and what to do — never a silent restart from garbage."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, bad pickle, unsupported global: all unreadable for us
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: {first[:200]}); delete it to "
+                         "start the run afresh") from None
+    if not isinstance(state, dict) or "fingerprint" not in state:
+        raise ValueError(f"checkpoint {path} is not an ncutils checkpoint; delete it or pass another path")
+    if state["fingerprint"] != fingerprint:
+        raise ValueError(f"checkpoint {path} was written by a different configuration (parameters, data or "
+                         "initialization); delete it or pass another checkpoint path")
+    return state
+
+
+def tensor_digest(*tensors: Any) -> str:
+    """A SHA-256 of tensors' shapes, dtypes and bytes (a checkpoint's fingerprint of its data or initialization)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in tensors:
+        if t is None:
+            h.update(b"none")
+            continue
+        c = t.detach().cpu().contiguous()
+        h.update(f"{tuple(c.shape)}{c.dtype}".encode())
+        h.update(c.view(-1).view(__import__("torch").uint8).numpy().tobytes() if c.numel() else b"")
+    return h.hexdigest()
 
 
 def write_json(path: str | os.PathLike[str], obj: Any, default: Callable[[Any], Any] = str) -> Path:

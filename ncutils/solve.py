@@ -14,7 +14,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from ._validate import check_float, check_int
 from .device import is_quiet, resolve_device, resolve_dtype
 from .metrics import nc_metrics_t
 from .models import FeatureModel, Params
-from .paths import atomic_path
+from .paths import atomic_path, load_checkpoint, tensor_digest
 
 if TYPE_CHECKING:  # pandas is imported where a history table is built, not with the module
     import pandas as pd
@@ -84,6 +84,15 @@ class GDResult:
             raise KeyError(f"no metric {metric!r} at level {level!r}; recorded: {known}")
         last = rows[rows.step == rows.step.max()].sort_values("run")
         return last.value.to_numpy()
+
+
+def _plain(obj: Any) -> Any:
+    """Numbers, strings, lists and dicts only (numpy scalars as Python ones): what ``weights_only`` loads."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj.item() if isinstance(obj, np.generic) else obj
 
 
 def _fingerprint(model: FeatureModel, **config: object) -> str:
@@ -172,17 +181,17 @@ def gradient_descent(
     grid = record_steps(int(steps), record_every, num_records, geometric)
 
     fingerprint = _fingerprint(model, lr=lr, steps=int(steps), runs=S, seed=seed, init_std=init_std,
-                               dtype=str(dt), grid=grid.tobytes().hex(), explicit_init=init is not None)
+                               dtype=str(dt), grid=grid.tobytes().hex(),
+                               init=None if init is None else tensor_digest(*(init[k] for k in sorted(init))))
     ckpt = Path(checkpoint) if checkpoint is not None else None
     chunks: list[pd.DataFrame] = []
     start, elapsed = 0, 0.0
     if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state["fingerprint"] != fingerprint:
-            raise ValueError(f"checkpoint {ckpt} was written by a different configuration; "
-                             "delete it or pass another checkpoint path")
+        state = load_checkpoint(ckpt, fingerprint)
         p = {k: v.to(dev) for k, v in state["params"].items()}
-        start, chunks, elapsed = state["step"], state["history"], state["elapsed"]
+        pd = need("pandas")
+        start, elapsed = state["step"], state["elapsed"]
+        chunks = [pd.DataFrame(c) for c in state["history"]]
     elif init is not None:
         p = {k: v.detach().to(dev, dt).clone() for k, v in init.items()}
     else:
@@ -196,7 +205,8 @@ def gradient_descent(
         if ckpt is not None:
             with atomic_path(ckpt) as tmp:
                 torch.save({"fingerprint": fingerprint, "step": step, "elapsed": elapsed + time.perf_counter() - t0,
-                            "params": {k: v.cpu() for k, v in p.items()}, "history": chunks}, tmp)
+                            "params": {k: v.cpu() for k, v in p.items()},
+                            "history": [_plain(c.to_dict("list")) for c in chunks]}, tmp)
 
     def check(f: Tensor, step: int) -> None:
         if not bool(torch.isfinite(f).all()):

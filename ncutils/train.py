@@ -9,6 +9,7 @@ collapse with streaming metrics (:func:`measure_network`), checkpointing and res
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -24,7 +25,7 @@ from ._validate import Rule, check_integer, check_ints
 from .data import DATASETS, DeviceBatches
 from .device import is_quiet
 from .nets import RESNET_LAYERS, FeatureTaps
-from .paths import atomic_path
+from .paths import atomic_path, load_checkpoint, tensor_digest
 
 pd = need("pandas")  # the [data] extra: tables
 tqdm = need("tqdm").tqdm  # the [data] extra: progress bars
@@ -324,11 +325,10 @@ def train_resnet(cfg: TrainConfig, data: tuple[Tensor, Tensor, Tensor | None, Te
     rows: list[dict] = []
     start, t_train, t_measure = 0, 0.0, 0.0
     ckpt = Path(checkpoint) if checkpoint is not None else None
+    # the configuration and the data's identity (its tensors: dataset, subset, real or synthetic files)
+    fingerprint = hashlib.sha256((cfg.fingerprint() + tensor_digest(*data)).encode()).hexdigest()
     if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state["fingerprint"] != cfg.fingerprint():
-            raise ValueError(f"checkpoint {ckpt} was written by a different configuration; "
-                             "delete it or pass another checkpoint path")
+        state = load_checkpoint(ckpt, fingerprint)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -342,7 +342,7 @@ def train_resnet(cfg: TrainConfig, data: tuple[Tensor, Tensor, Tensor | None, Te
     def save(epoch: int) -> None:
         if ckpt is not None:
             with atomic_path(ckpt) as tmp:
-                torch.save({"fingerprint": cfg.fingerprint(), "epoch": epoch, "model": model.state_dict(),
+                torch.save({"fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                             "generator": train.generator.get_state(), "history": rows,
                             "train_time": t_train, "measure_time": t_measure}, tmp)
@@ -382,7 +382,7 @@ def train_resnet(cfg: TrainConfig, data: tuple[Tensor, Tensor, Tensor | None, Te
                 reg = sum(cfg.wd_features / 2 * float(p.square().sum()) for p in groups[0]["params"])
                 reg += cfg.wd_classifier / 2 * float(model.fc.weight.square().sum())
             res["model"].update({"objective": res["model"]["train_loss"] + reg, "measure_time_s": dt})
-            rows += [{"epoch": epoch, "layer": layer, "metric": k, "value": v}
+            rows += [{"epoch": epoch, "layer": layer, "metric": k, "value": float(v)}
                      for layer, vals in res.items() for k, v in vals.items()]
             bar.set_postfix(loss=f"{mean_loss:.3g}", acc=f"{res['model']['train_accuracy']:.3f}")
         if epoch % checkpoint_every == 0 or epoch == cfg.epochs:
