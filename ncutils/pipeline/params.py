@@ -191,8 +191,10 @@ def check_requirements(notebook: str | os.PathLike[str], params: Mapping[str, An
     """Raise ``ValueError`` for the first requirement of the notebook's study that ``params`` break
     (requirements on parameters that are not given are skipped; ``machine=False`` skips those that depend on
     this machine: dataset files, the device)."""
+    from ..studies._common import COMMON_REQUIREMENTS
+
     study = study_for(notebook, required=False)
-    for req in study.REQUIREMENTS if study is not None else []:
+    for req in [*(study.REQUIREMENTS if study is not None else []), *COMMON_REQUIREMENTS]:
         if req.machine and not machine:
             continue
         if not all(name in params for name in req.names):
@@ -213,7 +215,7 @@ def load_profiles(notebook: str | os.PathLike[str]) -> dict[str, dict[str, Any]]
     path = repo_root() / "profiles" / f"{_stem(notebook)}.yaml"
     if not path.is_file():
         return {}
-    return {str(k): dict(v or {}) for k, v in (yamlio.load(path.read_text()) or {}).items()}
+    return {str(k): dict(v or {}) for k, v in (yamlio.load_file(path) or {}).items()}
 
 
 def run_name(notebook: str | os.PathLike[str], params: Mapping[str, Any],

@@ -99,7 +99,7 @@ def load_profile(notebook: str | os.PathLike[str], profile: str) -> dict[str, An
     path = repo_root() / "profiles" / f"{stem}.yaml"
     if not path.exists():
         raise ValueError(f"no profile file {path} for notebook {stem}")
-    profiles = yamlio.load(path.read_text()) or {}
+    profiles = yamlio.load_file(path) or {}
     if profile not in profiles:
         raise ValueError(f"unknown profile {profile!r} for {stem}; profiles in {path.name}: {sorted(profiles)}")
     return dict(profiles[profile] or {})

@@ -11,12 +11,14 @@ semantics: ``true``/``false``, ``null``, lists, quoted strings stay strings.
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["DuplicateKeyError", "Loader", "load"]
+__all__ = ["DuplicateKeyError", "Loader", "load", "load_file"]
 
 _FLOAT = re.compile(r"""^(?:
     [-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?   # 1.5, .5, 1., 1.5e-3
@@ -58,4 +60,13 @@ Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+01234567
 
 def load(text: str) -> Any:
     """Parse ``text`` (a document or a ``-p`` value) with :class:`Loader`."""
-    return yaml.load(text, Loader=Loader)
+    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader)
+
+
+def load_file(path: str | os.PathLike[str]) -> Any:
+    """Parse a YAML file; a syntax error, a duplicate key or a Python tag is a ``ValueError`` naming the file."""
+    try:
+        return load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        text = " ".join(str(err).split())
+        raise ValueError(f"{path} is not valid YAML for ncutils: {text}") from None

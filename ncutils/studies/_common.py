@@ -6,6 +6,7 @@ that are its own; every other name its notebook declares takes its rule from :da
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -79,7 +80,7 @@ COMMON_RULES: dict[str, Rule] = {
     "lambda_W": NONNEG,
     "lambda_H": NONNEG,
     "lr": POSITIVE,
-    "steps": Rule(int, low=1),
+    "steps": Rule(int, low=1, high=10**9),  # 1e9 GD steps already take hours to days
     "record_every": Rule(int, low=1),
     "init_std": NONNEG,
     "seed": Rule(int, low=0),
@@ -87,8 +88,8 @@ COMMON_RULES: dict[str, Rule] = {
     "device": Rule(str, check=resolve_device),
     "dtype": Rule(str, choices=("float64", "float32")),
     "sweep_points": Rule(int, low=2),
-    "sweep_steps": Rule(int, low=1),
-    "study_steps": Rule(int, low=1),
+    "sweep_steps": Rule(int, low=1, high=10**9),
+    "study_steps": Rule(int, low=1, high=10**9),
     "tag": Rule(str, check=_tag),
     "data_root": Rule(str),
     "results_dir": Rule(str),
@@ -123,6 +124,29 @@ def width_at_least(width: str, K: str) -> Requirement:
         f"parameter {width} must be >= {K} (every level must hold an orthogonal frame of {K} "
         "class means for the collapsed optimum to exist)",
     )
+
+
+def physical_memory_bytes() -> int:
+    """This machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def feature_memory_bytes(p: dict) -> float:
+    """A lower bound on what a UFM run holds: features, classifier and targets in float64, their gradients and
+    the GD buffers (×4), for every batched run (``seeds``); the widest level counts (``d`` or ``width``)."""
+    K, n = p.get("K", 1), p.get("n", 1)
+    width = max(p.get("d", 1), p.get("width", 1), p.get("multi_width", 1))
+    runs = p.get("seeds", 1)
+    return 8.0 * 4 * runs * (K * n * width + K * width + K * n * K)
+
+
+#: Requirements every notebook shares: what this machine can hold.
+COMMON_REQUIREMENTS: list[Requirement] = [
+    Requirement(("K", "n"), lambda p: feature_memory_bytes(p) <= 0.8 * physical_memory_bytes(),
+                lambda p: (f"parameters K, n, d (and seeds) need about {feature_memory_bytes(p) / 2**30:.3g} GiB of "
+                           f"memory; this machine has {physical_memory_bytes() / 2**30:.3g} GiB: lower them"),
+                machine=True),
+]
 
 
 def best_run(gd: Any) -> int:

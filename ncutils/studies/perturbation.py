@@ -40,7 +40,7 @@ def _h0_file(value: str) -> None:
         raise ValueError(f"file {path} does not exist (expected a .npy array of shape (K n, d))")
     try:
         arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError) as err:
         raise ValueError(f"cannot read {path} as a .npy array: {err}") from None
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"{path} must hold a 2-D numeric (K n, d) array, got shape {arr.shape} ({arr.dtype})")
