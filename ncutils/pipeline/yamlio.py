@@ -60,7 +60,7 @@ Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+01234567
 
 def load(text: str) -> Any:
     """Parse ``text`` (a document or a ``-p`` value) with :class:`Loader`."""
-    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader)
+    return yaml.load(text, Loader=Loader)
 
 
 def load_file(path: str | os.PathLike[str]) -> Any:
