@@ -208,9 +208,14 @@ def nc3_from_means_t(M: Tensor, *, W: Tensor, frame: str) -> Tensor:
 def nc3_gram_t(M: Tensor, *, A: Tensor) -> Tensor:
     """‖AᵀA/‖AᵀA‖_F − MᵀM/‖MᵀM‖_F‖_F for a layer ``A (..., d_out, d)`` reading means ``M (..., K, d)``.
 
-    Forms two d×d matrices: O(d²) memory, meant for the weights of unconstrained-features
-    models (d up to a few thousand), not for flattened convolutional features.
+    No d×d matrix when d is larger than ``d_out + K``: both Gram matrices live in the span of the rows of A
+    and M, so they are compared in an orthonormal basis of it (a QR of the ``(d, d_out + K)`` stack;
+    Frobenius norms are unchanged), O(d (d_out + K)²) time and O(d (d_out + K)) memory.
     """
+    r = A.shape[-2] + M.shape[-2]
+    if A.shape[-1] > r:
+        B, _ = torch.linalg.qr(torch.cat([A, M], dim=-2).transpose(-1, -2))  # (..., d, r), orthonormal columns
+        A, M = A @ B, M @ B
     P = A.transpose(-1, -2) @ A
     Q = M.transpose(-1, -2) @ M
     P = P / torch.linalg.matrix_norm(P).unsqueeze(-1).unsqueeze(-1)

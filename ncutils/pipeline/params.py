@@ -157,7 +157,7 @@ def notebook_schema(notebook: str | os.PathLike[str], source: str | None = None)
     given by a path elsewhere may not, and then its parameters are checked by their annotated type only."""
     stem = Path(str(notebook)).stem
     path = notebook_file(notebook)
-    known = path is None or path.resolve().parent == (repo_root() / "notebooks").resolve()
+    known = path is not None and path.resolve().parent == (repo_root() / "notebooks").resolve()
     if source is None:
         if path is None:
             raise ValueError(f"notebook {stem} not found (looked for {repo_root() / 'notebooks' / (stem + '.ipynb')})")
