@@ -11,6 +11,8 @@ ENV_HASH := $(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-1
 STAMP  := $(VENV)/.ncutils-env-$(ENV_HASH)
 # Where notebooks that read real datasets look for them (torchvision layout); e.g. DATA_ROOT=../shared/data
 DATA_ROOT ?=
+# make figures runs this many notebooks/profiles at once (each with cores/JOBS threads)
+JOBS   ?= $(shell nproc 2>/dev/null || echo 1)
 # make sweep SWEEP=sweeps/ufm_lambda.yaml [SWEEP_ARGS=--retry-failed]
 SWEEP  ?= sweeps/ufm_lambda.yaml
 NBVAL  := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/golden/sanitize.cfg
@@ -31,7 +33,7 @@ venv: $(STAMP)
 
 ## figures: run every notebook at paper settings (only those whose code, profile or ncutils changed)
 figures: venv
-	NCUTILS_DATA_ROOT="$(DATA_ROOT)" $(PY) -m ncutils figures
+	NCUTILS_DATA_ROOT="$(DATA_ROOT)" $(PY) -m ncutils figures --jobs $(JOBS)
 
 ## test: lint, unit tests + nbval regression of the golden notebooks (-rs: skipped tests say why)
 test: venv

@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     f = sub.add_parser("figures", help="run every notebook at paper settings (only what changed)")
     f.add_argument("--force", action="store_true", help="re-run even if nothing changed")
     f.add_argument("--only", nargs="*", help="notebook stems or numbers")
-    f.add_argument("--profile", help="run only this profile (default: paper and every paper_* profile)")
+    f.add_argument("--profile", help="run only this profile (default: every profile but small)")
+    f.add_argument("--jobs", type=int, default=1,
+                   help="notebooks/profiles run at once, each in its own process with cores/jobs threads")
     g = sub.add_parser("golden", help="regenerate tests/golden from the small profile")
     g.add_argument("--only", nargs="*", help="notebook stems or numbers")
     s = sub.add_parser("sweep", help="run a sweep file (many parameter sets of one notebook) and aggregate it")
@@ -83,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[ncutils] gallery: {index}")
             return 0
         if args.cmd == "figures":
-            recs = runner.figures(only=args.only, force=args.force, profile=args.profile)
+            if args.jobs < 1:
+                raise ValueError(f"parameter --jobs must be an integer in [1, inf), got {args.jobs}")
+            recs = runner.figures(only=args.only, force=args.force, profile=args.profile, jobs=args.jobs)
         else:
             recs = runner.golden(only=args.only)
     except ValueError as err:  # bad input, refused before any kernel started (ParameterTypeError included)

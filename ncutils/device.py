@@ -8,7 +8,7 @@ import torch
 
 from ._validate import bad_type, bad_value, check_choice
 
-__all__ = ["DTYPES", "is_quiet", "resolve_device", "resolve_dtype"]
+__all__ = ["DTYPES", "is_quiet", "progress_bar", "resolve_device", "resolve_dtype"]
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -47,3 +47,26 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 def is_quiet() -> bool:
     """True when progress bars should stay off: ``NCUTILS_QUIET=1`` (set by the runner) or CI."""
     return os.environ.get("NCUTILS_QUIET", "").lower() in ("1", "true", "yes") or bool(os.environ.get("CI"))
+
+
+def _in_jupyter() -> bool:
+    """Running inside a Jupyter kernel (JupyterLab, Notebook), where progress bars can be widgets."""
+    import sys
+
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def progress_bar(*args: object, **kwargs: object):
+    """A tqdm bar: a widget in JupyterLab (``tqdm.auto``, when ipywidgets is installed), plain text on a terminal
+    — never pink stderr text in a notebook. Needs the ``[data]`` extra (tqdm)."""
+    import importlib.util
+
+    from ._extras import need
+
+    need("tqdm")
+    if _in_jupyter() and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
+    return tqdm(*args, **kwargs)

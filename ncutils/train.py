@@ -23,12 +23,11 @@ from torch import Tensor, nn
 from ._extras import need
 from ._validate import Rule, check_integer, check_ints
 from .data import DATASETS, DeviceBatches
-from .device import is_quiet
+from .device import is_quiet, progress_bar
 from .nets import RESNET_LAYERS, FeatureTaps
 from .paths import atomic_path, load_checkpoint, tensor_digest
 
 pd = need("pandas")  # the [data] extra: tables
-tqdm = need("tqdm").tqdm  # the [data] extra: progress bars
 
 __all__ = ["LOSSES", "SCHEDULES", "MLPResult", "TrainConfig", "TrainResult", "measure_network", "mlp_features",
            "train_mlp", "train_resnet"]
@@ -69,7 +68,7 @@ def train_mlp(X: Tensor, y: Tensor, widths: Sequence[int], *, epochs: int, lr: f
     gen = torch.Generator().manual_seed(seed)
     rows = []
     show = (not is_quiet()) if progress is None else progress
-    for epoch in tqdm(range(1, epochs + 1), desc="MLP", disable=not show):
+    for epoch in progress_bar(range(1, epochs + 1), desc="MLP", disable=not show):
         model.train()
         total = 0.0
         for idx in torch.randperm(len(y), generator=gen).split(batch_size):
@@ -348,7 +347,8 @@ def train_resnet(cfg: TrainConfig, data: tuple[Tensor, Tensor, Tensor | None, Te
                             "train_time": t_train, "measure_time": t_measure}, tmp)
 
     show = (not is_quiet()) if progress is None else progress
-    bar = tqdm(range(start + 1, cfg.epochs + 1), desc="ResNet18", disable=not show, initial=start, total=cfg.epochs)
+    bar = progress_bar(range(start + 1, cfg.epochs + 1), desc="ResNet18", disable=not show, initial=start,
+                       total=cfg.epochs)
     for epoch in bar:
         model.train()
         t0 = time.perf_counter()

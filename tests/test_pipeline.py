@@ -209,8 +209,8 @@ def test_figures_goes_on_when_a_run_cannot_start(monkeypatch, capsys, tmp_path):
         if path.stem == "05_perturbation":
             raise ValueError("parameter data_root: mnist not found: looked for … in data/MNIST/raw")
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text('{"executed": true}')
-        return runner.RunRecord(path.stem, profile, output, True, 0.0)
+        nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("executed")]), output)
+        return runner.RunRecord(path.stem, profile, output, True, 0.0, passed=True)
 
     (tmp_path / "notebooks").mkdir()
     notebooks = []  # copies: the committed notebooks are never written by this test
@@ -225,7 +225,10 @@ def test_figures_goes_on_when_a_run_cannot_start(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(runner, "source_hash", lambda path, profile: "x")
     assert main(["figures", "--force", "--only", "04", "05", "06"]) == 1
     assert calls == ["04_deep_ufm", "05_perturbation", "06_layer_peeled"]
-    assert (tmp_path / "notebooks" / "04_deep_ufm.ipynb").read_text() == '{"executed": true}'  # copied back
+    copied = nbformat.read(tmp_path / "notebooks" / "04_deep_ufm.ipynb", as_version=4)  # copied back, stamped
+    assert copied.cells[0].source == "executed"
+    assert copied.metadata.ncutils.stamps == {"paper": {"hash": "x", "wall_time_s": 0.0, "passed": True}}
+    assert runner.stamps(tmp_path / "notebooks" / "04_deep_ufm.ipynb")["paper"]["hash"] == "x"
     err = capsys.readouterr().err
     assert "could not run 05_perturbation: could not start: parameter data_root: mnist not found" in err
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -223,7 +223,9 @@ def run_notebook(
         with _kernel_environment(NCUTILS_QUIET="1",
                                  MPLBACKEND=os.environ.get("MPLBACKEND", "module://matplotlib_inline.backend_inline")):
             papermill.execute_notebook(
-                str(source), tmp, parameters=merged, kernel_name=kernel_name, progress_bar=False,
+                str(source), tmp, parameters=merged, kernel_name=kernel_name,
+                # cells n/m with an ETA on a terminal; nothing in CI logs or when output goes to a file
+                progress_bar=sys.stderr.isatty() and not os.environ.get("CI"),
                 cwd=str(repo_root()), execution_timeout=timeout_s,
                 # the kernel's own start-up log (e.g. ipykernel's local-TCP notice) is noise; cell output is kept
                 extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
@@ -303,48 +305,126 @@ def figure_profiles(notebook: str | os.PathLike[str]) -> list[str]:
     return [first, *[p for p in load_profiles(notebook_path(notebook).stem) if p not in (first, "small")]]
 
 
-def figures(only: list[str] | None = None, force: bool = False, profile: str | None = None) -> list[RunRecord]:
+def stamps(path: Path) -> dict[str, dict[str, Any]]:
+    """What ``make figures`` recorded in the committed notebook's ``metadata.ncutils.stamps``: per profile the
+    :func:`source_hash` of its last successful run, its wall time and whether its checks passed. Committed with
+    the notebook, so a fresh clone does not re-run what is current."""
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except (OSError, ValueError):
+        return {}
+    return dict(nb.metadata.get("ncutils", {}).get("stamps", {}))
+
+
+_NOTEBOOK_LOCK = threading.Lock()  # parallel runs of one notebook's profiles update one committed file
+
+
+def _record_success(path: Path, profile: str, digest: str, rec: RunRecord) -> None:
+    """Copy the committed profile's run into ``notebooks/`` (atomically) and stamp the run in its metadata."""
+    with _NOTEBOOK_LOCK:
+        kept = stamps(path)
+        kept[profile] = {"hash": digest, "wall_time_s": round(rec.wall_time_s, 1), "passed": rec.passed}
+        source = rec.output if profile == committed_profile(path) else path
+        nb = nbformat.read(source, as_version=4)
+        nb.metadata.setdefault("ncutils", {})["stamps"] = {k: kept[k] for k in sorted(kept)}
+        with atomic_path(path) as tmp:
+            nbformat.write(nb, tmp)
+        if profile == committed_profile(path):
+            rec.output = path
+
+
+def _run_in_subprocess(path: Path, profile: str, out: Path, threads: int) -> RunRecord:
+    """One figure run in its own process with ``threads`` BLAS/torch threads (parallel ``make figures``)."""
+    import json
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "OPENBLAS_NUM_THREADS": str(threads)}
+    log = out.with_suffix(".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        rc = subprocess.call([sys.executable, "-m", "ncutils", "run", str(path), "--profile", profile, "-o", str(out),
+                              "--allow-failed-checks"], stdout=fh, stderr=subprocess.STDOUT, env=env,
+                             cwd=str(repo_root()))
+    wall = time.perf_counter() - t0
+    tail = [ln for ln in log.read_text().splitlines() if ln.strip()][-1:] or [""]
+    if rc == 0:
+        meta = json.loads(out.read_text()).get("metadata", {}).get("ncutils", {})
+        return RunRecord(path.stem, profile, out, True, float(meta.get("wall_time_s", wall)), passed=meta.get("passed"))
+    if rc == 2:
+        reason = tail[0].removeprefix("error: ")
+        return RunRecord(path.stem, profile, out, False, wall, error=f"could not start: {reason}")
+    return RunRecord(path.stem, profile, out.with_suffix(".failed.ipynb"), False, wall,
+                     error=f"{tail[0]} (log: {log})")
+
+
+def figures(only: list[str] | None = None, force: bool = False, profile: str | None = None,
+            jobs: int = 1) -> list[RunRecord]:
     """Run every notebook at paper settings, refreshing ``figures/``.
 
     The committed profile (:func:`committed_profile`, ``paper`` for the theory notebooks) runs in place
     (``notebooks/NN_*.ipynb`` gets the outputs a GitHub reader sees); the other profiles
-    (:func:`figure_profiles`) write their notebook to
-    ``outputs/<stem>/<profile>/``. ``profile`` runs that one profile only. Skips
-    runs whose :func:`source_hash` matches the stamp of their last successful run.
+    (:func:`figure_profiles`) write their notebook to ``outputs/<stem>/<profile>/``. ``profile`` runs that one
+    profile only. Skips runs whose :func:`source_hash` matches their stamp (:func:`stamps`). ``jobs > 1`` runs
+    that many notebooks/profiles at once, each in its own process with ``cores // jobs`` threads, longest first;
+    one line per run as it starts and ends, with an ETA for the whole run from the last recorded wall times.
     """
-    stamps = repo_root() / "outputs" / "stamps"
-    stamps.mkdir(parents=True, exist_ok=True)
-    records = []
+    from concurrent.futures import ThreadPoolExecutor
+
+    tasks = []
     for path in list_notebooks():
         if only and path.stem not in only and path.stem[:2] not in only:
             continue
         for prof in [profile] if profile else figure_profiles(path):
-            records.append(_figure_run(path, prof, stamps, force))
-    return records
+            tasks.append((path, prof))
+    records: list[RunRecord] = []
+    todo = []
+    for path, prof in tasks:
+        digest = source_hash(path, prof)
+        if not force and stamps(path).get(prof, {}).get("hash") == digest:
+            print(f"[ncutils] {path.stem} ({prof}): up to date, skipped", flush=True)
+            records.append(RunRecord(path.stem, prof, path, True, 0.0, skipped=True))
+        else:
+            todo.append((path, prof, digest, float(stamps(path).get(prof, {}).get("wall_time_s") or 60.0)))
+    todo.sort(key=lambda t: -t[3])  # longest first: the parallel run ends sooner
+    jobs = max(1, min(int(jobs), len(todo) or 1))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    left = [sum(t[3] for t in todo)]
+    lock = threading.Lock()
+    t_start = time.perf_counter()
 
+    def one(task: tuple[Path, str, str, float]) -> RunRecord:
+        path, prof, digest, expected = task
+        with lock:
+            eta = left[0] / jobs
+            print(f"[ncutils] {path.stem} ({prof}): started; about {expected:.0f} s last time; "
+                  f"all remaining runs: ETA {eta / 60:.1f} min", flush=True)
+        out = repo_root() / "outputs" / path.stem / prof / path.name
+        try:
+            rec = (run_notebook(path, profile=prof, output=out, raise_on_error=False) if jobs == 1
+                   else _run_in_subprocess(path, prof, out, threads))
+        except ValueError as err:  # refused before any kernel started (bad parameters, missing dataset): go on
+            rec = RunRecord(path.stem, prof, out, False, 0.0, error=f"could not start: {err}")
+        if rec.ok:
+            _record_success(path, prof, digest, rec)
+        with lock:
+            left[0] -= expected
+            elapsed = time.perf_counter() - t_start
+            if rec.ok:
+                verdict = {True: "checks passed", False: "SOME CHECKS FAILED", None: "no summary"}[rec.passed]
+                print(f"[ncutils] {path.stem} ({prof}): done in {rec.wall_time_s:.1f} s, {verdict}; "
+                      f"{elapsed / 60:.1f} min so far, ETA {left[0] / jobs / 60:.1f} min", flush=True)
+            else:
+                print(f"[ncutils] {path.stem} ({prof}): FAILED: {rec.error}", file=sys.stderr, flush=True)
+        return rec
 
-def _figure_run(path: Path, profile: str, stamps: Path, force: bool) -> RunRecord:
-    digest = source_hash(path, profile)
-    stamp = stamps / f"{path.stem}.{profile}.sha256"
-    if not force and stamp.exists() and stamp.read_text().strip() == digest:
-        print(f"[ncutils] {path.stem} ({profile}): up to date, skipped", flush=True)
-        return RunRecord(path.stem, profile, path, True, 0.0, skipped=True)
-    print(f"[ncutils] {path.stem}: running profile {profile} ...", flush=True)
-    tmp_out = repo_root() / "outputs" / path.stem / profile / path.name
-    try:
-        rec = run_notebook(path, profile=profile, output=tmp_out, raise_on_error=False)
-    except ValueError as err:  # refused before any kernel started (bad parameters, missing dataset): go on
-        rec = RunRecord(path.stem, profile, tmp_out, False, 0.0, error=f"could not start: {err}")
-    if rec.ok:
-        if profile == committed_profile(path):  # copied atomically: a full disk leaves the old notebook whole
-            with atomic_path(path) as tmp:
-                shutil.copyfile(tmp_out, tmp)
-            rec.output = path
-        stamp.write_text(digest + "\n")
-        print(f"[ncutils] {path.stem} ({profile}): done in {rec.wall_time_s:.1f} s", flush=True)
+    if jobs == 1:
+        records += [one(t) for t in todo]
     else:
-        print(f"[ncutils] {path.stem} ({profile}): FAILED: {rec.error}", file=sys.stderr, flush=True)
-    return rec
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            records += list(pool.map(one, todo))
+    return records
 
 
 def golden(only: list[str] | None = None, profile: str = "small") -> list[RunRecord]:
