@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from .paths import atomic_path
 
 __all__ = ["DASHES", "LEVEL_PANELS", "PANELS", "finish_axes", "level_panels", "nc_panels", "save", "style",
-           "sweep_metric"]
+           "sweep_metric", "threshold_panels"]
 
 #: Panels of the standard NC figure: title → (metric, label) pairs.
 PANELS: dict[str, list[tuple[str, str]]] = {
@@ -158,6 +158,29 @@ def level_panels(
         for ax in row:
             ax.set_yscale("log")
             ax.set_xlabel("GD step")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def threshold_panels(df: pd.DataFrame, x: str, xlabel: str, threshold_label: str, *,
+                     norm_label: str = "mean ‖μ_k‖²", theory_label: str = "theory", split: bool = False,
+                     figsize: tuple[float, float] = (7.6, 3.2), title: str | None = None) -> Figure:
+    """A threshold sweep (a table with ``x`` and ``<key>_theory`` / ``<key>_gd`` columns, and optionally
+    ``<key>_metastable``, for key ``mean_norm_sq`` and ``objective``): theory as a line (``split``: broken at
+    the threshold x = 1, where a discontinuous theory jumps), a metastable branch dotted, GD as markers, the
+    threshold dashed — one panel for ‖μ_k‖², one for f."""
+    style()
+    fig, axes = plt.subplots(1, 2, figsize=figsize, constrained_layout=True)
+    for ax, (key, label) in zip(axes, [("mean_norm_sq", norm_label), ("objective", "objective f")], strict=True):
+        sides = (df[x] <= 1, df[x] > 1) if split else (df[x] == df[x],)
+        for i, side in enumerate(sides):
+            ax.plot(df[x][side], df[f"{key}_theory"][side], color="C0", label=theory_label if i == 0 else None)
+        if f"{key}_metastable" in df:
+            ax.plot(df[x], df[f"{key}_metastable"], color="C2", ls=":", label="collapsed branch (local)")
+        ax.plot(df[x], df[f"{key}_gd"], "o", color="C1", ms=5, mfc="none", label="GD")
+        ax.axvline(1.0, color="0.4", ls="--", lw=1, label=threshold_label)
+        finish_axes(ax, label, xlabel)
     if title:
         fig.suptitle(title)
     return fig

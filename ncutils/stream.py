@@ -350,17 +350,24 @@ class StreamingNC:
         return torch.linalg.matrix_norm(P / torch.linalg.matrix_norm(P) - R / torch.linalg.matrix_norm(R))
 
     # ------------------------------------------------------------------ pass 2 and test
-    def update_within(self, feats: Mapping[str, Any], y: Any,
-                      classifiers: Mapping[str, tuple[Any, Any]] | None = None) -> None:
-        """Add a pass-2 batch (the data of pass 1, in any order) to the within-class statistics, the NCC hits
-        and, for levels with a classifier ``(W (K, d), b (K,) or None)``, the NC4 mismatches."""
+    def _second_pass_batch(self, method: str, where: str, feats: Mapping[str, Any], y: Any,
+                           classifiers: Mapping[str, tuple[Any, Any]] | None) -> tuple[Tensor, dict, dict]:
+        """Validate a batch of pass 2 or of the test set: labels, features and classifiers, checked against
+        pass 1 (``where`` names the batch in errors)."""
         self.finalize_means()
-        self._refuse_after_reduce("within", "update_within")
-        where = f"pass 2, batch {self.batches[1]}"
+        self._refuse_after_reduce("within", method)
         yt = self._labels(y, where)
         Hs = self._features(feats, len(yt), where)
         clf = self._classifier_arg(classifiers, where)
         self._fix_classifiers(clf)
+        return yt, Hs, clf
+
+    def update_within(self, feats: Mapping[str, Any], y: Any,
+                      classifiers: Mapping[str, tuple[Any, Any]] | None = None) -> None:
+        """Add a pass-2 batch (the data of pass 1, in any order) to the within-class statistics, the NCC hits
+        and, for levels with a classifier ``(W (K, d), b (K,) or None)``, the NC4 mismatches."""
+        yt, Hs, clf = self._second_pass_batch("update_within", f"pass 2, batch {self.batches[1]}", feats, y,
+                                              classifiers)
         for name, H in Hs.items():
             M = self.means[name]
             R = H - M[yt]
@@ -378,13 +385,7 @@ class StreamingNC:
                     classifiers: Mapping[str, tuple[Any, Any]] | None = None) -> None:
         """Add a test batch: NCC accuracy and NC4 against the *training* class means of pass 1
         (Papyan et al. 2020, Fig. 7); the classifiers as in :meth:`update_within`."""
-        self.finalize_means()
-        self._refuse_after_reduce("within", "update_test")
-        where = f"test, batch {self.batches[2]}"
-        yt = self._labels(y, where)
-        Hs = self._features(feats, len(yt), where)
-        clf = self._classifier_arg(classifiers, where)
-        self._fix_classifiers(clf)
+        yt, Hs, clf = self._second_pass_batch("update_test", f"test, batch {self.batches[2]}", feats, y, classifiers)
         for name, H in Hs.items():
             nearest = self._nearest_mean(H, self.means[name])
             self.ncc_hits_test[name] += (nearest == yt).sum()

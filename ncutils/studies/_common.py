@@ -16,17 +16,8 @@ import numpy as np
 from .._validate import Rule, check_floats, check_ints
 from ..device import resolve_device
 
-__all__ = [
-    "COMMON_RULES",
-    "Assumption",
-    "Requirement",
-    "Rule",
-    "best_run",
-    "int_list",
-    "names",
-    "positive_list",
-    "width_at_least",
-]
+__all__ = ["COMMON_RULES", "Assumption", "Requirement", "Rule", "best_run", "int_list", "names", "positive_list",
+           "width_at_least"]
 
 
 def int_list(low: int, what: str) -> Callable[[Any], None]:

@@ -21,12 +21,7 @@ from ..plot import finish_axes as _finish
 from ..plot import style
 from ..report import check
 from ..solve import GDResult, gradient_descent
-from ._common import (
-    POSITIVE,
-    Rule,
-    best_run,
-    positive_list,
-)
+from ._common import POSITIVE, Rule, best_run, positive_list
 
 #: Parameters of the extended UFM shared by notebooks 02 and 03.
 MULTILAYER_RULES: dict[str, Rule] = {
@@ -43,17 +38,9 @@ def _deep(gd: GDResult) -> DeepUFM:
     return gd.model
 
 
-def deep_ufm_checks(
-    gd: GDResult,
-    opt: theory.DeepUFMOptimum,
-    *,
-    run: int | None = None,
-    label: str = "",
-    tol: float = 1e-4,
-    zero_tol: float = 1e-6,
-    frame_tol: float = 1e-3,
-    frame_levels: list[int] | None = None,
-) -> list[dict[str, Any]]:
+def deep_ufm_checks(gd: GDResult, opt: theory.DeepUFMOptimum, *, run: int | None = None, label: str = "",
+                    tol: float = 1e-4, zero_tol: float = 1e-6, frame_tol: float = 1e-3,
+                    frame_levels: list[int] | None = None) -> list[dict[str, Any]]:
     """GD-versus-theory checks of a multi-layer UFM run against its collapsed optimum
     (Tirer & Bruna 2022, Thms 4.1–4.2; Súkeník et al. 2023, Thm 3).
 
@@ -132,18 +119,9 @@ def seed_table(
     )
 
 
-def init_scale_study(
-    model: DeepUFM,
-    scales: list[float] | np.ndarray,
-    *,
-    seeds: int,
-    lr: float,
-    steps: int,
-    seed: int = 0,
-    device: Any = "auto",
-    dtype: Any = "float64",
-    record_every: int | None = None,
-) -> tuple[GDResult, pd.DataFrame]:
+def init_scale_study(model: DeepUFM, scales: list[float] | np.ndarray, *, seeds: int, lr: float, steps: int,
+                     seed: int = 0, device: Any = "auto", dtype: Any = "float64",
+                     record_every: int | None = None) -> tuple[GDResult, pd.DataFrame]:
     """GD from initializations of several scales × ``seeds`` seeds, as one batched run.
 
     Run ``i·seeds + j`` starts from scale ``scales[i]`` times the j-th standard-normal draw (the same
@@ -154,17 +132,8 @@ def init_scale_study(
         raise ValueError("init_scale_study needs scalar hyperparameters (the runs are the scales × seeds)")
     base = model.init(seeds, 1.0, torch.Generator().manual_seed(int(seed)), torch.float64)
     init = {k: torch.cat([float(x) * v for x in sc]) for k, v in base.items()}
-    gd = gradient_descent(
-        model,
-        lr=lr,
-        steps=steps,
-        runs=len(sc) * seeds,
-        init=init,
-        device=device,
-        dtype=dtype,
-        record_every=record_every,
-        desc="init scales",
-    )
+    gd = gradient_descent(model, lr=lr, steps=steps, runs=len(sc) * seeds, init=init, device=device, dtype=dtype,
+                          record_every=record_every, desc="init scales")
     table = pd.DataFrame(
         {
             "run": np.arange(len(sc) * seeds),
@@ -176,7 +145,7 @@ def init_scale_study(
 
 
 def init_scales_figure(study: Any, table: pd.DataFrame, f_star: float, title: str | None = None) -> Figure:
-    """The initialization-scale study (:func:`ncutils.experiments.init_scale_study`): objective along GD,
+    """The initialization-scale study (:func:`init_scale_study`): objective along GD,
     one line per run coloured by init std (left), and the final |f/f* − 1| per seed (right). The
     dotted line is the trivial stationary point f = 1/2 (H = 0) where a too-small initialization stalls."""
     style()

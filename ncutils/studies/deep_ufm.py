@@ -9,30 +9,11 @@ from matplotlib.figure import Figure
 
 from ..plot import finish_axes as _finish
 from ..plot import style
-from ._common import (
-    POSITIVE,
-    Assumption,
-    Requirement,
-    Rule,
-    best_run,
-    int_list,
-    positive_list,
-    width_at_least,
-)
+from ._common import POSITIVE, Assumption, Requirement, Rule, best_run, int_list, positive_list, width_at_least
 from ._multilayer import class_mean_ranks, deep_ufm_checks, seed_table
 
-__all__ = [
-    "ASSUMPTIONS",
-    "NOTEBOOK",
-    "REQUIREMENTS",
-    "RULES",
-    "best_run",
-    "class_mean_ranks",
-    "class_mean_spectra_figure",
-    "deep_ufm_checks",
-    "rank_studies_figure",
-    "seed_table",
-]
+__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "best_run", "class_mean_ranks",
+           "class_mean_spectra_figure", "deep_ufm_checks", "rank_studies_figure", "seed_table"]
 
 NOTEBOOK = "04_deep_ufm"
 
@@ -62,7 +43,7 @@ ASSUMPTIONS: list[Assumption] = []
 
 def class_mean_spectra_figure(ranks: pd.DataFrame, hue: str = "run", title: str | None = None) -> Figure:
     """Normalized singular values σ_k/σ_1 of every level's class means (``ranks`` from
-    :func:`ncutils.experiments.class_mean_ranks`, optionally with another ``hue`` column), one panel per level."""
+    :func:`class_mean_ranks`, optionally with another ``hue`` column), one panel per level."""
     style()
     levels = list(dict.fromkeys(ranks.level))
     fig, axes = plt.subplots(
@@ -70,20 +51,8 @@ def class_mean_spectra_figure(ranks: pd.DataFrame, hue: str = "run", title: str 
     )
     for ax, lv in zip(axes[0], levels, strict=True):
         part = ranks[ranks.level == lv]
-        sns.lineplot(
-            data=part,
-            x="k",
-            y="sv_rel",
-            hue=hue,
-            units="run",
-            estimator=None,
-            ax=ax,
-            lw=0.9,
-            marker="o",
-            ms=3,
-            palette="colorblind" if part[hue].nunique() <= 10 else "viridis",
-            legend=ax is axes[0][-1],
-        )
+        sns.lineplot(data=part, x="k", y="sv_rel", hue=hue, units="run", estimator=None, ax=ax, lw=0.9, marker="o",
+                     ms=3, palette="colorblind" if part[hue].nunique() <= 10 else "viridis", legend=ax is axes[0][-1])
         ax.set_yscale("log")
         ax.set_title(f"{lv}: σ_k / σ_1")
         ax.set_xlabel("k")
@@ -96,8 +65,8 @@ def rank_studies_figure(
     width_table: pd.DataFrame, lambda_ranks: pd.DataFrame, K: int, title: str | None = None
 ) -> Figure:
     """Left: how many seeds end at f_DNC / below / above per width (``width_table``: ``width, status``
-    from :func:`ncutils.experiments.seed_table`). Right: mean numerical rank of each level's class means
-    against λ (``lambda_ranks``: ``lambda, level, run, rank`` from :func:`ncutils.experiments.class_mean_ranks`)."""
+    from :func:`seed_table`). Right: mean numerical rank of each level's class means
+    against λ (``lambda_ranks``: ``lambda, level, run, rank`` from :func:`class_mean_ranks`)."""
     style()
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(8.6, 3.3), constrained_layout=True)
     counts = width_table.groupby(["width", "status"]).size().unstack(fill_value=0)

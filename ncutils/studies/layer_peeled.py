@@ -17,27 +17,11 @@ from ..plot import style
 from ..report import check
 from ..solve import GDResult
 from ..ulpm import MaxMarginSolution
-from ._common import (
-    POSITIVE,
-    Assumption,
-    Requirement,
-    Rule,
-    best_run,
-)
+from ._common import POSITIVE, Assumption, Requirement, Rule, best_run
 from .ufm_mse import ufm_checks
 
-__all__ = [
-    "ASSUMPTIONS",
-    "NOTEBOOK",
-    "REQUIREMENTS",
-    "RULES",
-    "ULPM_PANELS",
-    "best_run",
-    "loglog_slope",
-    "ufm_checks",
-    "ulpm_checks",
-    "ulpm_figure",
-]
+__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "ULPM_PANELS", "best_run", "loglog_slope", "ufm_checks",
+           "ulpm_checks", "ulpm_figure"]
 
 NOTEBOOK = "06_layer_peeled"
 
@@ -58,27 +42,16 @@ ASSUMPTIONS: list[Assumption] = []
 # --------------------------------------------------------------------------- #
 # §6 unconstrained layer-peeled model (notebook 06)
 # --------------------------------------------------------------------------- #
-def ulpm_checks(
-    gd: GDResult,
-    opt: theory.ULPMOptimum,
-    sol: MaxMarginSolution,
-    margin_tol: float = 0.03,
-    value_tol: float = 1e-6,
-    zero_tol: float = 1e-6,
-) -> list[dict[str, Any]]:
+def ulpm_checks(gd: GDResult, opt: theory.ULPMOptimum, sol: MaxMarginSolution, margin_tol: float = 0.03,
+                value_tol: float = 1e-6, zero_tol: float = 1e-6) -> list[dict[str, Any]]:
     """GD's best normalized margin vs 1/(√n(K−1)) (relative, ``margin_tol``: convergence is O(1/log t));
     the SLSQP max-margin solution's value vs √n(K−1), its NC1/NC2/NC3 (→ 0) and norms."""
     margin = gd.final("normalized_margin")
     K = gd.model.K
     return [
         check("GD: normalized margin (best seed)", margin.max(), opt.normalized_margin, margin_tol),
-        check(
-            "GD: normalized margin stays below its limit (worst seed, abs excess)",
-            max(margin.max() - opt.normalized_margin, 0.0),
-            0.0,
-            1e-12,
-            kind="abs",
-        ),
+        check("GD: normalized margin stays below its limit (worst seed, abs excess)",
+              max(margin.max() - opt.normalized_margin, 0.0), 0.0, 1e-12, kind="abs"),
         check("SLSQP: min 1/2(|W|^2+|H|^2) vs sqrt(n)(K-1)", sol.value, opt.value, value_tol),
         check("SLSQP: smallest margin", sol.min_margin, 1.0, value_tol),
         check("SLSQP: NC1", sol.metrics["nc1"], 0.0, zero_tol, kind="abs"),

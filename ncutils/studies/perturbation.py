@@ -22,13 +22,7 @@ from ..perturbation import FlowResult, PerturbationModel, jacobian_blocks, layer
 from ..plot import finish_axes as _finish
 from ..plot import style
 from ..report import check
-from ._common import (
-    POSITIVE,
-    Assumption,
-    Requirement,
-    Rule,
-    positive_list,
-)
+from ._common import POSITIVE, Assumption, Requirement, Rule, positive_list
 
 
 def _h0_file(value: str) -> None:
@@ -52,23 +46,9 @@ def _h0_shape(p: dict) -> bool:
     return not p["h0_file"] or np.load(resolve_path(p["h0_file"]), mmap_mode="r").shape == (p["K"] * p["n"], p["d"])
 
 
-__all__ = [
-    "ASSUMPTIONS",
-    "NOTEBOOK",
-    "REQUIREMENTS",
-    "RULES",
-    "beta_sweep",
-    "beta_sweep_figure",
-    "chain_checks",
-    "flow_checks",
-    "flow_figure",
-    "jacobian_checks",
-    "jacobian_spectra_figure",
-    "jacobian_study",
-    "layerwise_chain_figure",
-    "mnist_chain",
-    "random_features",
-]
+__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "beta_sweep", "beta_sweep_figure", "chain_checks",
+           "flow_checks", "flow_figure", "jacobian_checks", "jacobian_spectra_figure", "jacobian_study",
+           "layerwise_chain_figure", "mnist_chain", "random_features"]
 
 NOTEBOOK = "05_perturbation"
 
@@ -96,30 +76,19 @@ REQUIREMENTS: list[Requirement] = [
     Requirement(
         ("lambda_W",), lambda p: p["lambda_W"] > 0, "parameter lambda_W must be > 0 (the central path W*(H) needs it)"
     ),
-    Requirement(
-        ("lambda_W", "lambda_H"),
-        lambda p: p["lambda_W"] * p["lambda_H"] < 1,
-        "parameters lambda_W * lambda_H must be < 1 (else the minimizer is H = 0: nothing collapses)",
-    ),
-    Requirement(
-        ("lambda_W", "jacobian_lambda_H"),
-        lambda p: all(p["lambda_W"] * v < 1 for v in p["jacobian_lambda_H"]),
-        "parameters lambda_W * jacobian_lambda_H must all be < 1 (Theorem 4.2 needs a collapsed H0)",
-    ),
+    Requirement(("lambda_W", "lambda_H"), lambda p: p["lambda_W"] * p["lambda_H"] < 1,
+                "parameters lambda_W * lambda_H must be < 1 (else the minimizer is H = 0: nothing collapses)"),
+    Requirement(("lambda_W", "jacobian_lambda_H"),
+                lambda p: all(p["lambda_W"] * v < 1 for v in p["jacobian_lambda_H"]),
+                "parameters lambda_W * jacobian_lambda_H must all be < 1 (Theorem 4.2 needs a collapsed H0)"),
     Requirement(
         ("beta_min", "beta_max"), lambda p: p["beta_min"] < p["beta_max"], "parameter beta_min must be < beta_max"
     ),
-    Requirement(
-        ("h0_file", "K", "n", "d"),
-        _h0_shape,
-        "parameter h0_file must hold an array of shape (K n, d), rows class-major",
-    ),
-    Requirement(
-        ("chain_data", "data_root"),
-        lambda p: p["chain_data"] != "mnist" or missing_files("mnist", p["data_root"]) is None,
-        lambda p: f"parameter data_root: {missing_files('mnist', p['data_root'])}",
-        machine=True,
-    ),
+    Requirement(("h0_file", "K", "n", "d"), _h0_shape,
+                "parameter h0_file must hold an array of shape (K n, d), rows class-major"),
+    Requirement(("chain_data", "data_root"),
+                lambda p: p["chain_data"] != "mnist" or missing_files("mnist", p["data_root"]) is None,
+                lambda p: f"parameter data_root: {missing_files('mnist', p['data_root'])}", machine=True),
 ]
 #: Assumptions of the theorem: runs go on, but say so.
 ASSUMPTIONS: list[Assumption] = []
@@ -218,28 +187,14 @@ def jacobian_checks(
             check(f"{tag}: sigma_min(F_kk)", r.diag_sigma_min, r.pred_diag_sigma_min, abs_tol, kind="abs"),
             check(f"{tag}: rank(F_kk)", r.diag_rank, n * d, 0, kind="abs"),
             check(f"{tag}: rank(F_kk'), k != k'", r.offdiag_rank, 1, 0, kind="abs"),
-            check(
-                f"{tag}: sigma_max(F_kk'), first order in 1/beta",
-                r.offdiag_sigma_max,
-                r.pred_offdiag_sigma_max,
-                offdiag_rel_tol,
-            ),
+            check(f"{tag}: sigma_max(F_kk'), first order in 1/beta", r.offdiag_sigma_max, r.pred_offdiag_sigma_max,
+                  offdiag_rel_tol),
         ]
     return out
 
 
-def mnist_chain(
-    model: PerturbationModel,
-    betas: list[float],
-    *,
-    layers: int,
-    data_root: str,
-    per_class: int,
-    width: int,
-    epochs: int,
-    seed: int = 0,
-    fake: bool = False,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+def mnist_chain(model: PerturbationModel, betas: list[float], *, layers: int, data_root: str, per_class: int,
+                width: int, epochs: int, seed: int = 0, fake: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The layer-wise argument on real features: train a 784→width→width→10 ReLU MLP on a balanced MNIST
     subset (``per_class`` digits per class, read by torchvision from ``data_root``), take its first hidden
     layer's features as H₀ (scaled so that the mean squared row norm equals the collapsed ‖μ_k‖² of the
@@ -309,7 +264,7 @@ def flow_figure(table: pd.DataFrame, title: str | None = None) -> Figure:
 
 def beta_sweep_figure(df: pd.DataFrame, title: str | None = None) -> Figure:
     """Corollary 3.2: nc1_trace (and Papyan's NC1) of the minimizer H_{1/β} against β, with nc1_trace(H₀)
-    dashed (``df`` from :func:`ncutils.experiments.beta_sweep`)."""
+    dashed (``df`` from :func:`beta_sweep`)."""
     style()
     fig, ax = plt.subplots(figsize=(4.6, 3.3), constrained_layout=True)
     ax.plot(df.beta, df.nc1_trace, "o-", color="C0", ms=4, label="nc1_trace(H*)")
@@ -327,7 +282,7 @@ def jacobian_spectra_figure(
     """Fig. 1 of Tirer, Huang & Niles-Weed: singular values of a diagonal block F_kk, one colour per λ_H,
     with the predicted σ_min = 1 − √(λ_H/λ_W)/β (dashed) and σ_max = 1 (grey); right: σ_max of the
     off-diagonal blocks vs 2λ_H(1 − √(λ_Hλ_W))/β (``table``/``spectra`` from
-    :func:`ncutils.experiments.jacobian_study`)."""
+    :func:`jacobian_study`)."""
     style()
     fig, (ax0, ax1) = plt.subplots(
         1, 2, figsize=(9.0, 3.4), constrained_layout=True, gridspec_kw={"width_ratios": [2, 1]}
@@ -351,19 +306,12 @@ def jacobian_spectra_figure(
 
 
 def layerwise_chain_figure(chain: pd.DataFrame, title: str | None = None) -> Figure:
-    """NC1 and nc1_trace against layer for each β (``chain`` from :func:`ncutils.experiments.mnist_chain`)."""
+    """NC1 and nc1_trace against layer for each β (``chain`` from :func:`mnist_chain`)."""
     style()
     fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.2), constrained_layout=True)
     for ax, (col, label) in zip(axes, [("nc1", "NC1 = tr(Σ_W Σ_B†)/K"), ("nc1_trace", "nc1_trace")], strict=True):
-        sns.lineplot(
-            data=chain.assign(beta=chain.beta.map("β = {:g}".format)),
-            x="layer",
-            y=col,
-            hue="beta",
-            marker="o",
-            ax=ax,
-            palette="colorblind",
-        )
+        sns.lineplot(data=chain.assign(beta=chain.beta.map("β = {:g}".format)), x="layer", y=col, hue="beta",
+                     marker="o", ax=ax, palette="colorblind")
         ax.set_ylabel("")
         _finish(ax, label, "layer (0 = the MLP's features H₀)", ylog=True)
     if title:

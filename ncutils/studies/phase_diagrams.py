@@ -11,13 +11,7 @@ from matplotlib.figure import Figure
 
 from ..plot import finish_axes as _finish
 from ..plot import style
-from ._common import (
-    POSITIVE,
-    Assumption,
-    Requirement,
-    Rule,
-    width_at_least,
-)
+from ._common import POSITIVE, Assumption, Requirement, Rule, width_at_least
 
 __all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "phase_figure"]
 
@@ -39,11 +33,8 @@ RULES: dict[str, Rule] = {
 #: Hard requirements of the theory: a run whose parameters break one fails before any compute.
 REQUIREMENTS: list[Requirement] = [
     width_at_least("d", "K"),
-    Requirement(
-        ("lambda_min", "lambda_max"),
-        lambda p: p["lambda_min"] < p["lambda_max"],
-        "parameter lambda_min must be < lambda_max",
-    ),
+    Requirement(("lambda_min", "lambda_max"), lambda p: p["lambda_min"] < p["lambda_max"],
+                "parameter lambda_min must be < lambda_max"),
 ]
 #: Assumptions of the theorem: runs go on, but say so.
 ASSUMPTIONS: list[Assumption] = []
@@ -56,12 +47,8 @@ _PHASE_TITLES = {
 }
 
 
-def phase_figure(
-    tables: Mapping[str, pd.DataFrame],
-    boundaries: Mapping[str, Mapping[str, np.ndarray]],
-    L: int = 3,
-    title: str | None = None,
-) -> Figure:
+def phase_figure(tables: Mapping[str, pd.DataFrame], boundaries: Mapping[str, Mapping[str, np.ndarray]], L: int = 3,
+                 title: str | None = None) -> Figure:
     """Phase diagrams, one column per model (``tables`` from :func:`ncutils.phase.phase_table`, keyed by kind):
     top, the fit s GD reaches (0 = the trivial solution H = 0, colour) with the theory boundary (solid) and,
     for deeper models, where the metastable collapsed branch ends (dashed); × marks a point where GD's phase

@@ -15,36 +15,15 @@ from .. import theory
 from .._validate import check_floats, check_int
 from ..metrics import class_means_t
 from ..models import DeepUFM
-from ..plot import finish_axes as _finish
-from ..plot import style
+from ..plot import style, threshold_panels
 from ..report import check
 from ..solve import GDResult, gradient_descent
-from ._common import (
-    POSITIVE,
-    Assumption,
-    Requirement,
-    Rule,
-    best_run,
-    width_at_least,
-)
+from ._common import POSITIVE, Assumption, Requirement, Rule, best_run, width_at_least
 from ._multilayer import MULTILAYER_RULES, _deep, deep_ufm_checks, init_scale_study, init_scales_figure, seed_table
 
-__all__ = [
-    "ASSUMPTIONS",
-    "NOTEBOOK",
-    "REQUIREMENTS",
-    "RULES",
-    "best_run",
-    "deep_ufm_checks",
-    "dufm_sweep_checks",
-    "dufm_threshold_sweep",
-    "dufm_threshold_sweep_figure",
-    "gram_cosines_figure",
-    "init_scale_study",
-    "init_scales_figure",
-    "mean_gram_cosines",
-    "seed_table",
-]
+__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "best_run", "deep_ufm_checks", "dufm_sweep_checks",
+           "dufm_threshold_sweep", "dufm_threshold_sweep_figure", "gram_cosines_figure", "init_scale_study",
+           "init_scales_figure", "mean_gram_cosines", "seed_table"]
 
 NOTEBOOK = "03_relu_eufm"
 
@@ -89,22 +68,9 @@ def mean_gram_cosines(gd: GDResult) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def dufm_threshold_sweep(
-    K: int,
-    n: int,
-    d: int,
-    ratios: np.ndarray | list[float],
-    *,
-    L: int = 2,
-    activation: str = "relu",
-    lr: float,
-    steps: int,
-    init_std: float,
-    seeds: int = 1,
-    seed: int = 0,
-    device: Any = "auto",
-    dtype: Any = "float64",
-) -> pd.DataFrame:
+def dufm_threshold_sweep(K: int, n: int, d: int, ratios: np.ndarray | list[float], *, L: int = 2,
+                         activation: str = "relu", lr: float, steps: int, init_std: float, seeds: int = 1,
+                         seed: int = 0, device: Any = "auto", dtype: Any = "float64") -> pd.DataFrame:
     """GD across the existence threshold of the multi-layer UFM, all points × seeds as one batched run.
 
     All λ equal to λ; ``ratios`` = (Km/2)q / threshold (1 = the threshold: K q = 2^{−4/3} for L = 2),
@@ -128,17 +94,8 @@ def dufm_threshold_sweep(
         lambda_W=(per_run,) * L,
         lambda_H=per_run,
     )
-    gd = gradient_descent(
-        model,
-        lr=lr,
-        steps=steps,
-        init_std=init_std,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        record_every=steps,
-        desc="threshold sweep",
-    )
+    gd = gradient_descent(model, lr=lr, steps=steps, init_std=init_std, seed=seed, device=device, dtype=dtype,
+                          record_every=steps, desc="threshold sweep")
     rows = []
     for i, x in enumerate(lam):
         opt = theory.dufm_optimum(K, n, [x] * L, x)
@@ -174,34 +131,18 @@ def dufm_sweep_checks(sweep: pd.DataFrame, tol: float = 1e-4) -> list[dict[str, 
     rel = (sweep.objective_gd - sweep.objective_theory) / sweep.objective_theory
     first, last = sweep.iloc[0], sweep.iloc[-1]
     return [
-        check(
-            f"sweep: GD below the global f* (worst of {len(sweep)} points)",
-            max(0.0, float(-rel.min())),
-            0.0,
-            1e-9,
-            kind="abs",
-            id="sweep_never_below_global",
-        ),
-        check(
-            f"sweep: f at ratio {first.ratio:.3g} (collapsed)",
-            first.objective_gd,
-            first.objective_theory,
-            tol,
-            id="sweep_smallest_ratio_objective",
-        ),
-        check(
-            f"sweep: f at ratio {last.ratio:.3g} (H = 0)",
-            last.objective_gd,
-            last.objective_theory,
-            tol,
-            id="sweep_largest_ratio_objective",
-        ),
+        check(f"sweep: GD below the global f* (worst of {len(sweep)} points)", max(0.0, float(-rel.min())), 0.0, 1e-9,
+              kind="abs", id="sweep_never_below_global"),
+        check(f"sweep: f at ratio {first.ratio:.3g} (collapsed)", first.objective_gd, first.objective_theory, tol,
+              id="sweep_smallest_ratio_objective"),
+        check(f"sweep: f at ratio {last.ratio:.3g} (H = 0)", last.objective_gd, last.objective_theory, tol,
+              id="sweep_largest_ratio_objective"),
     ]
 
 
 def gram_cosines_figure(df: pd.DataFrame, title: str | None = None) -> Figure:
     """Pairwise cosines of class means per level, one dot per run and pair (``df`` from
-    :func:`ncutils.experiments.mean_gram_cosines`); 0 (orthogonal frame) dashed."""
+    :func:`mean_gram_cosines`); 0 (orthogonal frame) dashed."""
     style()
     fig, ax = plt.subplots(figsize=(1.2 + 1.6 * df.level.nunique(), 3.2), constrained_layout=True)
     sns.stripplot(data=df, x="level", y="cosine", hue="pair", dodge=True, ax=ax, size=4, jitter=0.15)
@@ -214,21 +155,7 @@ def gram_cosines_figure(df: pd.DataFrame, title: str | None = None) -> Figure:
 
 
 def dufm_threshold_sweep_figure(df: pd.DataFrame, level_label: str = "last level", title: str | None = None) -> Figure:
-    """f and ‖μ_k‖² against (Km/2)q / threshold (``df`` from :func:`ncutils.experiments.dufm_threshold_sweep`):
-    global optimum (line, with its jump at 1), metastable collapsed branch (dotted), GD (markers)."""
-    style()
-    fig, axes = plt.subplots(1, 2, figsize=(7.8, 3.2), constrained_layout=True)
-    for ax, (key, label) in zip(
-        axes, [("mean_norm_sq", f"‖μ_k‖², {level_label}"), ("objective", "objective f")], strict=True
-    ):
-        for side in (df.ratio <= 1, df.ratio > 1):
-            ax.plot(
-                df.ratio[side], df[f"{key}_theory"][side], color="C0", label="theory (global)" if side.iloc[0] else None
-            )
-        ax.plot(df.ratio, df[f"{key}_metastable"], color="C2", ls=":", label="collapsed branch (local)")
-        ax.plot(df.ratio, df[f"{key}_gd"], "o", color="C1", ms=5, mfc="none", label="GD")
-        ax.axvline(1.0, color="0.4", ls="--", lw=1, label="threshold")
-        _finish(ax, label, "(K m / 2) q / threshold")
-    if title:
-        fig.suptitle(title)
-    return fig
+    """f and ‖μ_k‖² against (Km/2)q / threshold (``df`` from :func:`dufm_threshold_sweep`): global optimum
+    (line, with its jump at 1), metastable collapsed branch (dotted), GD (markers)."""
+    return threshold_panels(df, "ratio", "(K m / 2) q / threshold", "threshold", norm_label=f"‖μ_k‖², {level_label}",
+                            theory_label="theory (global)", split=True, figsize=(7.8, 3.2), title=title)

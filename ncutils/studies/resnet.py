@@ -21,12 +21,7 @@ from ..plot import finish_axes as _finish
 from ..plot import style
 from ..report import check
 from ..train import TrainConfig
-from ._common import (
-    POSITIVE,
-    Assumption,
-    Requirement,
-    Rule,
-)
+from ._common import POSITIVE, Assumption, Requirement, Rule
 
 
 def resnet_cpu_hours(p: Mapping[str, Any]) -> float:
@@ -35,18 +30,8 @@ def resnet_cpu_hours(p: Mapping[str, Any]) -> float:
     return 3 * 1.11e9 * p["width_multiplier"] ** 2 * images / 50e9 / 3600
 
 
-__all__ = [
-    "ASSUMPTIONS",
-    "NOTEBOOK",
-    "REQUIREMENTS",
-    "RULES",
-    "resnet_checks",
-    "resnet_cpu_hours",
-    "resnet_data",
-    "resnet_final",
-    "resnet_metric_table",
-    "training_figure",
-]
+__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "resnet_checks", "resnet_cpu_hours", "resnet_data",
+           "resnet_final", "resnet_metric_table", "training_figure"]
 
 NOTEBOOK = "07_resnet"
 
@@ -60,12 +45,9 @@ RULES: dict[str, Rule] = {
 }
 #: Hard requirements of the theory: a run whose parameters break one fails before any compute.
 REQUIREMENTS: list[Requirement] = [
-    Requirement(
-        ("dataset", "data_root", "fake_data"),
-        lambda p: p["fake_data"] or missing_files(p["dataset"], p["data_root"]) is None,
-        lambda p: f"parameter data_root: {missing_files(p['dataset'], p['data_root'])}",
-        machine=True,
-    ),
+    Requirement(("dataset", "data_root", "fake_data"),
+                lambda p: p["fake_data"] or missing_files(p["dataset"], p["data_root"]) is None,
+                lambda p: f"parameter data_root: {missing_files(p['dataset'], p['data_root'])}", machine=True),
     Requirement(
         ("device", "width_multiplier", "per_class", "epochs", "max_cpu_hours"),
         lambda p: resolve_device(p["device"]).type != "cpu" or resnet_cpu_hours(p) <= p["max_cpu_hours"],
@@ -134,21 +116,11 @@ def resnet_checks(result: Any) -> list[dict[str, Any]]:
     earlier = [name for name in RESNET_LAYERS[:-1] if name in nc1.columns]
     last = nc1.iloc[-1]
     return [
-        check(
-            "penultimate NC1: last / first measured epoch (< 1)",
-            nc1.layer4.iloc[-1] / nc1.layer4.iloc[0],
-            0.0,
-            1.0,
-            kind="abs",
-        ),
-        check(
-            f"earlier layers ({', '.join(earlier)}) with NC1 <= the penultimate's at the last epoch",
-            int((last[earlier] <= last["layer4"]).sum()),
-            0,
-            0,
-            kind="abs",
-            id="earlier_layers_nc1_not_above_penultimate",
-        ),
+        check("penultimate NC1: last / first measured epoch (< 1)", nc1.layer4.iloc[-1] / nc1.layer4.iloc[0], 0.0, 1.0,
+              kind="abs"),
+        check(f"earlier layers ({', '.join(earlier)}) with NC1 <= the penultimate's at the last epoch",
+              int((last[earlier] <= last["layer4"]).sum()), 0, 0, kind="abs",
+              id="earlier_layers_nc1_not_above_penultimate"),
     ]
 
 
@@ -185,14 +157,8 @@ def training_figure(history: pd.DataFrame, frame: str = "etf", title: str | None
             for suffix, dashes in (("", ""), ("_flat", (4, 2))):
                 c = feats[(feats.layer == layer + suffix) & (feats.metric == metric)]
                 if not c.empty:
-                    ax.plot(
-                        c.epoch,
-                        c.value,
-                        color=colors[layer],
-                        marker=".",
-                        dashes=dashes,
-                        label=layer if not suffix else None,
-                    )
+                    ax.plot(c.epoch, c.value, color=colors[layer], marker=".", dashes=dashes,
+                            label=layer if not suffix else None)
         _finish(ax, panel, "epoch", ylog=True)
     ax = axes[3]
     for metric, label in (("nc3_etf", "NC3 (ETF)"), ("nc3_orthogonal", "NC3 (orth.)")):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -13,27 +12,13 @@ from matplotlib.figure import Figure
 from .. import theory
 from .._validate import check_floats
 from ..models import UFM
-from ..plot import finish_axes as _finish
-from ..plot import style
+from ..plot import threshold_panels
 from ..report import check
 from ..solve import GDResult, gradient_descent
-from ._common import (
-    POSITIVE,
-    Assumption,
-    Requirement,
-    Rule,
-)
+from ._common import POSITIVE, Assumption, Requirement, Rule
 
-__all__ = [
-    "ASSUMPTIONS",
-    "NOTEBOOK",
-    "REQUIREMENTS",
-    "RULES",
-    "sweep_check",
-    "threshold_sweep_figure",
-    "ufm_checks",
-    "ufm_threshold_sweep",
-]
+__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "sweep_check", "threshold_sweep_figure", "ufm_checks",
+           "ufm_threshold_sweep"]
 
 NOTEBOOK = "01_ufm_mse"
 
@@ -91,31 +76,15 @@ def ufm_checks(
     ]
     distinct = "nc2_orthogonal" if etf else "nc3_etf"
     out.append(
-        check(
-            f"{label}: {'NC2 to orthogonal' if etf else 'NC3 (ETF)'} = frame distance",
-            final(distinct, "H"),
-            theory.frame_distance(m.K),
-            tol,
-        )
+        check(f"{label}: {'NC2 to orthogonal' if etf else 'NC3 (ETF)'} = frame distance", final(distinct, "H"),
+              theory.frame_distance(m.K), tol)
     )
     return out
 
 
-def ufm_threshold_sweep(
-    K: int,
-    n: int,
-    d: int,
-    c_values: np.ndarray | list[float],
-    *,
-    loss: str = "mse",
-    bias: bool = False,
-    lr: float,
-    steps: int,
-    init_std: float,
-    seed: int,
-    device: Any = "auto",
-    dtype: Any = "float64",
-) -> pd.DataFrame:
+def ufm_threshold_sweep(K: int, n: int, d: int, c_values: np.ndarray | list[float], *, loss: str = "mse",
+                        bias: bool = False, lr: float, steps: int, init_std: float, seed: int, device: Any = "auto",
+                        dtype: Any = "float64") -> pd.DataFrame:
     """GD across the threshold c = K√(nλ_Hλ_W) with λ_W = λ_H = c/(K√n), all points as one batched run.
 
     Returns one row per c: the GD and theory values of f and ‖μ_k‖² and their relative error.
@@ -123,17 +92,8 @@ def ufm_threshold_sweep(
     c = np.asarray(check_floats("c_values", c_values, 0.0, strict_low=True))
     lam = tuple(float(x) for x in c / (K * math.sqrt(n)))
     model = UFM(K=K, n=n, d=d, lambda_W=lam, lambda_H=lam, loss=loss, bias=bias)  # type: ignore[arg-type]
-    gd = gradient_descent(
-        model,
-        lr=lr,
-        steps=steps,
-        init_std=init_std,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        record_every=steps,
-        desc="threshold sweep",
-    )
+    gd = gradient_descent(model, lr=lr, steps=steps, init_std=init_std, seed=seed, device=device, dtype=dtype,
+                          record_every=steps, desc="threshold sweep")
     optimum = (
         theory.ufm_ce_optimum if loss == "ce" else (lambda K, n, lw, lh: theory.ufm_mse_optimum(K, n, lw, lh, bias))
     )
@@ -155,25 +115,11 @@ def ufm_threshold_sweep(
 def sweep_check(sweep: pd.DataFrame, tol: float = 1e-4) -> dict[str, Any]:
     """The worst point of a threshold sweep as one relative-error check of f."""
     worst = sweep.loc[sweep.objective_rel_err.idxmax()]
-    return check(
-        f"sweep: f at c = {worst.c:.3g} (worst of {len(sweep)})",
-        worst.objective_gd,
-        worst.objective_theory,
-        tol,
-        id="sweep_worst_objective",
-    )
+    return check(f"sweep: f at c = {worst.c:.3g} (worst of {len(sweep)})", worst.objective_gd, worst.objective_theory,
+                 tol, id="sweep_worst_objective")
 
 
 def threshold_sweep_figure(df: pd.DataFrame, title: str | None = None) -> Figure:
-    """‖μ_k‖² and f against c: theory as lines, GD as markers (``df`` from
-    :func:`ncutils.experiments.ufm_threshold_sweep`); the threshold c = 1 dashed."""
-    style()
-    fig, axes = plt.subplots(1, 2, figsize=(7.6, 3.2), constrained_layout=True)
-    for ax, (key, label) in zip(axes, [("mean_norm_sq", "mean ‖μ_k‖²"), ("objective", "objective f")], strict=True):
-        ax.plot(df.c, df[f"{key}_theory"], color="C0", label="theory")
-        ax.plot(df.c, df[f"{key}_gd"], "o", color="C1", ms=5, mfc="none", label="GD")
-        ax.axvline(1.0, color="0.4", ls="--", lw=1, label="c = 1")
-        _finish(ax, label, "c = K √(n λ_H λ_W)")
-    if title:
-        fig.suptitle(title)
-    return fig
+    """‖μ_k‖² and f against c: theory as lines, GD as markers (``df`` from :func:`ufm_threshold_sweep`); the
+    threshold c = 1 dashed."""
+    return threshold_panels(df, "c", "c = K √(n λ_H λ_W)", "c = 1", title=title)
