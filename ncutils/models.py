@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
+from itertools import pairwise
 from typing import Literal, NamedTuple
 
 import torch
@@ -205,6 +206,11 @@ class FeatureModel(ABC):
         for k in p:
             p[k].sub_(g[k], alpha=lr)
 
+    def step_flops(self, S: int) -> float | None:
+        """Floating-point operations of one GD step of ``S`` runs (matrix products only), or None if unknown
+        (used to choose the number of threads, :func:`ncutils.device.threads_for`)."""
+        return None
+
     @abstractmethod
     def levels(self, p: Params) -> dict[str, Level]:
         """Feature levels on which neural-collapse metrics are recorded."""
@@ -298,6 +304,9 @@ class UFM(FeatureModel):
             super().step(p, lr)
             return
         _fused_step(self, p["H"], [p["W"]], (self.lambda_W,), self.lambda_H, lr, ce=self.loss == "ce")
+
+    def step_flops(self, S: int) -> float:
+        return 6.0 * S * self.N * self.K * self.d  # W Hᵀ, Rᵀ H, R W
 
     def levels(self, p: Params) -> dict[str, Level]:
         return {"H": Level(p["H"], p["W"], p.get("b"))}
@@ -442,6 +451,10 @@ class DeepUFM(FeatureModel):
         with preallocated buffers reused across steps, weight decay and 1/N folded into the updates."""
         Ws = [p[f"W{layer}"] for layer in range(1, self.L + 1)]
         _fused_step(self, p["H1"], Ws, self.layer_lambdas(), self.lambda_H, lr, relu=self.activation == "relu")
+
+    def step_flops(self, S: int) -> float:
+        dims = (*self.widths, self.K)
+        return 6.0 * S * self.N * sum(a * b for a, b in pairwise(dims))  # forward + 2 backward
 
     def levels(self, p: Params) -> dict[str, Level]:
         feats = self.forward(p)[0]

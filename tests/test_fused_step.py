@@ -67,3 +67,52 @@ def test_gd_with_fused_step_matches_the_generic_step():
     for k in fused.params:
         torch.testing.assert_close(fused.params[k], generic.params[k], rtol=1e-12, atol=1e-14)
     assert fused.final("objective") == pytest.approx(generic.final("objective"), rel=1e-12)
+
+
+def test_threads_context_restores_the_callers_setting():
+    from ncutils.solve import threads
+
+    before = torch.get_num_threads()
+    with threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), threads(1):
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+    with threads(None):
+        assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match=r"^parameter threads must be an integer in \[1, inf\), got 0$"), threads(0):
+        pass
+
+
+def test_notebook_ufm_sizes_run_on_one_thread():
+    """The notebooks' UFMs (01, 02, 03, 04, 08 at paper settings, all seeds in one program) get one thread;
+    gradient_descent sets it for the loop only and restores the caller's count."""
+    from ncutils.device import GD_THREAD_FLOPS, threads_for
+    from ncutils.models import extended_ufm
+    from ncutils.phase import auto_chunk
+
+    paper = [(UFM(K=4, n=50, d=20), 1), (UFM(K=4, n=50, d=20, loss="ce"), 1),
+             (extended_ufm(4, 50, 20, "linear"), 5), (extended_ufm(4, 50, 20, "relu"), 10),
+             (extended_ufm(5, 100, 20, "relu"), 5), *((DeepUFM(K=2, n=50, d=20, L=L), 10) for L in (2, 3, 4, 5)),
+             (DeepUFM(K=10, n=5, d=30, L=4), 10), (DeepUFM(K=10, n=5, d=60, L=4), 10),
+             *((m, auto_chunk(m, 98, torch.device("cpu"), torch.float64))  # 08: cache-sized chunks of 98 runs
+               for m in (UFM(K=4, n=50, d=20), extended_ufm(4, 50, 20, "linear"), DeepUFM(K=4, n=50, d=20, L=3)))]
+    for model, S in paper:
+        assert model.step_flops(S) < GD_THREAD_FLOPS and threads_for(model.step_flops(S), 2) == 1
+    assert threads_for(None, 2) == 2 and threads_for(10 * GD_THREAD_FLOPS, 2) == 2
+
+    seen = []
+
+    class Spy(DeepUFM):
+        def step(self, p, lr):
+            seen.append(torch.get_num_threads())
+
+    model = Spy(K=2, n=5, d=4, L=2)
+    before = torch.get_num_threads()
+    gradient_descent(model, lr=0.1, steps=3, device="cpu", progress=False)
+    assert seen == [1, 1, 1] and torch.get_num_threads() == before
+    gradient_descent(model, lr=0.1, steps=2, device="cpu", progress=False, threads=before)
+    assert seen[3:] == [before, before]
+    with pytest.raises(ValueError, match="parameter threads"):
+        gradient_descent(model, lr=0.1, steps=2, device="cpu", threads=0)
