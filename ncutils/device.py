@@ -8,7 +8,7 @@ import torch
 
 from ._validate import bad_type, bad_value, check_choice
 
-__all__ = ["DTYPES", "is_quiet", "progress_bar", "resolve_device", "resolve_dtype"]
+__all__ = ["DTYPES", "GD_THREAD_FLOPS", "is_quiet", "progress_bar", "resolve_device", "resolve_dtype", "threads_for"]
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -70,3 +70,21 @@ def progress_bar(*args: object, **kwargs: object):
     else:
         from tqdm import tqdm
     return tqdm(*args, **kwargs)
+
+
+#: Below this many FLOPs per GD step, batched GD runs on one intra-op thread. Measured on the 2-core
+#: development machine (docs/benchmarks.md, "GD step"): a step of the ReLU extended UFM over 10 seeds
+#: (5.8 MFLOP) took 0.93 ms on one thread and 153 ms on two while other jobs shared the cores (idle, two
+#: threads gain at most ~1.7× at this size); a 1.6 GFLOP step was still 2.5× slower on two busy threads.
+#: Tiny operations make spinning intra-op threads wait on each other; parallelism comes from processes.
+GD_THREAD_FLOPS = 1e8
+
+
+def threads_for(flops_per_step: float | None, available: int | None = None) -> int:
+    """Intra-op threads for a GD loop of ``flops_per_step`` FLOPs per step: 1 below
+    :data:`GD_THREAD_FLOPS`, else ``available`` (default: the current ``torch.get_num_threads()``);
+    ``None`` (size unknown) keeps ``available``."""
+    avail = torch.get_num_threads() if available is None else available
+    if flops_per_step is None or flops_per_step >= GD_THREAD_FLOPS:
+        return avail
+    return 1

@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
+from itertools import pairwise
 from typing import Literal, NamedTuple
 
 import torch
@@ -63,6 +64,87 @@ def _per_run(value: Hyper, S: int, like: Tensor) -> Tensor:
     return t.expand(S).reshape(S, 1, 1)
 
 
+_threshold_backward = torch.ops.aten.threshold_backward.grad_input  # ReLU backward, written in place
+
+
+class _StepBuffers:
+    """Preallocated work tensors of one fused GD step (one set per run count, device and dtype)."""
+
+    def __init__(self, S: int, N: int, dims: tuple[int, ...], like: Tensor) -> None:
+        def empty(*shape: int) -> Tensor:
+            return torch.empty(*shape, device=like.device, dtype=like.dtype)
+
+        L = len(dims) - 1
+        self.feats = [empty(S, N, w) for w in dims[1:L]]  # H2 … HL
+        self.grads = [empty(S, N, w) for w in dims[1:L]]  # ∂/∂H2 … ∂/∂HL (unscaled by 1/N)
+        self.out = empty(S, N, dims[L])  # outputs − Y (MSE) or logits (CE)
+        self.T = empty(S, dims[1], dims[0])  # the unscaled gradient of W1's data term
+        self.factors: dict[tuple[int, float], Tensor] = {}  # 1 − lr λ per run, per (λ tuple, lr)
+
+
+def _step_buffers(model: FeatureModel, S: int, dims: tuple[int, ...], like: Tensor) -> _StepBuffers:
+    """The model's step buffers for ``S`` runs on ``like``'s device and dtype (built once, then reused)."""
+    key = (S, like.device, like.dtype)
+    cache = model.__dict__.get("_step_cache")  # not a dataclass field: no effect on eq/repr
+    if cache is None or cache[0] != key:
+        cache = (key, _StepBuffers(S, model.N, dims, like))
+        model.__dict__["_step_cache"] = cache
+    return cache[1]
+
+
+def _decay(model: FeatureModel, buf: _StepBuffers, x: Tensor, lam: Hyper, lr: float) -> float:
+    """Apply the weight-decay factor 1 − lr λ of ``x``: returned as a scalar (to fold into a ``baddbmm``
+    ``beta``) or, for one λ per run, multiplied into ``x`` in place (then 1.0 is returned)."""
+    if isinstance(lam, tuple):
+        key = (id(lam), lr)
+        f = buf.factors.get(key)
+        if f is None:
+            f = buf.factors[key] = 1 - lr * model._per_run(lam, x.shape[0], x)
+        x.mul_(f)
+        return 1.0
+    return 1.0 - lr * lam
+
+
+def _fused_step(model: FeatureModel, H1: Tensor, Ws: list[Tensor], lams: Sequence[Hyper], lam_H: Hyper,
+                lr: float, relu: bool = False, ce: bool = False) -> None:
+    """One in-place GD step of the L-layer model ``Y ≈ W_L σ(⋯σ(W₁H₁))`` (rows: ``H₁ (S, N, d₁)``,
+    ``W_l (S, d_{l+1}, d_l)``), MSE or (L = 1) cross-entropy, weight decay ``lams`` on the W_l and
+    ``lam_H`` on H₁: the arithmetic of the closed-form gradients with fewer passes and no allocation.
+
+    The data term's 1/N and the step size go into the ``alpha`` of in-place ``baddbmm_`` updates, and
+    the weight decay into their ``beta`` (θ ← (1 − lr λ)θ − (lr/N) ĝ); the forward features are kept in
+    preallocated buffers and the ReLU mask is read from them (σ(z) > 0 ⟺ z > 0)."""
+    L, N = len(Ws), model.N
+    dims = (H1.shape[-1], *(W.shape[-2] for W in Ws))
+    buf = _step_buffers(model, H1.shape[0], dims, H1)
+    feats = [H1]
+    for W, Hn in zip(Ws[:-1], buf.feats, strict=True):
+        torch.bmm(feats[-1], W.mT, out=Hn)
+        if relu:
+            Hn.relu_()
+        feats.append(Hn)
+    Y = model.targets(H1)
+    if ce:
+        G = torch.softmax(torch.bmm(feats[-1], Ws[-1].mT, out=buf.out), -1).sub_(Y)
+    else:
+        G = torch.baddbmm(Y, feats[-1], Ws[-1].mT, beta=-1, out=buf.out)  # outputs − Y
+    alpha = -lr / N
+    for layer in range(L - 1, 0, -1):  # W_L … W_2 (0-based index)
+        W, Gn = Ws[layer], buf.grads[layer - 1]
+        torch.bmm(G, W, out=Gn)  # ∂/∂H_{layer+1}, before W changes
+        W.baddbmm_(G.mT, feats[layer], beta=_decay(model, buf, W, lams[layer], lr), alpha=alpha)
+        if relu:
+            _threshold_backward(Gn, feats[layer], 0, grad_input=Gn)
+        G = Gn
+    W1 = Ws[0]
+    T = torch.bmm(G.mT, H1, out=buf.T)  # before H1 changes
+    H1.baddbmm_(G, W1, beta=_decay(model, buf, H1, lam_H, lr), alpha=alpha)  # before W1 changes
+    beta = _decay(model, buf, W1, lams[0], lr)
+    if beta != 1.0:
+        W1.mul_(beta)
+    W1.add_(T, alpha=alpha)
+
+
 class FeatureModel(ABC):
     """Interface of a model the GD core (:func:`ncutils.solve.gradient_descent`) runs."""
 
@@ -92,6 +174,10 @@ class FeatureModel(ABC):
             cache[key] = (value, _per_run(value, S, like))  # keep value alive so its id stays unique
         return cache[key][1]
 
+    def __getstate__(self) -> dict:
+        """Pickled without the fused step's work buffers (rebuilt at the first step)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_step_cache"}
+
     def runs(self) -> int | None:
         """Number of runs implied by per-run hyperparameters (None if all are scalars)."""
         sizes = {len(getattr(self, f.name)) for f in fields(self) if isinstance(getattr(self, f.name), tuple)}  # type: ignore[arg-type]
@@ -119,6 +205,11 @@ class FeatureModel(ABC):
         g = self.gradient(p)
         for k in p:
             p[k].sub_(g[k], alpha=lr)
+
+    def step_flops(self, S: int) -> float | None:
+        """Floating-point operations of one GD step of ``S`` runs (matrix products only), or None if unknown
+        (used to choose the number of threads, :func:`ncutils.device.threads_for`)."""
+        return None
 
     @abstractmethod
     def levels(self, p: Params) -> dict[str, Level]:
@@ -207,24 +298,15 @@ class UFM(FeatureModel):
         return g
 
     def step(self, p: Params, lr: float) -> None:
-        """Fused in-place GD step (same arithmetic as :meth:`gradient`, fewer kernels: a run of
-        millions of steps of the layer-peeled model is dominated by per-op overhead)."""
+        """Fused in-place GD step (the arithmetic of :meth:`gradient` to float round-off, fewer kernels and
+        no allocation: a run of millions of steps of the layer-peeled model is dominated by per-op overhead)."""
         if self.bias:
             super().step(p, lr)
             return
-        lw, lh = self.lambda_W, self.lambda_H
-        W, H = p["W"], p["H"]
-        Z = torch.bmm(H, W.transpose(-1, -2))
-        R = (torch.softmax(Z, -1) if self.loss == "ce" else Z).sub_(self.targets(Z)).div_(self.N)
-        gW = torch.bmm(R.transpose(-1, -2), H)
-        gH = torch.bmm(R, W)
-        for g, x, lam in ((gW, W, lw), (gH, H, lh)):
-            if isinstance(lam, tuple):  # one value per run (a λ grid)
-                g.addcmul_(self._per_run(lam, x.shape[0], x), x)
-            elif lam:
-                g.add_(x, alpha=lam)
-        H.sub_(gH, alpha=lr)
-        W.sub_(gW, alpha=lr)
+        _fused_step(self, p["H"], [p["W"]], (self.lambda_W,), self.lambda_H, lr, ce=self.loss == "ce")
+
+    def step_flops(self, S: int) -> float:
+        return 6.0 * S * self.N * self.K * self.d  # W Hᵀ, Rᵀ H, R W
 
     def levels(self, p: Params) -> dict[str, Level]:
         return {"H": Level(p["H"], p["W"], p.get("b"))}
@@ -363,6 +445,16 @@ class DeepUFM(FeatureModel):
                 G = G * (pre[layer - 2] > 0)
         g["H1"] = G + self._per_run(self.lambda_H, S, p["H1"]) * p["H1"]
         return {k: g[k] for k in p}
+
+    def step(self, p: Params, lr: float) -> None:
+        """Fused in-place GD step: the closed-form backpropagation of :meth:`gradient` to float round-off,
+        with preallocated buffers reused across steps, weight decay and 1/N folded into the updates."""
+        Ws = [p[f"W{layer}"] for layer in range(1, self.L + 1)]
+        _fused_step(self, p["H1"], Ws, self.layer_lambdas(), self.lambda_H, lr, relu=self.activation == "relu")
+
+    def step_flops(self, S: int) -> float:
+        dims = (*self.widths, self.K)
+        return 6.0 * S * self.N * sum(a * b for a, b in pairwise(dims))  # forward + 2 backward
 
     def levels(self, p: Params) -> dict[str, Level]:
         feats = self.forward(p)[0]

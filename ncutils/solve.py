@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +24,7 @@ from torch import Tensor
 
 from ._extras import need
 from ._validate import check_float, check_int
-from .device import is_quiet, resolve_device, resolve_dtype
+from .device import is_quiet, progress_bar, resolve_device, resolve_dtype, threads_for
 from .metrics import nc_metrics_t
 from .models import FeatureModel, Params
 from .paths import atomic_path, load_checkpoint, tensor_digest
@@ -30,11 +32,31 @@ from .paths import atomic_path, load_checkpoint, tensor_digest
 if TYPE_CHECKING:  # pandas is imported where a history table is built, not with the module
     import pandas as pd
 
-__all__ = ["DivergenceError", "GDResult", "gradient_descent", "record_steps"]
+__all__ = ["DivergenceError", "GDResult", "gradient_descent", "record_steps", "threads"]
 
 
 class DivergenceError(RuntimeError):
     """Gradient descent produced a non-finite objective."""
+
+
+@contextmanager
+def threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (None: unchanged) and restore the caller's count."""
+    if n is None:
+        yield
+        return
+    n = check_int("threads", n, 1)
+    old = torch.get_num_threads()
+    if n != old:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
+
+
+_thread_count = threads  # gradient_descent's argument of the same name shadows it
 
 
 def record_steps(steps: int, every: int | None = None, num: int | None = None, geometric: bool = False) -> np.ndarray:
@@ -142,6 +164,7 @@ def gradient_descent(
     init: Params | None = None,
     progress: bool | None = None,
     desc: str = "GD",
+    threads: int | None = None,
 ) -> GDResult:
     """Plain full-batch gradient descent θ ← θ − lr ∇f(θ) on ``model``.
 
@@ -162,6 +185,9 @@ def gradient_descent(
         (and returns at once when it had finished); a different configuration raises.
     init : explicit initial parameters (overrides seed / init_std).
     progress : show a tqdm bar; default: on unless quiet (see :func:`ncutils.device.is_quiet`).
+    threads : torch intra-op threads while the loop runs on a CPU (the caller's count is restored after);
+        default: 1 for steps below :data:`ncutils.device.GD_THREAD_FLOPS` FLOPs (the notebooks' UFMs:
+        tiny operations on several threads wait on each other, worst on a busy machine), else unchanged.
 
     Raises
     ------
@@ -178,80 +204,84 @@ def gradient_descent(
     if implied is not None and S != implied:
         raise ValueError(f"parameter runs must match the {implied} values of the per-run hyperparameters, got {S}")
     dev, dt = resolve_device(device), resolve_dtype(dtype)
-    grid = record_steps(int(steps), record_every, num_records, geometric)
+    if threads is not None:
+        check_int("threads", threads, 1)
+    elif dev.type == "cpu":
+        threads = threads_for(model.step_flops(S))
+    with _thread_count(threads if dev.type == "cpu" else None):
+        grid = record_steps(int(steps), record_every, num_records, geometric)
 
-    fingerprint = _fingerprint(model, lr=lr, steps=int(steps), runs=S, seed=seed, init_std=init_std,
-                               dtype=str(dt), grid=grid.tobytes().hex(),
-                               init=None if init is None else tensor_digest(*(init[k] for k in sorted(init))))
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    chunks: list[pd.DataFrame] = []
-    start, elapsed = 0, 0.0
-    if ckpt is not None and ckpt.exists():
-        state = load_checkpoint(ckpt, fingerprint)
-        p = {k: v.to(dev) for k, v in state["params"].items()}
+        fingerprint = _fingerprint(model, lr=lr, steps=int(steps), runs=S, seed=seed, init_std=init_std,
+                                   dtype=str(dt), grid=grid.tobytes().hex(),
+                                   init=None if init is None else tensor_digest(*(init[k] for k in sorted(init))))
+        ckpt = Path(checkpoint) if checkpoint is not None else None
+        chunks: list[pd.DataFrame] = []
+        start, elapsed = 0, 0.0
+        if ckpt is not None and ckpt.exists():
+            state = load_checkpoint(ckpt, fingerprint)
+            p = {k: v.to(dev) for k, v in state["params"].items()}
+            pd = need("pandas")
+            start, elapsed = state["step"], state["elapsed"]
+            chunks = [pd.DataFrame(c) for c in state["history"]]
+        elif init is not None:
+            p = {k: v.detach().to(dev, dt).clone() for k, v in init.items()}
+        else:
+            gen = torch.Generator().manual_seed(int(seed))
+            p = {k: v.to(dev) for k, v in model.init(S, float(init_std), gen, dt).items()}
+
+        y = model.labels(dev)
+        last_saved = start
+
+        def save(step: int) -> None:
+            if ckpt is not None:
+                with atomic_path(ckpt) as tmp:
+                    torch.save({"fingerprint": fingerprint, "step": step, "elapsed": elapsed + time.perf_counter() - t0,
+                                "params": {k: v.cpu() for k, v in p.items()},
+                                "history": [_plain(c.to_dict("list")) for c in chunks]}, tmp)
+
+        def check(f: Tensor, step: int) -> None:
+            if not bool(torch.isfinite(f).all()):
+                bad = int((~torch.isfinite(f)).nonzero()[0, 0])
+                raise DivergenceError(
+                    f"gradient descent diverged: objective = {float(f[bad])} at step {step} (run {bad}) "
+                    f"with lr = {lr}; lower the step size lr"
+                )
+
+        show = (not is_quiet()) if progress is None else progress
+        t0 = time.perf_counter()
+        bar = progress_bar(total=int(steps), initial=start, desc=desc, disable=not show, mininterval=1.0)
+        if start == 0:
+            f0 = model.objective(p)
+            check(f0, 0)
+            chunks += _record(model, p, y, 0, f0)
+        step = start
+        with torch.no_grad():
+            for target in grid[grid > start]:
+                target = int(target)
+                while step < target:
+                    todo = min(check_every, target - step)
+                    for _ in range(todo):
+                        model.step(p, lr)
+                    step += todo
+                    bar.update(todo)
+                    if step < target:
+                        check(model.objective(p), step)
+                f = model.objective(p)
+                check(f, step)
+                chunks += _record(model, p, y, step, f)
+                if ckpt is not None and checkpoint_every is not None and step - last_saved >= checkpoint_every:
+                    save(step)
+                    last_saved = step
+        bar.close()
+        if ckpt is not None and (step != last_saved or not ckpt.exists()):
+            save(step)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        wall = elapsed + time.perf_counter() - t0
         pd = need("pandas")
-        start, elapsed = state["step"], state["elapsed"]
-        chunks = [pd.DataFrame(c) for c in state["history"]]
-    elif init is not None:
-        p = {k: v.detach().to(dev, dt).clone() for k, v in init.items()}
-    else:
-        gen = torch.Generator().manual_seed(int(seed))
-        p = {k: v.to(dev) for k, v in model.init(S, float(init_std), gen, dt).items()}
 
-    y = model.labels(dev)
-    last_saved = start
-
-    def save(step: int) -> None:
-        if ckpt is not None:
-            with atomic_path(ckpt) as tmp:
-                torch.save({"fingerprint": fingerprint, "step": step, "elapsed": elapsed + time.perf_counter() - t0,
-                            "params": {k: v.cpu() for k, v in p.items()},
-                            "history": [_plain(c.to_dict("list")) for c in chunks]}, tmp)
-
-    def check(f: Tensor, step: int) -> None:
-        if not bool(torch.isfinite(f).all()):
-            bad = int((~torch.isfinite(f)).nonzero()[0, 0])
-            raise DivergenceError(
-                f"gradient descent diverged: objective = {float(f[bad])} at step {step} (run {bad}) "
-                f"with lr = {lr}; lower the step size lr"
-            )
-
-    show = (not is_quiet()) if progress is None else progress
-    t0 = time.perf_counter()
-    tqdm = need("tqdm").tqdm  # plain text bar (the [data] extra): no ipywidgets needed, nothing on stderr
-    bar = tqdm(total=int(steps), initial=start, desc=desc, disable=not show, mininterval=1.0)
-    if start == 0:
-        f0 = model.objective(p)
-        check(f0, 0)
-        chunks += _record(model, p, y, 0, f0)
-    step = start
-    with torch.no_grad():
-        for target in grid[grid > start]:
-            target = int(target)
-            while step < target:
-                todo = min(check_every, target - step)
-                for _ in range(todo):
-                    model.step(p, lr)
-                step += todo
-                bar.update(todo)
-                if step < target:
-                    check(model.objective(p), step)
-            f = model.objective(p)
-            check(f, step)
-            chunks += _record(model, p, y, step, f)
-            if ckpt is not None and checkpoint_every is not None and step - last_saved >= checkpoint_every:
-                save(step)
-                last_saved = step
-    bar.close()
-    if ckpt is not None and (step != last_saved or not ckpt.exists()):
-        save(step)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    wall = elapsed + time.perf_counter() - t0
-    pd = need("pandas")
-
-    history = pd.concat(chunks, ignore_index=True)
-    history["level"] = history["level"].astype("category")
-    history["metric"] = history["metric"].astype("category")
-    return GDResult(model=model, params=p, history=history, steps=int(steps), lr=float(lr),
-                    wall_time_s=wall, device=str(dev))
+        history = pd.concat(chunks, ignore_index=True)
+        history["level"] = history["level"].astype("category")
+        history["metric"] = history["metric"].astype("category")
+        return GDResult(model=model, params=p, history=history, steps=int(steps), lr=float(lr),
+                        wall_time_s=wall, device=str(dev))
