@@ -98,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: one line, the partial notebook kept
+        import logging
+
+        # the kernel died with the signal: its client's pending task would log a traceback at exit
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
         print(f"interrupted: {err or 'stopped before a notebook ran'}", file=sys.stderr)
         return 130
     failed = [r for r in recs if not r.ok]

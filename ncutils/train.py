@@ -29,8 +29,8 @@ from .paths import atomic_path, load_checkpoint, tensor_digest
 
 pd = need("pandas")  # the [data] extra: tables
 
-__all__ = ["LOSSES", "SCHEDULES", "MLPResult", "TrainConfig", "TrainResult", "measure_network", "mlp_features",
-           "train_mlp", "train_resnet"]
+__all__ = ["LOSSES", "SCHEDULES", "MLPResult", "TrainConfig", "TrainResult", "checkpoint_file", "measure_network",
+           "mlp_features", "run_fingerprint", "train_mlp", "train_resnet"]
 
 
 @dataclass
@@ -285,6 +285,18 @@ def measure_network(model: nn.Module, train: DeviceBatches, test: DeviceBatches 
     return res
 
 
+def run_fingerprint(cfg: TrainConfig, data: Sequence[Tensor | None]) -> str:
+    """What a training run's checkpoint must match: the configuration and the data's identity (its tensors, so
+    the dataset, the subset, and real versus synthetic files all count)."""
+    return hashlib.sha256((cfg.fingerprint() + tensor_digest(*data)).encode()).hexdigest()
+
+
+def checkpoint_file(folder: str | Path, cfg: TrainConfig, data: Sequence[Tensor | None]) -> Path:
+    """``folder/checkpoint-<fingerprint>.pt``: one file per configuration and data, so a run never meets
+    another run's checkpoint."""
+    return Path(folder) / f"checkpoint-{run_fingerprint(cfg, data)[:16]}.pt"
+
+
 def train_resnet(cfg: TrainConfig, data: tuple[Tensor, Tensor, Tensor | None, Tensor | None], *,
                  device: torch.device | str = "cpu", checkpoint: str | Path | None = None, checkpoint_every: int = 1,
                  compile: bool = False, progress: bool | None = None) -> TrainResult:
@@ -324,8 +336,7 @@ def train_resnet(cfg: TrainConfig, data: tuple[Tensor, Tensor, Tensor | None, Te
     rows: list[dict] = []
     start, t_train, t_measure = 0, 0.0, 0.0
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    # the configuration and the data's identity (its tensors: dataset, subset, real or synthetic files)
-    fingerprint = hashlib.sha256((cfg.fingerprint() + tensor_digest(*data)).encode()).hexdigest()
+    fingerprint = run_fingerprint(cfg, data)
     if ckpt is not None and ckpt.exists():
         state = load_checkpoint(ckpt, fingerprint)
         model.load_state_dict(state["model"])

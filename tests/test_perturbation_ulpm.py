@@ -202,7 +202,7 @@ def test_bad_H0_file_of_notebook_05(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "bad,match",
     [
-        ({"steps": 0}, r"parameter steps must be an integer in \[1, inf\)"),
+        ({"steps": 0}, r"parameter steps must be an integer in \[1, 1e\+09\]"),
         ({"wd_lambda": 0.0}, r"parameter wd_lambda must be a finite number in \(0, inf\)"),
         ({"num_records": 1}, r"parameter num_records must be an integer in \[2, inf\)"),
         ({"maxmargin_starts": 0}, r"parameter maxmargin_starts must be an integer in \[1, inf\)"),

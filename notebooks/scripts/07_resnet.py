@@ -78,7 +78,7 @@ print(f"profile {profile}: {dataset}{' (synthetic files)' if fake_data else ''},
 # with the same numbers as an uninterrupted run (a unit test kills a run to check this).
 
 # %%
-checkpoint = run.results_dir / f"checkpoint-{cfg.fingerprint()[:12]}.pt"  # one file per configuration
+checkpoint = nc.train.checkpoint_file(run.results_dir, cfg, data)  # one file per configuration and data
 result = nc.train.train_resnet(cfg, data, device=run.device, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                                compile=compile)
 epoch_time = result.history.query("metric == 'epoch_time_s'").value
