@@ -67,6 +67,7 @@ Xtr, ytr, Xte, yte = study.digits(run)
 print(f"profile {profile}: MNIST{' (synthetic files)' if fake_data else ''}, {len(ytr)} training and {len(yte)} "
       f"test digits, device {run.device}")
 
+
 # %% [markdown]
 # ## Your network and your training loop
 #
