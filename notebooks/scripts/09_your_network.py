@@ -53,6 +53,7 @@ profile: str = "paper"  # name of the parameter profile (set by the runner)
 
 # %%
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,8 @@ import ncutils as nc
 from ncutils.studies import your_network as study
 
 run = nc.setup("09_your_network", globals())
+for hint in (".*does not have many workers.*", ".*srun.*", ".*LeafSpec.*"):  # Lightning's hints for other setups
+    warnings.filterwarnings("ignore", hint)
 Xtr, ytr, Xte, yte = study.digits(run)
 print(f"profile {profile}: MNIST{' (synthetic files)' if fake_data else ''}, {len(ytr)} training and {len(yte)} "
       f"test digits, device {run.device}")
@@ -161,10 +164,6 @@ nc.plot.save(fig, f"your_network_small_cnn_mnist_{profile}", run.figures_dir);
 # %%
 import logging
 import shutil
-import warnings
-
-for hint in (".*does not have many workers.*", ".*srun.*", ".*LeafSpec.*"):  # Lightning's hints for other setups
-    warnings.filterwarnings("ignore", hint)
 
 import lightning.pytorch as pl
 import pandas as pd
