@@ -1,7 +1,7 @@
 # ncutils — two commands do everything on a fresh machine: `make figures`, `make test`.
 SHELL := /bin/bash
 .DELETE_ON_ERROR:
-.PHONY: all venv figures test unit nbval golden lab lint lock clean sweep site bench
+.PHONY: all venv figures test unit nbval golden lab lint lock clean sweep site bench docs
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -47,6 +47,12 @@ sweep: venv
 ## site: render every executed notebook to an offline HTML gallery in site/ (index.html)
 site: venv
 	$(PY) -m ncutils site -o site
+
+## docs: HTML API reference from the docstrings (pdoc) in docs/api/ (git-ignored)
+docs: venv
+	$(PY) -m pdoc --docformat numpy -o docs/api ncutils.metrics ncutils.stream ncutils.measure ncutils.theory \
+	  ncutils.models ncutils.nets ncutils.solve ncutils.perturbation ncutils.ulpm ncutils.phase ncutils.data \
+	  ncutils.train ncutils.report ncutils.integrations
 
 ## bench: batched vs Python-loop UFM solver (docs/benchmarks.md)
 bench: venv

@@ -59,6 +59,9 @@ class Dataset(NamedTuple):
     y: Tensor
 
 
+Dataset.__new__.__module__ = __name__  # NamedTuple's generated __new__ resolves annotations here (pdoc)
+
+
 def _check_name(name: str) -> str:
     return check_choice("dataset", name, tuple(DATASETS))
 

@@ -49,6 +49,9 @@ class Level(NamedTuple):
     spectrum: bool = False
 
 
+Level.__new__.__module__ = __name__  # NamedTuple's generated __new__ resolves annotations here (pdoc)
+
+
 @lru_cache(maxsize=32)
 def _one_hot(K: int, n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """Class-major one-hot targets ``(Kn, K)``, cached per device and dtype (the GD loop's hot path)."""
