@@ -131,7 +131,7 @@ fig = study.class_mean_spectra_figure(ranks, hue="status",
 nc.plot.save(fig, "sml24_dufm_lowrank_spectra", run.figures_dir)
 fig = nc.plot.level_panels({f"K={multi_K}, L={multi_L}": gd_multi},
                            theory={f"K={multi_K}, L={multi_L}": opt_multi.objective},
-                           title="Deep UFM, K>2: GD goes below f_DNC; NC1 still falls at every level")
+                           title="Deep UFM, K>2: GD goes below f_DNC")
 nc.plot.save(fig, "sml24_dufm_lowrank_metrics", run.figures_dir)
 print(f"f_DNC = {opt_multi.objective:.6f}")
 print(nc.report.seeds_table(seeds_multi).to_string())
@@ -173,7 +173,11 @@ print(lam_ranks.groupby(["lambda", "level"])["rank"].mean().unstack().to_string(
 #
 # Binary part: for every depth, the closed forms on the best seed and the worst seed's objective; NC1 at every
 # level, NC2/NC3 at the post-ReLU levels. $K>2$: the best GD loss is *below* $f_{DNC}$ (the low-rank bias), with
-# class means of rank $<K$ and NC1 still falling.
+# class means of rank $<K$, and the within-class variability of that run vanishes against the between-class
+# spread at every level: NC1~ $=\mathrm{tr}\,\Sigma_W/\mathrm{tr}\,\Sigma_B$ is checked. The pseudo-inverse
+# NC1 $=\mathrm{tr}(\Sigma_W\Sigma_B^\dagger)/K$ of the same run is printed but not checked: with class means of
+# numerical rank below $K$ it weighs directions whose singular values are orders of magnitude below the largest
+# by their inverse squares, so round-off in those directions decides its value.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -185,8 +189,9 @@ for L, r in binary.items():
 best = study.best_run(gd_multi)
 checks.append(nc.report.check(f"K={multi_K}, L={multi_L}: best GD loss below f_DNC", gd_multi.final("objective")[best],
                               opt_multi.objective, 0.0, kind="below"))
-checks.append(nc.report.check(f"K={multi_K}: NC1 (max over levels) of the best run", seeds_multi.max_nc1[best], 0.0,
-                              1e-3, kind="abs"))
+nc1_trace_best = max(gd_multi.final("nc1_trace", f"H{lv}")[best] for lv in range(1, multi_L + 1))
+checks.append(nc.report.check(f"K={multi_K}: NC1~ = tr(S_W)/tr(S_B) (max over levels) of the best run", nc1_trace_best,
+                              0.0, 1e-3, kind="abs", id="multi_best_run_nc1_trace"))
 summary = run.summary(checks, per_depth=per_depth.reset_index().to_dict("records"),
                       layers=layer_table.reset_index().to_dict("records"),
                       multi=dict(f_dnc=opt_multi.objective, seeds=seeds_multi.to_dict("records"),
@@ -196,6 +201,8 @@ summary = run.summary(checks, per_depth=per_depth.reset_index().to_dict("records
                                    "multi": gd_multi.wall_time_s, "lambda_study": r_l.wall_time_s},
                       notes=run.notes)
 run.write_json("summary.json", summary)
+print(f"not checked: tr(S_W S_B^+)/K (max over levels) of the best run = {seeds_multi.max_nc1[best]:.3g}, its class "
+      f"means of numerical rank {seeds_multi.min_rank[best]} < K = {multi_K}: ill-conditioned (see the summary)")
 print(nc.report.checks_table(checks).to_string())
 print("all checks passed:", summary["passed"])
 
