@@ -295,3 +295,13 @@ def test_nc3_gram_in_a_basis_equals_the_direct_form():
     direct = torch.linalg.matrix_norm(P / torch.linalg.matrix_norm(P)[..., None, None]
                                       - Q / torch.linalg.matrix_norm(Q)[..., None, None])
     assert torch.allclose(nc3_gram_t(M, A=A), direct, rtol=1e-12, atol=1e-13)
+
+
+def test_a_successful_run_prints_no_kernel_log_lines(tmp_path):
+    path = _probe(tmp_path)
+    out = subprocess.run([sys.executable, "-m", "ncutils", "run", str(path), "-p", "results_dir", str(tmp_path / "r"),
+                          "-o", str(tmp_path / "out.ipynb")], capture_output=True, text=True, timeout=300,
+                         cwd=str(repo_root()))
+    assert out.returncode == 0, out.stderr
+    assert "IPKernelApp" not in out.stdout + out.stderr and "KeyboardInterrupt" not in out.stdout + out.stderr
+    assert out.stdout.strip().splitlines()[-1].endswith("no summary.json written")
