@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 # The environment is rebuilt whenever the lock file or pyproject.toml change (content hash, not mtime).
 ENV_HASH := $(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 STAMP  := $(VENV)/.ncutils-env-$(ENV_HASH)
-# Where notebooks that read real datasets look for them (torchvision layout); e.g. DATA_ROOT=../shared/data
+# Where notebooks that read real datasets look for them (torchvision layout); e.g. DATA_ROOT=/path/to/data
 DATA_ROOT ?=
 # make figures runs this many notebooks/profiles at once (each with cores/JOBS threads)
 JOBS   ?= $(shell nproc 2>/dev/null || echo 1)

@@ -48,8 +48,13 @@ def _probe(folder: Path, stale: str | None = None, code: str = PROBE) -> Path:
 
 def test_a_stale_injected_cell_cannot_leak(tmp_path):
     path = _probe(tmp_path, stale="# Parameters\nK = 3\n")
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["papermill"] = {"parameters": {"K": 3, "data_root": "/elsewhere"}}  # an earlier run's record
+    nbformat.write(nb, path)
     runner.run_notebook(path, params={"results_dir": str(tmp_path / "a")}, output=tmp_path / "a.ipynb")
     assert json.loads((tmp_path / "a" / "seen.json").read_text()) == {"K": 4}  # the default, not the stale 3
+    assert nbformat.read(tmp_path / "a.ipynb", as_version=4).metadata.papermill.parameters == {
+        "results_dir": str(tmp_path / "a")}  # what this run injected, not the earlier record
     runner.run_notebook(path, params={"K": 6, "results_dir": str(tmp_path / "b")}, output=tmp_path / "b.ipynb")
     assert json.loads((tmp_path / "b" / "seen.json").read_text()) == {"K": 6}
     out = nbformat.read(tmp_path / "b.ipynb", as_version=4)
@@ -62,6 +67,14 @@ def test_the_committed_notebooks_hold_no_injected_cell_and_run_their_defaults():
         nb = nbformat.read(path, as_version=4)
         assert not [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])], path.name
         assert runner.load_profile(path, runner.committed_profile(path)) == {}, path.name
+
+
+def test_no_committed_file_points_into_the_development_machines_shared_folder():
+    """``../shared`` exists only on development machines: no committed notebook, profile, default, or doc names it."""
+    files = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=repo_root(), check=True).stdout
+    hits = [f for f in files.split() if not f.startswith("tests/") and (repo_root() / f).is_file()
+            and "../shared" in (repo_root() / f).read_text(errors="ignore")]
+    assert hits == []
 
 
 @pytest.mark.parametrize("text,value", [("1e-3", 1e-3), ("5E-4", 5e-4), (".5", 0.5), ("-2.5e+3", -2500.0),

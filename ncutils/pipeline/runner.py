@@ -142,10 +142,12 @@ def _kernel_environment(**env: str) -> Iterator[None]:
 
 
 def strip_injected(source: Path, target: Path) -> None:
-    """Write ``source`` to ``target`` without any ``injected-parameters`` cell: papermill keeps an existing
-    injected cell when it has nothing to inject, so a stale one would run instead of the defaults."""
+    """Write ``source`` to ``target`` without any ``injected-parameters`` cell or papermill metadata: papermill
+    keeps an existing injected cell (and the parameters it records) when it has nothing to inject, so a stale one
+    would run, or be reported, instead of the defaults."""
     nb = nbformat.read(source, as_version=4)
     nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    nb.metadata.pop("papermill", None)  # its `parameters` record an earlier run's injection, not this one's
     nbformat.write(nb, target)
 
 
