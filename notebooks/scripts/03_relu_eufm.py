@@ -102,7 +102,8 @@ print(cos.groupby("level").cosine.agg(["min", "max"]).to_string(float_format="{:
 # %% [markdown]
 # ## 3. Initialization scale: stalls and partial solutions
 #
-# From a tiny initialization GD sits at the saddle $H=0$ ($f=1/2$). In between, some seeds stop at *partial*
+# From a tiny initialization GD stays at $H=0$ ($f=1/2$), a strict local minimum for three factors (the data term
+# is cubic there, the regularizer quadratic). In between, some seeds stop at *partial*
 # solutions where a few samples' pre-activations are dead (their ReLU gradient is 0), which GD cannot leave.
 # All scales × seeds run as one batched program; the seed table reports every run.
 
