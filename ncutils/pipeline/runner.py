@@ -33,7 +33,6 @@ import nbformat
 import yaml
 
 from ..paths import _finish_file, atomic_path, repo_root, resolve_path
-from . import yamlio
 from .params import check_requirements, load_profiles, notebook_schema, resolve_data_root, run_name, validate
 
 __all__ = [
@@ -96,13 +95,12 @@ def declared_parameters(path: Path) -> dict[str, Any]:
 def load_profile(notebook: str | os.PathLike[str], profile: str) -> dict[str, Any]:
     """Parameters of ``profile`` in ``profiles/<notebook stem>.yaml`` (``paper`` may be empty)."""
     stem = notebook_path(notebook).stem
-    path = repo_root() / "profiles" / f"{stem}.yaml"
-    if not path.exists():
-        raise ValueError(f"no profile file {path} for notebook {stem}")
-    profiles = yamlio.load_file(path) or {}
+    profiles = load_profiles(stem)
+    if not profiles:
+        raise ValueError(f"no profile file {repo_root() / 'profiles' / (stem + '.yaml')} for notebook {stem}")
     if profile not in profiles:
-        raise ValueError(f"unknown profile {profile!r} for {stem}; profiles in {path.name}: {sorted(profiles)}")
-    return dict(profiles[profile] or {})
+        raise ValueError(f"unknown profile {profile!r} for {stem}; profiles in {stem}.yaml: {sorted(profiles)}")
+    return dict(profiles[profile])
 
 
 def _clean(path: Path, kernel: dict[str, str] = KERNEL_DISPLAY, record: dict[str, Any] | None = None) -> None:
