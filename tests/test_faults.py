@@ -318,3 +318,41 @@ def test_a_successful_run_prints_no_kernel_log_lines(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "IPKernelApp" not in out.stdout + out.stderr and "KeyboardInterrupt" not in out.stdout + out.stderr
     assert out.stdout.strip().splitlines()[-1].endswith("no summary.json written")
+
+
+def test_a_killed_run_leaves_no_kernel_files_behind(tmp_path):
+    """SIGKILL cannot be caught: the runner's private connection-file folder stays, its kernel exits (ipykernel
+    polls its parent), and the next run sweeps the folder; a run that ends normally removes its own."""
+    base = Path(runner.tempfile.gettempdir()) / f"ncutils-kernels-{os.getuid()}"
+    path = _probe(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "ncutils", "run", str(path), "-p", "sleep_s", "60", "-p",
+                             "results_dir", str(tmp_path / "r"), "-o", str(tmp_path / "out.ipynb")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=str(repo_root()))
+    mine = base / "missing"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        found = [d for d in base.glob(f"{proc.pid}-*") if list(d.glob("kernel-*.json"))] if base.is_dir() else []
+        if found and list(tmp_path.glob(".out*.ipynb")):
+            mine = found[0]
+            break
+        time.sleep(0.5)
+    assert mine.is_dir(), "the kernel's connection file is not in the runner's private folder"
+    time.sleep(3)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert list(mine.glob("kernel-*.json")), "SIGKILL ran no clean-up: the file is still there"
+    deadline = time.time() + 60  # the orphaned kernel notices its parent is gone
+    while time.time() < deadline and subprocess.run(["pgrep", "-f", str(mine)], capture_output=True).returncode == 0:
+        time.sleep(0.5)
+    assert subprocess.run(["pgrep", "-f", str(mine)], capture_output=True).returncode != 0, "the kernel outlived its runner"
+    with runner.kernel_runtime_dir() as here:  # the next run sweeps what the killed one left
+        assert here.is_dir() and os.environ["JUPYTER_RUNTIME_DIR"] == str(here)
+        assert not mine.exists()
+    assert not here.exists()
+
+
+def test_an_interrupted_run_removes_its_kernel_folder():
+    with pytest.raises(KeyboardInterrupt), runner.kernel_runtime_dir() as here:
+        (here / "kernel-x.json").write_text("{}")
+        raise KeyboardInterrupt
+    assert not here.exists() and os.environ.get("JUPYTER_RUNTIME_DIR") != str(here)

@@ -139,6 +139,56 @@ def _kernel_environment(**env: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+@contextmanager
+def kernel_runtime_dir() -> Iterator[Path]:
+    """A private folder for the kernel's connection file (``$JUPYTER_RUNTIME_DIR``), removed when the run ends
+    however it ends; folders left by runs that were killed (SIGKILL, power loss) are swept at the next start.
+
+    The folders live in ``<tmp>/ncutils-kernels-<uid>/<pid>-<random>``; a folder whose ``<pid>`` is no longer
+    running is stale. The kernel itself exits when its runner dies (ipykernel polls its parent).
+    """
+    import shutil
+
+    base = Path(tempfile.gettempdir()) / f"ncutils-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    base.mkdir(mode=0o700, exist_ok=True)
+    for old in base.iterdir():
+        pid = old.name.split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    here = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=base))
+    try:
+        with _kernel_environment(JUPYTER_RUNTIME_DIR=str(here)):
+            yield here
+    finally:
+        shutil.rmtree(here, ignore_errors=True)
+
+
+def _kernel_manager_class() -> type:
+    """jupyter_client's kernel manager with its connection file in ``$JUPYTER_RUNTIME_DIR`` (by default it is a
+    ``mkstemp`` file in the system temp folder, which a killed runner leaves behind)."""
+    import uuid
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    class PrivateKernelManager(AsyncKernelManager):
+        def _connection_file_default(self) -> str:
+            from jupyter_core.paths import jupyter_runtime_dir
+
+            return os.path.join(jupyter_runtime_dir(), f"kernel-{uuid.uuid4()}.json")
+
+    return PrivateKernelManager
+
+
 def strip_injected(source: Path, target: Path) -> None:
     """Write ``source`` to ``target`` without any ``injected-parameters`` cell or papermill metadata: papermill
     keeps an existing injected cell (and the parameters it records) when it has nothing to inject, so a stale one
@@ -220,13 +270,13 @@ def run_notebook(
     t0, started = time.perf_counter(), time.time()
     failed = out.with_suffix(".failed.ipynb")
     try:
-        with _kernel_environment(NCUTILS_QUIET="1",
-                                 MPLBACKEND=os.environ.get("MPLBACKEND", "module://matplotlib_inline.backend_inline")):
+        with kernel_runtime_dir(), _kernel_environment(
+                NCUTILS_QUIET="1", MPLBACKEND=os.environ.get("MPLBACKEND", "module://matplotlib_inline.backend_inline")):
             papermill.execute_notebook(
                 str(source), tmp, parameters=merged, kernel_name=kernel_name,
                 # cells n/m with an ETA on a terminal; nothing in CI logs or when output goes to a file
                 progress_bar=sys.stderr.isatty() and not os.environ.get("CI"),
-                cwd=str(repo_root()), execution_timeout=timeout_s,
+                cwd=str(repo_root()), execution_timeout=timeout_s, kernel_manager_class=_kernel_manager_class(),
                 # the kernel's own start-up log (e.g. ipykernel's local-TCP notice) is noise; cell output is kept
                 extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
             )
