@@ -344,7 +344,8 @@ def test_a_killed_run_leaves_no_kernel_files_behind(tmp_path):
     deadline = time.time() + 60  # the orphaned kernel notices its parent is gone
     while time.time() < deadline and subprocess.run(["pgrep", "-f", str(mine)], capture_output=True).returncode == 0:
         time.sleep(0.5)
-    assert subprocess.run(["pgrep", "-f", str(mine)], capture_output=True).returncode != 0, "the kernel outlived its runner"
+    alive = subprocess.run(["pgrep", "-f", str(mine)], capture_output=True).returncode == 0
+    assert not alive, "the kernel outlived its runner"
     with runner.kernel_runtime_dir() as here:  # the next run sweeps what the killed one left
         assert here.is_dir() and os.environ["JUPYTER_RUNTIME_DIR"] == str(here)
         assert not mine.exists()
