@@ -194,7 +194,9 @@ def phase_diagram(
 def phase_table(result: PhaseResult, collapse_fit: float = 1e-2) -> pd.DataFrame:
     """One row per grid point: the best seed (lowest objective — the theory is about the global minimizer),
     the theory, relative errors, and the phase: ``collapsed_gd`` (fit s = mean diag of the output class means
-    > ``collapse_fit``) vs ``collapsed_theory`` (s > 0)."""
+    > ``collapse_fit`` *and* output class means of full rank K, as s·I has) vs ``collapsed_theory`` (s > 0);
+    ``partial_gd`` marks the lower-rank critical points (fit > ``collapse_fit`` but rank < K, e.g. one class
+    at 0), which count as neither phase."""
     r = result.runs
     best = r.loc[r.groupby("point").objective_gd.idxmin()].set_index("point").sort_index()
     th = pd.DataFrame([phase_theory(result.kind, result.K, result.n, w, h, result.L)  # type: ignore[arg-type]
@@ -206,7 +208,8 @@ def phase_table(result: PhaseResult, collapse_fit: float = 1e-2) -> pd.DataFrame
     out["objective_rel_err"] = (out.objective_gd - out.objective_theory).abs() / out.objective_theory
     scale = out.mean_norm_sq_theory.where(out.mean_norm_sq_theory > 0, 1.0)
     out["mean_norm_sq_err"] = (out.mean_norm_sq_gd - out.mean_norm_sq_theory).abs() / scale
-    out["collapsed_gd"] = out.fit_gd > collapse_fit
+    out["collapsed_gd"] = (out.fit_gd > collapse_fit) & (out.output_rank_gd == result.K)
+    out["partial_gd"] = (out.fit_gd > collapse_fit) & (out.output_rank_gd < result.K)
     out["collapsed_theory"] = out.fit_theory > 0
     f = r.sort_values(["point", "seed"]).objective_gd.to_numpy().reshape(len(out), -1)
     out["seeds_at_theory"] = (np.abs(f / out.objective_theory.to_numpy()[:, None] - 1) <= 1e-4).sum(axis=1)
@@ -216,8 +219,9 @@ def phase_table(result: PhaseResult, collapse_fit: float = 1e-2) -> pd.DataFrame
 def phase_checks(table: pd.DataFrame, *, band: float = 0.15, tol: float = 1e-4, min_fraction: float = 1.0,
                  label: str = "") -> list[dict[str, Any]]:
     """Checks of a phase diagram off the boundary (|ratio − 1| > ``band``; next to it GD slows down):
-    the fraction of points where GD's phase equals the theory's, and the fraction where the relative error
-    of f is ≤ ``tol``; each must be ≥ ``min_fraction`` (1 = every point)."""
+    the fraction of points where GD's phase equals the theory's (a lower-rank partial solution, ``partial_gd``
+    of :func:`phase_table`, never does), and the fraction where the relative error of f is ≤ ``tol``; each must
+    be ≥ ``min_fraction`` (1 = every point)."""
     away = table[(table.ratio - 1).abs() > band]
     if away.empty:
         raise ValueError(f"no grid point is farther than band = {band} from the boundary; widen the grid")

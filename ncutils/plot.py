@@ -111,7 +111,13 @@ def nc_panels(
 LEVEL_PANELS: dict[str, list[str]] = {
     "NC1": ["nc1"],
     "NC2 (orthogonal frame)": ["nc2_orthogonal"],
-    "NC3 (W vs means)": ["nc3_orthogonal", "nc3_gram"],
+    "NC3": ["nc3_orthogonal", "nc3_gram"],
+}
+#: Legend labels of metrics that a panel draws for some levels only (the level's name is prefixed):
+#: ``nc3_gram`` is not the classifier's NC3 — it compares the Gram of the next layer's weights with the means'.
+METRIC_LABELS: dict[str, str] = {
+    "nc3_orthogonal": "W vs M (classifier)",
+    "nc3_gram": "W_next Gram vs M Gram",
 }
 
 
@@ -127,7 +133,8 @@ def level_panels(
     feature level (H1, H2, …), one thin line per run (so stalled seeds stay visible).
 
     ``panels``: title → metric names in order of preference; for the classifier level
-    ``nc3_orthogonal`` is drawn, for hidden levels ``nc3_gram``. ``theory``: f* per label (dashed).
+    ``nc3_orthogonal`` is drawn, for hidden levels ``nc3_gram``, each labelled by what it compares
+    (:data:`METRIC_LABELS`). ``theory``: f* per label (dashed).
     """
     style()
     ncol = 1 + len(panels)
@@ -152,7 +159,8 @@ def level_panels(
                 sel = h[(h.level == lv) & (h.metric == metric)]
                 wide = sel.pivot_table(index="step", columns="run", values="value", observed=True)
                 lines = ax.plot(wide.index, wide.to_numpy(), color=colors[lv], lw=0.9, alpha=alpha)
-                lines[0].set_label(lv)
+                lines[0].set_label(f"{lv}: {METRIC_LABELS[metric]}" if len(prefs) > 1 and metric in METRIC_LABELS
+                                   else lv)
             ax.set_title(panel)
             ax.legend(fontsize="x-small")
         for ax in row:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["FLOOR", "check", "check_id", "checks_table", "seeds_table", "summary"]
+__all__ = ["FLOOR", "check", "check_id", "checks_table", "count_check", "seeds_table", "summary"]
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.=-]*$")
 
@@ -22,6 +22,14 @@ def _order(e: float) -> str:
     if not math.isfinite(e):
         return str(e)
     return f"<{FLOOR:.0e}" if e < FLOOR else f"<1e{math.floor(math.log10(e)) + 1}"
+
+
+def _value(e: float) -> str:
+    """An error or a small metric with two significant digits (``1.9e-02``); ``<1e-08`` below :data:`FLOOR`
+    (round-off, whose digits differ between BLAS builds)."""
+    if not math.isfinite(e):
+        return str(e)
+    return "0" if e == 0 else f"<{FLOOR:.0e}" if abs(e) < FLOOR else f"{e:.1e}"
 
 
 def check_id(label: str) -> str:
@@ -63,8 +71,10 @@ def check(name: str, gd: float, theory: float, tol: float, kind: str = "rel", *,
 
 
 def checks_table(checks: list[dict[str, Any]], digits: int = 4) -> pd.DataFrame:
-    """A rounded table (for printing; nbval-stable): values to ``digits`` significant
-    digits, errors as their order of magnitude, pass/fail against the tolerance.
+    """A rounded table (for printing; nbval-stable): values to ``digits`` significant digits, the measured
+    error with two significant digits next to its tolerance, and how much of the tolerance it uses
+    (``error / tol``; a check passes when that is ≤ 1, for ``below`` checks when the difference is < −tol).
+    Count checks (:func:`count_check`) print ``count/total`` and the required count.
     Anything below ``FLOOR`` = 1e-8 prints as ``<1e-08``: such values are round-off,
     and their digits differ between BLAS builds."""
 
@@ -75,26 +85,55 @@ def checks_table(checks: list[dict[str, Any]], digits: int = 4) -> pd.DataFrame:
 
     rows = []
     for c in checks:
+        if c["kind"] == "count":
+            rows.append({"quantity": c["name"], "GD": f"{c['count']}/{c['total']}", "theory": "",
+                         "error": f"need >= {c['required']}", "tol": "", "used": "",
+                         "ok": "PASS" if c["passed"] else "FAIL"})
+            continue
         if c["kind"] == "below":
-            error = f"below {c['rel_diff']:+.1e}"
+            err = c["rel_diff"]
+            error = f"below {err:+.1e}"
         else:
-            error = f"{c['kind']} {_order(c.get('rel_err', c.get('abs_err')))}"
+            err = c.get("rel_err", c.get("abs_err"))
+            error = f"{c['kind']} {_value(err)}"
+        used = abs(err) / c["tol"] if c["tol"] > 0 and math.isfinite(err) else math.inf
         rows.append({"quantity": c["name"], "GD": sig(c["gd"]), "theory": sig(c["theory"]),
                      "error": error, "tol": f"{c['tol']:g}",
+                     "used": "-" if c["kind"] == "below" else ("<0.01" if used < 0.01 else f"{used:.2f}"),
                      "ok": "PASS" if c["passed"] else "FAIL"})
     return pd.DataFrame(rows).set_index("quantity")
 
 
 def seeds_table(table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
-    """A printable, nbval-stable version of :func:`ncutils.experiments.seed_table`: objective to
-    ``digits`` digits, relative error and NC1 as orders of magnitude (values below ``FLOOR`` as ``<1e-08``)."""
+    """A printable, nbval-stable version of a seed table (``ncutils.studies._multilayer.seed_table``): objective
+    to ``digits`` digits, the relative error and every metric column (``max_nc1``, ``nc1_H1``, ``nc2_H2``, …)
+    with two significant digits (values below ``FLOOR`` as ``<1e-08``)."""
 
     import pandas as pd
 
     out = pd.DataFrame({"run": table.run, "objective": [f"{x:.{digits}g}" for x in table.objective],
-                        "|rel_err|": [_order(x) for x in table.rel_err], "status": table.status,
-                        "max NC1": [_order(x) for x in table.max_nc1], "min rank": table.min_rank})
+                        "rel_err": [_value(x) for x in table.rel_err], "status": table.status,
+                        "min rank": table.min_rank})
+    for col in table.columns:
+        if col.startswith("nc") or col == "max_nc1":
+            out[col.replace("_", " ", 1) if col.startswith("nc") else "max NC1"] = [_value(x) for x in table[col]]
     return out.set_index("run")
+
+
+def count_check(name: str, count: int, total: int, required: int, *, id: str | None = None) -> dict[str, Any]:
+    """A claim about how many runs (seeds) show a property: ``count`` of ``total`` did, and the check passes
+    iff ``count >= required`` (e.g. "8/10 seeds: NC2(H2) < 1e-3", required 1 when the claim is that GD can
+    reach it, ``total`` when the claim is that every seed does)."""
+    count, total, required = int(count), int(total), int(required)
+    if not 0 <= count <= total:
+        raise ValueError(f"parameter count must be in [0, total={total}], got {count}")
+    if not 0 <= required <= total:
+        raise ValueError(f"parameter required must be in [0, total={total}], got {required}")
+    key = check_id(name) if id is None else id
+    if not _ID.match(key):
+        raise ValueError(f"parameter id must be lower-case letters, digits and _ . = -, got {key!r}")
+    return {"id": key, "name": name, "count": count, "total": total, "required": required, "kind": "count",
+            "gd": count / total if total else math.nan, "theory": 1.0, "tol": 0.0, "passed": count >= required}
 
 
 def summary(params: dict[str, Any], checks: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from scipy.optimize import minimize_scalar
 from scipy.stats import ortho_group
 
 from ncutils import metrics as m
-from ncutils import theory
+from ncutils import report, theory
 from ncutils._validate import ParameterTypeError
 from ncutils.models import UFM, DeepUFM, FeatureModel, extended_ufm
 from ncutils.solve import gradient_descent
@@ -279,6 +279,17 @@ def test_seed_table_ranks_and_level_ratio():
     assert len(cos) == 2 * 2 * 3 and cos.cosine.abs().max() < 1e-6  # both levels orthogonal frames (linear)
     checks = deep_ufm_study.deep_ufm_checks(gd, opt, label="t")
     assert all(c["passed"] for c in checks), [c for c in checks if not c["passed"]]
+    # per-seed geometry: every level's NC1, NC2 (orthogonal), NC3, and counts of the seeds at f* that show them
+    assert {"nc1_H1", "nc2_H1", "nc3_H1", "nc1_H2", "nc2_H2", "nc3_H2"} <= set(t.columns)
+    np.testing.assert_array_equal(t.nc2_H2, gd.final("nc2_orthogonal", "H2"))
+    np.testing.assert_array_equal(t.nc3_H1, gd.final("nc3_gram", "H1"))
+    np.testing.assert_array_equal(t.nc3_H2, gd.final("nc3_orthogonal", "H2"))
+    counts = deep_ufm_study.seed_geometry_checks(gd, t, label="t")
+    assert [(c["count"], c["total"]) for c in counts] == [(2, 2)] * 6 and all(c["passed"] for c in counts)
+    strict = deep_ufm_study.seed_geometry_checks(gd, t, frame_tol=1e-300, zero_tol=1e-300, required=2)
+    assert [c["count"] for c in strict] == [2, 0, 0, 0, 0, 0] and not any(c["passed"] for c in strict[1:])
+    shown = report.seeds_table(t)
+    assert {"nc1 H1", "nc2 H2", "nc3 H2", "max NC1", "rel_err"} <= set(shown.columns)
 
 
 

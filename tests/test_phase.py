@@ -126,3 +126,16 @@ def test_bad_input_is_named(call, exc, message):
     with pytest.raises(exc, match=message) as err:
         call()
     assert type(err.value) is exc
+
+
+def test_a_lower_rank_partial_solution_is_not_counted_as_collapsed():
+    lam = np.array([0.01])
+    r = phase.phase_diagram("ufm", 3, 4, 5, lam, lam, seeds=1, lr=0.3, steps=3000, init_std=0.3, device="cpu",
+                            progress=False)
+    t = phase.phase_table(r)
+    assert t.collapsed_theory.iloc[0] and t.collapsed_gd.iloc[0] and not t.partial_gd.iloc[0]
+    r.runs.loc[:, "output_rank_gd"] = 1  # the same fit with one class at 0: a partial (rank-1) critical point
+    t = phase.phase_table(r)
+    assert t.fit_gd.iloc[0] > 0.01 and not t.collapsed_gd.iloc[0] and t.partial_gd.iloc[0]
+    far = t.assign(ratio=0.1)
+    assert not phase.phase_checks(far, tol=1.0)[0]["passed"]  # GD's phase ≠ the theory's

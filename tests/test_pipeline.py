@@ -191,6 +191,22 @@ def test_report_check():
     assert "below -1.0e-01" in report.checks_table([below]).to_string()
 
 
+def test_the_checks_table_shows_measured_errors_and_their_tolerance_not_buckets():
+    near = report.check("fit", 1.019, 1.0, 0.1)  # a 1.9 % error: once printed as the bucket "rel <1e-1"
+    table = report.checks_table([near, report.check("nc1", 3e-10, 0.0, 1e-6, kind="abs"),
+                                 report.count_check("seeds at f* with NC2 < 1e-3", 7, 10, 1)])
+    assert table.loc["fit", "error"] == "rel 1.9e-02" and table.loc["fit", "tol"] == "0.1"
+    assert table.loc["fit", "used"] == "0.19" and table.loc["fit", "ok"] == "PASS"
+    assert table.loc["nc1", "error"] == "abs <1e-08" and table.loc["nc1", "used"] == "<0.01"
+    row = table.loc["seeds at f* with NC2 < 1e-3"]
+    assert row["GD"] == "7/10" and row["error"] == "need >= 1" and row["ok"] == "PASS"
+    assert not report.count_check("all seeds", 7, 10, 10)["passed"]
+    with pytest.raises(ValueError, match="parameter count"):
+        report.count_check("x", 11, 10, 1)
+    with pytest.raises(ValueError, match="parameter required"):
+        report.count_check("x", 1, 10, 11)
+
+
 def test_source_hash_tracks_code_profile_and_ncutils(tmp_path, monkeypatch):
     h = runner.source_hash(NB, "paper")
     assert h == runner.source_hash(NB, "paper")

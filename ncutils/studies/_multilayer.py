@@ -53,8 +53,7 @@ def deep_ufm_checks(gd: GDResult, opt: theory.DeepUFMOptimum, *, run: int | None
     """
     m = _deep(gd)
     r = best_run(gd) if run is None else run
-    if frame_levels is None:
-        frame_levels = list(range(1 if m.activation == "linear" else 2, m.L + 1))
+    frame_levels = _frame_levels(m, frame_levels)
     pre = f"{label}: " if label else ""
 
     def final(metric: str, level: str = "model") -> float:
@@ -102,21 +101,60 @@ def class_mean_ranks(gd: GDResult, rel_tol: float = 1e-3) -> pd.DataFrame:
     return last.reset_index(drop=True)
 
 
+def _frame_levels(m: DeepUFM, frame_levels: list[int] | None) -> list[int]:
+    """Levels where the theory predicts an orthogonal frame: all of the linear model, 2…L of the ReLU model."""
+    return list(range(1 if m.activation == "linear" else 2, m.L + 1)) if frame_levels is None else frame_levels
+
+
 def seed_table(
     gd: GDResult, opt: theory.DeepUFMOptimum, reach_tol: float = 1e-3, rank_tol: float = 1e-3
 ) -> pd.DataFrame:
     """One row per run: final objective, its relative error to f*, whether it got there
     (``reach_tol``), whether it went *below* f* (a lower, non-collapsed solution), the largest
-    NC1 over levels and the smallest class-mean rank over levels."""
+    NC1 over levels, the smallest class-mean rank over levels, and every level's geometry:
+    ``nc1_H{l}``, ``nc2_H{l}`` (to the orthogonal frame) and ``nc3_H{l}`` (``nc3_gram`` below the top level,
+    ``nc3_orthogonal`` of the classifier at the top)."""
     m = _deep(gd)
     f = gd.final("objective")
     rel = (f - opt.objective) / opt.objective
     nc1 = np.max([gd.final("nc1", f"H{layer}") for layer in range(1, m.L + 1)], axis=0)
     ranks = class_mean_ranks(gd, rank_tol).groupby("run")["rank"].min().to_numpy()
     status = np.where(np.abs(rel) <= reach_tol, "at f*", np.where(rel < 0, "below f*", "above f*"))
-    return pd.DataFrame(
-        {"run": np.arange(len(f)), "objective": f, "rel_err": rel, "status": status, "max_nc1": nc1, "min_rank": ranks}
-    )
+    cols: dict[str, Any] = {"run": np.arange(len(f)), "objective": f, "rel_err": rel, "status": status,
+                            "max_nc1": nc1, "min_rank": ranks}
+    for layer in range(1, m.L + 1):
+        lv = f"H{layer}"
+        cols[f"nc1_{lv}"] = gd.final("nc1", lv)
+        cols[f"nc2_{lv}"] = gd.final("nc2_orthogonal", lv)
+        cols[f"nc3_{lv}"] = gd.final("nc3_orthogonal" if layer == m.L else "nc3_gram", lv)
+    return pd.DataFrame(cols)
+
+
+def seed_geometry_checks(gd: GDResult, table: pd.DataFrame, *, label: str = "", zero_tol: float = 1e-6,
+                         frame_tol: float = 1e-3, frame_levels: list[int] | None = None,
+                         required: int = 1) -> list[dict[str, Any]]:
+    """How many of the runs that reached f* (``status == "at f*"`` in :func:`seed_table`) also show each
+    property of the collapsed optimum: NC1 < ``zero_tol`` at every level, and at each frame level NC2 to the
+    orthogonal frame and NC3 < ``frame_tol`` (Tirer & Bruna 2022, Thm 4.1; Súkeník et al. 2023, Thm 3).
+    One :func:`~ncutils.report.count_check` per property ("7/10 at f*: NC2(H2) < 1e-3"), passing when at least
+    ``required`` runs show it; the first check counts the runs at f* among all runs."""
+    from ..report import count_check
+
+    m = _deep(gd)
+    pre = f"{label}: " if label else ""
+    at = table[table.status == "at f*"]
+    n_at = len(at)
+    out = [count_check(f"{pre}runs at f* (of all seeds)", n_at, len(table), required)]
+    if n_at == 0:
+        return out
+    out.append(count_check(f"{pre}runs at f* with NC1 < {zero_tol:g} at every level",
+                           int((at[[f"nc1_H{lv}" for lv in range(1, m.L + 1)]] < zero_tol).all(axis=1).sum()),
+                           n_at, min(required, n_at)))
+    for layer in _frame_levels(m, frame_levels):
+        for what in ("nc2", "nc3"):
+            out.append(count_check(f"{pre}runs at f* with {what.upper()}(H{layer}) < {frame_tol:g}",
+                                   int((at[f"{what}_H{layer}"] < frame_tol).sum()), n_at, min(required, n_at)))
+    return out
 
 
 def init_scale_study(model: DeepUFM, scales: list[float] | np.ndarray, *, seeds: int, lr: float, steps: int,

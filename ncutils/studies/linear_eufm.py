@@ -6,10 +6,17 @@ import pandas as pd
 
 from ..solve import GDResult
 from ._common import Assumption, Requirement, Rule, best_run, width_at_least
-from ._multilayer import MULTILAYER_RULES, deep_ufm_checks, init_scale_study, init_scales_figure, seed_table
+from ._multilayer import (
+    MULTILAYER_RULES,
+    deep_ufm_checks,
+    init_scale_study,
+    init_scales_figure,
+    seed_geometry_checks,
+    seed_table,
+)
 
 __all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "best_run", "deep_ufm_checks", "init_scale_study",
-           "init_scales_figure", "level_ratio", "seed_table"]
+           "init_scales_figure", "level_ratio", "seed_geometry_checks", "seed_table"]
 
 NOTEBOOK = "02_linear_eufm"
 

@@ -48,12 +48,13 @@ _PHASE_TITLES = {
 
 
 def phase_figure(tables: Mapping[str, pd.DataFrame], boundaries: Mapping[str, Mapping[str, np.ndarray]], L: int = 3,
-                 title: str | None = None) -> Figure:
+                 title: str | None = None, activations: Mapping[str, str] | None = None) -> Figure:
     """Phase diagrams, one column per model (``tables`` from :func:`ncutils.phase.phase_table`, keyed by kind):
     top, the fit s GD reaches (0 = the trivial solution H = 0, colour) with the theory boundary (solid) and,
     for deeper models, where the metastable collapsed branch ends (dashed); × marks a point where GD's phase
     differs from the theory's. Bottom, log₁₀ of the relative error of f between GD (best seed) and theory.
-    ``boundaries[kind]``: ``{"lambda_W": …, "threshold": λ_H, "spinodal": λ_H}`` curves."""
+    ``boundaries[kind]``: ``{"lambda_W": …, "threshold": λ_H, "spinodal": λ_H}`` curves; ``activations[kind]``
+    (``"linear"``/``"relu"``) is named in each column's title (the UFM is linear by definition)."""
     style()
     kinds = list(tables)
     fig, axes = plt.subplots(2, len(kinds), figsize=(3.9 * len(kinds), 6.6), constrained_layout=True, squeeze=False)
@@ -80,7 +81,10 @@ def phase_figure(tables: Mapping[str, pd.DataFrame], boundaries: Mapping[str, Ma
             ax.set_xlim(lw.min() / 1.2, lw.max() * 1.2)
             ax.set_ylim(lh.min() / 1.2, lh.max() * 1.2)
             ax.set_ylabel("λ_H")
-            _finish(ax, _PHASE_TITLES[kind].format(L=L) if i == 0 else "", "λ_W", xlog=True, ylog=True)
+            head = _PHASE_TITLES[kind].format(L=L)
+            if activations and kind != "ufm" and kind in activations:
+                head = f"{activations[kind]} {head}"
+            _finish(ax, head if i == 0 else "", "λ_W", xlog=True, ylog=True)
             if i == 1:  # one legend per column, on the light top panel
                 ax.get_legend().remove()
     if title:

@@ -19,11 +19,19 @@ from ..plot import style, threshold_panels
 from ..report import check
 from ..solve import GDResult, gradient_descent
 from ._common import POSITIVE, Assumption, Requirement, Rule, best_run, width_at_least
-from ._multilayer import MULTILAYER_RULES, _deep, deep_ufm_checks, init_scale_study, init_scales_figure, seed_table
+from ._multilayer import (
+    MULTILAYER_RULES,
+    _deep,
+    deep_ufm_checks,
+    init_scale_study,
+    init_scales_figure,
+    seed_geometry_checks,
+    seed_table,
+)
 
 __all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "best_run", "deep_ufm_checks", "dufm_sweep_checks",
            "dufm_threshold_sweep", "dufm_threshold_sweep_figure", "gram_cosines_figure", "init_scale_study",
-           "init_scales_figure", "mean_gram_cosines", "seed_table"]
+           "init_scales_figure", "mean_gram_cosines", "seed_geometry_checks", "seed_table"]
 
 NOTEBOOK = "03_relu_eufm"
 

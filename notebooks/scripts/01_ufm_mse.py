@@ -64,7 +64,7 @@ print(f"c = K sqrt(n lambda_H lambda_W) = {nc.theory.ufm_threshold(K, n, lambda_
 # Theorem 3.1 predicts NC1, $M^\top M\propto I$ (NC2 to the **orthogonal** frame → 0) and $W\propto M^\top$
 # (NC3, orthogonal version → 0). Centring an orthogonal frame gives a simplex ETF, so the ETF-NC2 of the
 # centred means goes to 0 as well; what tells the geometries apart is that $W$ is aligned with the
-# *uncentred* means: the ETF-NC3 stays at $\sqrt{2-2\sqrt{(K-1)/K}}$ (0.5176 for $K=4$). The closed forms (derived, SPEC §2):
+# *uncentred* means: the ETF-NC3 stays at $\sqrt{2-2\sqrt{(K-1)/K}}$ (0.5176 for $K=4$). The closed forms (derived in `nc.theory`, see its docstrings):
 # $f^*=c-c^2/2$, $\|\mu_k\|^2=\rho=(1-c)\sqrt{\lambda_W/(n\lambda_H)}$, $WM=(1-c)I$.
 
 # %%

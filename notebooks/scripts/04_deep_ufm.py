@@ -26,7 +26,7 @@
 #
 # * **Binary ($K=2$), paper:** the unique global optimum has deep neural collapse (DNC) in every layer —
 #   within-class collapse, post-ReLU class means orthogonal with equal norms, weights aligned with the means.
-# * **Closed form (derived, SPEC §4):** with $m=L+1$ and $q=(n\lambda_{H_1}\prod_l\lambda_{W_l})^{1/m}$,
+# * **Closed form (derived in `nc.theory.dufm_optimum`):** with $m=L+1$ and $q=(n\lambda_{H_1}\prod_l\lambda_{W_l})^{1/m}$,
 #   $f_{DNC}=\min_{s\in[0,1]}(s-1)^2/2+\tfrac{Km}{2}q\,s^{2/m}$, layer norms $a_1^2=T/(n\lambda_{H_1})$,
 #   $a_{l+1}^2=a_l^2T/\lambda_{W_l}$, $T=qs^{2/m}$; non-zero iff $\tfrac{Km}{2}q\le((m-2)/(m-1))^{(m-2)/m}\,m/(2(m-1))$.
 # * **$K>2$, $L\ge3$ (follow-up paper):** DNC is *not* optimal; the low-rank bias of multi-layer L2 regularization
@@ -113,8 +113,8 @@ print(layer_table.to_string(float_format="{:.1e}".format))
 # ## 2. $K>2$: the low-rank bias
 #
 # Súkeník et al. 2024, Fig. 2 (top): $L=4$, $K=10$, width 30, all $\lambda=0.004$, step 0.5, 10 seeds. The number of
-# samples per class is not stated in the text available (SPEC §4, open). We use **n = 5**: with n = 5 GD reaches
-# losses below $f_{DNC}$ as in the paper's figure, while with n = 50 (a check in SPEC §4) GD stalled above $f_{DNC}$
+# samples per class is not stated in the text available to us. We use **n = 5**: with n = 5 GD reaches
+# losses below $f_{DNC}$ as in the paper's figure, while with n = 50 (our earlier check) GD stalled above $f_{DNC}$
 # within the same budget — and q grows only like $n^{1/5}$, so n = 5 keeps the collapsed branch well inside its
 # existence region.
 
@@ -182,10 +182,13 @@ print(lam_ranks.groupby(["lambda", "level"])["rank"].mean().unstack().to_string(
 # %%
 # NBVAL_CHECK_OUTPUT
 checks = []
+seeds_binary = {}
 for L, r in binary.items():
     checks += study.deep_ufm_checks(r, optima[L], label=f"L={L}")
     checks.append(nc.report.check(f"L={L}: objective, worst seed", r.final("objective").max(), optima[L].objective,
                                   1e-4))
+    seeds_binary[L] = study.seed_table(r, optima[L])
+    checks += study.seed_geometry_checks(r, seeds_binary[L], label=f"L={L}")
 best = study.best_run(gd_multi)
 checks.append(nc.report.check(f"K={multi_K}, L={multi_L}: best GD loss below f_DNC", gd_multi.final("objective")[best],
                               opt_multi.objective, 0.0, kind="below"))
@@ -194,6 +197,7 @@ checks.append(nc.report.check(f"K={multi_K}: NC1~ = tr(S_W)/tr(S_B) (max over le
                               0.0, 1e-3, kind="abs", id="multi_best_run_nc1_trace"))
 summary = run.summary(checks, per_depth=per_depth.reset_index().to_dict("records"),
                       layers=layer_table.reset_index().to_dict("records"),
+                      seeds={f"L={L}": t.to_dict("records") for L, t in seeds_binary.items()},
                       multi=dict(f_dnc=opt_multi.objective, seeds=seeds_multi.to_dict("records"),
                                  ranks=ranks.to_dict("records")),
                       width_study=width_table.to_dict("records"), lambda_study=lam_f.to_dict("records"),
@@ -204,6 +208,8 @@ run.write_json("summary.json", summary)
 print(f"not checked: tr(S_W S_B^+)/K (max over levels) of the best run = {seeds_multi.max_nc1[best]:.3g}, its class "
       f"means of numerical rank {seeds_multi.min_rank[best]} < K = {multi_K}: ill-conditioned (see the summary)")
 print(nc.report.checks_table(checks).to_string())
+for L, t in seeds_binary.items():
+    print(f"K=2, L={L} seeds:\n" + nc.report.seeds_table(t).to_string())
 print("all checks passed:", summary["passed"])
 
 # %%

@@ -33,7 +33,7 @@
 K: int = 4  # number of classes, at least 2
 n: int = 10  # samples per class
 d: int = 10  # feature dimension (the ETF needs d at least K-1)
-lr: float = 0.5  # plain GD step size on the mean cross-entropy (SPEC check: 0.5)
+lr: float = 0.5  # plain GD step size on the mean cross-entropy (the setting of our check run)
 steps: int = 2000000  # GD steps (the approach is O(1/log t): millions are needed)
 num_records: int = 60  # recorded steps, geometrically spaced between 1 and steps
 init_std: float = 0.1  # std of the N(0, std^2) initialization of W and H
