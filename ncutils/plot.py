@@ -46,6 +46,15 @@ def finish_axes(ax: Any, title: str, xlabel: str, xlog: bool = False, ylog: bool
         ax.legend(fontsize="x-small")
 
 
+def legend_below(ax: Any, handles: list[Any] | None = None, ncol: int = 2) -> None:
+    """The panel's legend under its x axis (it covers no data); ``handles`` default: the panel's own."""
+    if ax.get_legend() is not None:
+        ax.get_legend().remove()
+    handles = handles if handles is not None else ax.get_legend_handles_labels()[0]
+    if handles:
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=ncol, fontsize="x-small")
+
+
 def style() -> None:
     """The shared style: seaborn ``ticks`` with grid, colour-blind palette, TrueType fonts in PDFs."""
     sns.set_theme(context="notebook", style="ticks", palette="colorblind",
@@ -86,13 +95,15 @@ def nc_panels(
         for j, (metric, label) in enumerate(metrics):
             lev = "model" if metric == "objective" else level
             rows = history[(history.metric == metric) & (history.level == lev)]
-            for h in hues:
+            for i, h in enumerate(hues):
                 part = rows if h is None else rows[rows[hue] == h]
                 if part.empty:
                     continue
                 curve = part.groupby("step", observed=True).value.mean()
                 name = " ".join(str(x) for x in (h, label if len(metrics) > 1 else None) if x is not None)
-                (line,) = ax.plot(curve.index, curve.values, color=palette[h], label=name or label)
+                # each later hue is drawn thinner on top, so curves that coincide stay visible under it
+                (line,) = ax.plot(curve.index, curve.values, color=palette[h], label=name or label,
+                                  lw=max(2.8 - 0.8 * i, 0.9))
                 line.set_dashes(DASHES[j % len(DASHES)])
                 if metric == "objective" and theory is not None and (h if h is not None else "") in theory:
                     ax.axhline(theory[h if h is not None else ""], color=palette[h], ls="--", lw=1,
@@ -194,12 +205,32 @@ def threshold_panels(df: pd.DataFrame, x: str, xlabel: str, threshold_label: str
     return fig
 
 
+def _step_label(x: float, _pos: Any = None) -> str:
+    """A GD-step tick: ``50k``, ``1.5M`` (long step counts written out run into each other)."""
+    for scale, unit in ((1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:g}{unit}"
+    return f"{x:g}"
+
+
+def compact_step_ticks(fig: Figure) -> None:
+    """Every linear x axis labelled "GD step" (or "step", "epoch") gets at most 6 ticks written as ``50k``."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    for ax in fig.axes:
+        if ax.get_xscale() == "linear" and ax.get_xlabel().strip().lower() in ("gd step", "step", "steps"):
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
+            ax.xaxis.set_major_formatter(FuncFormatter(_step_label))
+
+
 def save(fig: Figure, name: str, folder: str | os.PathLike[str]) -> list[Path]:
     """Write ``name.pdf`` and ``name.png`` into ``folder`` atomically, with stable bytes.
 
     PDF metadata has no creation date; PNG metadata holds no timestamp either, so
-    re-running an unchanged computation rewrites identical files.
+    re-running an unchanged computation rewrites identical files. GD-step axes get compact ticks
+    (:func:`compact_step_ticks`).
     """
+    compact_step_ticks(fig)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = []

@@ -275,3 +275,17 @@ def test_clean_gives_the_injected_parameters_cell_a_stable_id_and_drops_timings(
     assert out.cells[0].id == nb.cells[0].id
     assert out.metadata.papermill == {"parameters": {"K": 3}}
     assert out.metadata.ncutils == {"profile": "small", "wall_time_s": 1.0}
+
+
+def test_long_gd_step_axes_get_compact_ticks(tmp_path):
+    fig, (a, b) = plt.subplots(1, 2, figsize=(4, 2))
+    a.plot([0, 200_000], [1, 0])
+    a.set_xlabel("GD step")
+    b.plot([0, 200_000], [1, 0])
+    b.set_xlabel("λ")
+    plot.save(fig, "x", tmp_path)
+    labels = [t.get_text() for t in a.get_xticklabels() if t.get_text()]
+    assert labels and all(len(t) <= 5 for t in labels) and "100k" in labels, labels
+    assert plot._step_label(1_500_000) == "1.5M" and plot._step_label(500) == "500"
+    assert b.xaxis.get_major_formatter().__class__.__name__ != "FuncFormatter"
+    plt.close(fig)

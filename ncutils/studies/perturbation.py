@@ -266,13 +266,13 @@ def beta_sweep_figure(df: pd.DataFrame, title: str | None = None) -> Figure:
     """Corollary 3.2: nc1_trace (and Papyan's NC1) of the minimizer H_{1/β} against β, with nc1_trace(H₀)
     dashed (``df`` from :func:`beta_sweep`)."""
     style()
-    fig, ax = plt.subplots(figsize=(4.6, 3.3), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(5.6, 3.6), constrained_layout=True)
     ax.plot(df.beta, df.nc1_trace, "o-", color="C0", ms=4, label="nc1_trace(H*)")
     ax.plot(df.beta, df.nc1, "s:", color="C1", ms=3, label="NC1 (Papyan) of H*")
     ax.axhline(float(df.nc1_trace_H0.iloc[0]), color="0.3", ls="--", lw=1, label="nc1_trace(H₀)")
     _finish(ax, "minimizer of f(·; H₀) vs β", "β", xlog=True, ylog=True)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize="medium")
     return fig
 
 

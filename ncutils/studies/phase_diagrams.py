@@ -85,8 +85,14 @@ def phase_figure(tables: Mapping[str, pd.DataFrame], boundaries: Mapping[str, Ma
             if activations and kind != "ufm" and kind in activations:
                 head = f"{activations[kind]} {head}"
             _finish(ax, head if i == 0 else "", "λ_W", xlog=True, ylog=True)
-            if i == 1:  # one legend per column, on the light top panel
+            if ax.get_legend() is not None:  # one legend for the figure, below the panels (none covers data)
                 ax.get_legend().remove()
+    from matplotlib.lines import Line2D
+
+    proxies = [Line2D([], [], color="k", lw=2, label="theory boundary"),
+               Line2D([], [], color="k", lw=1.5, ls="--", label="end of metastable branch (deeper models)"),
+               Line2D([], [], color="r", marker="x", ms=7, mew=2, ls="none", label="GD phase ≠ theory")]
+    fig.legend(handles=proxies, loc="outside lower center", ncol=3, fontsize="small")
     if title:
         fig.suptitle(title)
     return fig

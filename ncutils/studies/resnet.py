@@ -18,7 +18,7 @@ from ..data import missing_files
 from ..device import resolve_device
 from ..nets import RESNET_LAYERS
 from ..plot import finish_axes as _finish
-from ..plot import style
+from ..plot import legend_below, style
 from ..report import check
 from ..train import TrainConfig
 from ._common import POSITIVE, Assumption, Requirement, Rule
@@ -130,7 +130,7 @@ def training_figure(history: pd.DataFrame, frame: str = "etf", title: str | None
     bias, ``"etf"`` otherwise) per layer, and NC3 / NC4 (test) of the classifier's input, against epochs.
     One colour per layer, deeper is darker; flattened feature maps dashed."""
     style()
-    fig, axes = plt.subplots(1, 4, figsize=(14.4, 3.3), constrained_layout=True)
+    fig, axes = plt.subplots(1, 4, figsize=(14.4, 3.9), constrained_layout=True)
     m = (
         history[history.layer == "model"]
         .pivot(index="epoch", columns="metric", values="value")
@@ -145,8 +145,8 @@ def training_figure(history: pd.DataFrame, frame: str = "etf", title: str | None
     if "test_accuracy" in m:
         ax2.plot(m.index, m.test_accuracy, color="C2", ls=":", label="test acc.")
     ax2.set_ylim(0, 1.02)
-    ax2.legend(fontsize="x-small", loc="center right")
     _finish(ax, "objective and accuracy", "epoch")
+    legend_below(ax, ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0])
     feats = history[history.layer != "model"]
     layers = [name for name in dict.fromkeys(feats.layer) if not name.endswith("_flat")]
     colors = dict(zip(layers, sns.color_palette("rocket_r", len(layers) + 1)[1:], strict=True))
@@ -160,6 +160,7 @@ def training_figure(history: pd.DataFrame, frame: str = "etf", title: str | None
                     ax.plot(c.epoch, c.value, color=colors[layer], marker=".", dashes=dashes,
                             label=layer if not suffix else None)
         _finish(ax, panel, "epoch", ylog=True)
+        legend_below(ax, ncol=3)
     ax = axes[3]
     for metric, label in (("nc3_etf", "NC3 (ETF)"), ("nc3_orthogonal", "NC3 (orth.)")):
         c = feats[(feats.layer == "layer4") & (feats.metric == metric)]
@@ -167,6 +168,7 @@ def training_figure(history: pd.DataFrame, frame: str = "etf", title: str | None
     if "nc4_test" in m:
         ax.plot(m.index, m.nc4_test, marker=".", label="NC4 (test)")
     _finish(ax, "classifier vs penultimate (layer4)", "epoch", ylog=True)
+    legend_below(ax, ncol=2)
     if title:
         fig.suptitle(title)
     return fig

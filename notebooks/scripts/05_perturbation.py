@@ -106,7 +106,7 @@ nc.plot.save(fig, "thn23_thm31_flow", run.figures_dir);
 betas = np.geomspace(beta_min, beta_max, beta_points)
 sweep = study.beta_sweep(model, H0, betas)
 print(sweep[["beta", "nc1_trace", "nc1_trace_H0", "converged"]].to_string(index=False, float_format="%.4g"))
-fig = study.beta_sweep_figure(sweep, title="Corollary 3.2: nc1_trace of the minimizer vs beta")
+fig = study.beta_sweep_figure(sweep, title="Cor. 3.2: nc1_trace of the minimizer vs β")
 nc.plot.save(fig, "thn23_cor32_beta_sweep", run.figures_dir);
 
 # %% [markdown]
