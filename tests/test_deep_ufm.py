@@ -285,9 +285,9 @@ def test_seed_table_ranks_and_level_ratio():
     np.testing.assert_array_equal(t.nc3_H1, gd.final("nc3_gram", "H1"))
     np.testing.assert_array_equal(t.nc3_H2, gd.final("nc3_orthogonal", "H2"))
     counts = deep_ufm_study.seed_geometry_checks(gd, t, label="t")
-    assert [(c["count"], c["total"]) for c in counts] == [(2, 2)] * 6 and all(c["passed"] for c in counts)
+    assert [(c["count"], c["total"]) for c in counts] == [(2, 2)] * 7 and all(c["passed"] for c in counts)
     strict = deep_ufm_study.seed_geometry_checks(gd, t, frame_tol=1e-300, zero_tol=1e-300, required=2)
-    assert [c["count"] for c in strict] == [2, 0, 0, 0, 0, 0] and not any(c["passed"] for c in strict[1:])
+    assert [c["count"] for c in strict] == [2, 0, 0, 0, 0, 0, 0] and not any(c["passed"] for c in strict[1:])
     shown = report.seeds_table(t)
     assert {"nc1 H1", "nc2 H2", "nc3 H2", "max NC1", "rel_err"} <= set(shown.columns)
 

@@ -113,7 +113,8 @@ def seed_table(
     (``reach_tol``), whether it went *below* f* (a lower, non-collapsed solution), the largest
     NC1 over levels, the smallest class-mean rank over levels, and every level's geometry:
     ``nc1_H{l}``, ``nc2_H{l}`` (to the orthogonal frame) and ``nc3_H{l}`` (``nc3_gram`` below the top level,
-    ``nc3_orthogonal`` of the classifier at the top)."""
+    ``nc3_orthogonal`` of the classifier at the top); for the linear model also ``nc3_prodW_H1``
+    (:func:`product_alignment`, the level-1 statement W_L⋯W₁ ∝ M₁ᵀ)."""
     m = _deep(gd)
     f = gd.final("objective")
     rel = (f - opt.objective) / opt.objective
@@ -127,6 +128,8 @@ def seed_table(
         cols[f"nc1_{lv}"] = gd.final("nc1", lv)
         cols[f"nc2_{lv}"] = gd.final("nc2_orthogonal", lv)
         cols[f"nc3_{lv}"] = gd.final("nc3_orthogonal" if layer == m.L else "nc3_gram", lv)
+    if m.activation == "linear":
+        cols["nc3_prodW_H1"] = product_alignment(gd)
     return pd.DataFrame(cols)
 
 
@@ -137,8 +140,9 @@ def seed_geometry_checks(gd: GDResult, table: pd.DataFrame, *, label: str = "", 
     property of the collapsed optimum: NC1 < ``zero_tol`` at every level, and at each frame level NC2 to the
     orthogonal frame and NC3 < ``frame_tol`` (Tirer & Bruna 2022, Thm 4.1; Súkeník et al. 2023, Thm 3).
     One :func:`~ncutils.report.count_check` per property ("7/10 at f*: NC2(H2) < 1e-3"), passing when at least
-    ``required`` runs show it; the first check counts the runs at f* among all runs."""
-    from ..report import count_check
+    ``required`` runs show it; the first check counts the runs at f* among all runs. For the linear model also
+    the level-1 statement of Tirer & Bruna 2022, Thm 4.1 (W_L⋯W₁ ∝ M₁ᵀ, :func:`product_alignment`)."""
+    from ..report import check_id, count_check
 
     m = _deep(gd)
     pre = f"{label}: " if label else ""
@@ -154,7 +158,78 @@ def seed_geometry_checks(gd: GDResult, table: pd.DataFrame, *, label: str = "", 
         for what in ("nc2", "nc3"):
             out.append(count_check(f"{pre}runs at f* with {what.upper()}(H{layer}) < {frame_tol:g}",
                                    int((at[f"{what}_H{layer}"] < frame_tol).sum()), n_at, min(required, n_at)))
+    if "nc3_prodW_H1" in at:
+        out.append(count_check(f"{pre}runs at f* with NC3(W{m.L}...W1 vs M1) < {frame_tol:g}",
+                               int((at["nc3_prodW_H1"] < frame_tol).sum()), n_at, min(required, n_at),
+                               id=f"{check_id(pre + 'runs at f* with NC3 product')}"))
     return out
+
+
+def product_alignment(gd: GDResult) -> np.ndarray:
+    """Per run, ‖P/‖P‖_F − M₁/‖M₁‖_F‖_F for the product P = W_L⋯W₁ ``(K, d)`` and the (uncentred) class means
+    M₁ ``(K, d)`` of H₁: Tirer & Bruna 2022, Thm 4.1's level-1 statement for the linear model
+    (W₂W₁ ∝ M₁ᵀ at the minimizer), the NC3 of the end-to-end linear classifier of H₁. ``(S,)``."""
+    from ..metrics import class_means_t, nc3_from_means_t
+
+    m = _deep(gd)
+    p = gd.params
+    with torch.no_grad():
+        P = p["W1"].to(torch.float64)
+        for layer in range(2, m.L + 1):
+            P = p[f"W{layer}"].to(torch.float64) @ P
+        H1 = p["H1"].to(torch.float64)
+        M1 = class_means_t(H1, m.labels(H1.device), m.K)
+        return nc3_from_means_t(M1, W=P, frame="orthogonal").cpu().numpy()
+
+
+def depth_ratios(results: dict[str, GDResult], metric: str = "nc1", upper: str = "H2", lower: str = "H1",
+                 floor: float = 1e-20) -> pd.DataFrame:
+    """``metric(upper)/metric(lower)`` along GD for every run of every model (``{label: GDResult}``), Tirer &
+    Bruna 2022's depth contrast (is the deeper level more collapsed?). Long form: ``model, step, run, ratio``;
+    steps where either value is below ``floor`` (round-off) are dropped."""
+    rows = []
+    for label, gd in results.items():
+        h = gd.history
+        wide = h[h.metric == metric].pivot_table(index=["step", "run"], columns="level", values="value",
+                                                 observed=True)
+        wide = wide[(wide[upper] >= floor) & (wide[lower] >= floor)]
+        rows.append(pd.DataFrame({"model": label, "step": wide.index.get_level_values("step"),
+                                  "run": wide.index.get_level_values("run"),
+                                  "ratio": (wide[upper] / wide[lower]).to_numpy()}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def depth_ratio_table(ratios: pd.DataFrame, at: tuple[float, ...] = (0.005, 0.05, 0.25, 1.0)) -> pd.DataFrame:
+    """:func:`depth_ratios` at a few fractions ``at`` of the last recorded step (the nearest recorded step
+    at or below; a run whose ratio is not defined there — round-off — is left out): per model and step, the
+    median, min and max over seeds and how many seeds are counted."""
+    out = []
+    last = ratios.step.max()
+    steps = sorted(ratios.step.unique())
+    for frac in at:
+        step = max([s for s in steps if s <= frac * last] or [steps[0]])
+        part = ratios[ratios.step == step]
+        for label, g in part.groupby("model", sort=False):
+            out.append({"model": label, "step": int(step), "median": g.ratio.median(), "min": g.ratio.min(),
+                        "max": g.ratio.max(), "seeds": len(g)})
+    return pd.DataFrame(out).set_index(["model", "step"]).sort_index(level=0, sort_remaining=True)
+
+
+def depth_ratios_figure(ratios: pd.DataFrame, metric: str = "NC1", upper: str = "H2", lower: str = "H1",
+                        title: str | None = None) -> Figure:
+    """:func:`depth_ratios` against GD step: one thin line per seed, the median bold, one colour per model;
+    the dotted line is ratio 1 (both levels equally collapsed)."""
+    style()
+    fig, ax = plt.subplots(figsize=(5.4, 3.4), constrained_layout=True)
+    for i, (label, part) in enumerate(ratios.groupby("model", sort=False)):
+        wide = part.pivot_table(index="step", columns="run", values="ratio")
+        ax.plot(wide.index, wide.to_numpy(), color=f"C{i}", lw=0.7, alpha=0.35)
+        ax.plot(wide.index, wide.median(axis=1), color=f"C{i}", lw=2.2, label=f"{label} (median of seeds)")
+    ax.axhline(1.0, color="0.4", ls=":", lw=1, label="ratio 1")
+    _finish(ax, f"{metric}({upper}) / {metric}({lower})", "GD step", ylog=True)
+    if title:
+        fig.suptitle(title)
+    return fig
 
 
 def init_scale_study(model: DeepUFM, scales: list[float] | np.ndarray, *, seeds: int, lr: float, steps: int,

@@ -9,14 +9,33 @@ from ._common import Assumption, Requirement, Rule, best_run, width_at_least
 from ._multilayer import (
     MULTILAYER_RULES,
     deep_ufm_checks,
+    depth_ratio_table,
+    depth_ratios,
+    depth_ratios_figure,
     init_scale_study,
     init_scales_figure,
+    product_alignment,
     seed_geometry_checks,
     seed_table,
 )
 
-__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "best_run", "deep_ufm_checks", "init_scale_study",
-           "init_scales_figure", "level_ratio", "seed_geometry_checks", "seed_table"]
+__all__ = [
+    "ASSUMPTIONS",
+    "NOTEBOOK",
+    "REQUIREMENTS",
+    "RULES",
+    "best_run",
+    "deep_ufm_checks",
+    "depth_ratio_table",
+    "depth_ratios",
+    "depth_ratios_figure",
+    "init_scale_study",
+    "init_scales_figure",
+    "level_ratio",
+    "product_alignment",
+    "seed_geometry_checks",
+    "seed_table",
+]
 
 NOTEBOOK = "02_linear_eufm"
 

@@ -23,15 +23,37 @@ from ._multilayer import (
     MULTILAYER_RULES,
     _deep,
     deep_ufm_checks,
+    depth_ratio_table,
+    depth_ratios,
+    depth_ratios_figure,
     init_scale_study,
     init_scales_figure,
+    product_alignment,
     seed_geometry_checks,
     seed_table,
 )
 
-__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "best_run", "deep_ufm_checks", "dufm_sweep_checks",
-           "dufm_threshold_sweep", "dufm_threshold_sweep_figure", "gram_cosines_figure", "init_scale_study",
-           "init_scales_figure", "mean_gram_cosines", "seed_geometry_checks", "seed_table"]
+__all__ = [
+    "ASSUMPTIONS",
+    "NOTEBOOK",
+    "REQUIREMENTS",
+    "RULES",
+    "best_run",
+    "deep_ufm_checks",
+    "depth_ratio_table",
+    "depth_ratios",
+    "depth_ratios_figure",
+    "dufm_sweep_checks",
+    "dufm_threshold_sweep",
+    "dufm_threshold_sweep_figure",
+    "gram_cosines_figure",
+    "init_scale_study",
+    "init_scales_figure",
+    "mean_gram_cosines",
+    "product_alignment",
+    "seed_geometry_checks",
+    "seed_table",
+]
 
 NOTEBOOK = "03_relu_eufm"
 

@@ -85,6 +85,24 @@ fig = nc.plot.level_panels(results, theory={k: opt.objective for k in results},
 nc.plot.save(fig, f"tb22_{tag}_linear_vs_relu", run.figures_dir);
 
 # %% [markdown]
+# ### The depth contrast: NC1($H_2$) / NC1($H_1$) along GD, linear vs ReLU
+#
+# Tirer & Bruna contrast the two models by how much more collapsed the deeper level is. The ratio below is
+# measured for every seed of both runs above (same initializations); steps where either NC1 is at round-off
+# ($<10^{-20}$) are left out. The product $W_2W_1$ is the end-to-end linear classifier of $H_1$; Thm 4.1's
+# level-1 statement for the linear model is $W_2W_1\propto M_1^\top$, measured as its NC3 against $H_1$'s means.
+
+# %%
+ratios = study.depth_ratios(results)
+fig = study.depth_ratios_figure(ratios, title=f"Depth contrast (K={K}, d={d}, n={n}): NC1(H2)/NC1(H1)")
+nc.plot.save(fig, f"tb22_{tag}_depth_contrast", run.figures_dir)
+depth = study.depth_ratio_table(ratios)
+print(depth.to_string(float_format="{:.3g}".format))
+align = {label: study.product_alignment(r) for label, r in results.items()}
+for label, a in align.items():
+    print(f"{label}: NC3 of W2 W1 vs M1 per seed: " + " ".join(f"{x:.1e}" for x in a))
+
+# %% [markdown]
 # With ReLU, NC1 still falls to round-off at both levels, and $H_2$ reaches the orthogonal frame; $H_1$'s NC2 to
 # the orthogonal frame levels off at a seed-dependent value instead of going to 0.
 #
