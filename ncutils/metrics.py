@@ -224,6 +224,21 @@ def nan_where_t(value: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, torch.full_like(value, float("nan")), value)
 
 
+#: within/between ratios: ``inf`` (``nan`` if Σ_W = 0) where Σ_B = 0 (``cdnv``: :class:`ncutils.stream.StreamingNC`)
+SPREAD_RATIO_KEYS = ("nc1", "nc1_trace", "cdnv")
+#: plain statistics, kept where Σ_B = 0; every other key of :func:`nc_metrics` (and of ``StreamingNC.result``,
+#: but the singular values ``sv_*``) is a geometry of the class means and ``nan`` there
+PLAIN_KEYS = ("mean_norm_sq", "global_mean_norm", "nc2_equinorm_weights")
+
+
+def degenerate_rule_t(values: dict[str, Tensor], zero_b: Tensor, zero_w: Tensor) -> dict[str, Tensor]:
+    """The metrics ``values`` (keys of :func:`nc_metrics`) with the rule of the module docstring, "Degenerate
+    inputs": :data:`SPREAD_RATIO_KEYS` by :func:`spread_ratio_t`, :data:`PLAIN_KEYS` unchanged, the rest ``nan``
+    where Σ_B = 0 (``zero_b``)."""
+    return {key: spread_ratio_t(v, zero_b, zero_w) if key in SPREAD_RATIO_KEYS
+            else v if key in PLAIN_KEYS else nan_where_t(v, zero_b) for key, v in values.items()}
+
+
 def nc1_t(H: Tensor, y: Tensor, K: int, M: Tensor | None = None, *, rank_tol: float | None = None) -> Tensor:
     """(1/K) tr(Σ_W Σ_B^†) as (1/N) Σ_i ‖M̃^†(h_i − μ_{y_i})‖², O(N·d·K), no d×d matrix (SPEC §1, ``nc1``).
 
@@ -381,32 +396,27 @@ def nc_metrics_t(
     M = class_means_t(H, y, K)
     Mc = centred_means_t(M)
     tr_w, tr_b, sq = spread_traces_t(H, y, K, M)
-    zero_b, zero_w = zero_spread_t(tr_w, tr_b, sq, H.shape[-2])
-    nc1 = pinv_projector_t(M, rank_tol)(_residuals_t(H, y, M)).square().sum(-1).mean(-1)
     out = {
-        "nc1": spread_ratio_t(nc1, zero_b, zero_w),
-        "nc1_trace": spread_ratio_t(tr_w / tr_b, zero_b, zero_w),
-    }
-    geometry = {
+        "nc1": pinv_projector_t(M, rank_tol)(_residuals_t(H, y, M)).square().sum(-1).mean(-1),
+        "nc1_trace": tr_w / tr_b,
         "nc2_etf": nc2_from_means_t(M, "etf"),
         "nc2_orthogonal": nc2_from_means_t(M, "orthogonal"),
         "nc2_equinorm": equinorm_t(Mc),
         "nc2_equiangle": equiangle_t(Mc),
         "nc2_maxangle": maxangle_t(Mc),
         "nc2_equinorm_uncentred": equinorm_t(M),
+        "mean_norm_sq": M.square().sum(-1).mean(-1),
+        "global_mean_norm": torch.linalg.vector_norm(M.mean(-2), dim=-1),
     }
     if W is not None:
-        geometry["nc3_etf"] = nc3_from_means_t(M, W=W, frame="etf")
-        geometry["nc3_orthogonal"] = nc3_from_means_t(M, W=W, frame="orthogonal")
-    out.update({key: nan_where_t(v, zero_b) for key, v in geometry.items()})
-    out["mean_norm_sq"] = M.square().sum(-1).mean(-1)
-    out["global_mean_norm"] = torch.linalg.vector_norm(M.mean(-2), dim=-1)
-    if W is not None:
+        out["nc3_etf"] = nc3_from_means_t(M, W=W, frame="etf")
+        out["nc3_orthogonal"] = nc3_from_means_t(M, W=W, frame="orthogonal")
         out["nc2_equinorm_weights"] = equinorm_t(W)
-        out["nc4"] = nan_where_t(nc4_t(H, M, W=W, b=b), zero_b)
+        out["nc4"] = nc4_t(H, M, W=W, b=b)
     reader = A if A is not None else W
     if reader is not None:
-        out["nc3_gram"] = nan_where_t(nc3_gram_t(M, A=reader), zero_b)
+        out["nc3_gram"] = nc3_gram_t(M, A=reader)
+    out = degenerate_rule_t(out, *zero_spread_t(tr_w, tr_b, sq, H.shape[-2]))
     if spectrum:
         sv = singular_values_t(M)
         out.update({f"sv_{i + 1}": sv[..., i] for i in range(sv.shape[-1])})

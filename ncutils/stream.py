@@ -41,15 +41,7 @@ import torch
 from torch import Tensor
 
 from ._validate import ParameterTypeError, bad_type, check_float, check_int
-from .metrics import (
-    centred_means_t,
-    equinorm_t,
-    nan_where_t,
-    nc3_from_means_t,
-    pinv_projector_t,
-    spread_ratio_t,
-    zero_spread_t,
-)
+from .metrics import centred_means_t, degenerate_rule_t, equinorm_t, nc3_from_means_t, pinv_projector_t, zero_spread_t
 
 __all__ = ["StreamingNC"]
 
@@ -58,10 +50,6 @@ _F64 = torch.float64
 KEYS = ("nc1", "nc1_trace", "nc2_etf", "nc2_orthogonal", "nc2_equinorm", "nc2_equiangle", "nc2_maxangle",
         "nc2_equinorm_uncentred", "mean_norm_sq", "global_mean_norm", "ncc_accuracy", "cdnv")
 CLASSIFIER_KEYS = ("nc3_etf", "nc3_orthogonal", "nc2_equinorm_weights", "nc4", "nc3_gram")
-#: degenerate inputs (Σ_B = 0): these within/between ratios are inf (nan if Σ_W = 0 too), the plain statistics keep
-#: their values, every other key is nan (``ncutils.metrics``, "Degenerate inputs")
-_RATIO_KEYS = ("nc1", "nc1_trace", "cdnv")
-_PLAIN_KEYS = ("mean_norm_sq", "global_mean_norm", "nc2_equinorm_weights")
 
 
 def _as_tensor(x: Any, name: str, where: str) -> Tensor:
@@ -479,8 +467,7 @@ class StreamingNC:
                 r["ncc_accuracy_test"] = self.ncc_hits_test[name] / self.n_test
                 if name in self.classifiers:
                     r["nc4_test"] = self.nc4_miss_test[name] / self.n_test
-            r = {key: spread_ratio_t(v, zero_b, zero_w) if key in _RATIO_KEYS
-                 else v if key in _PLAIN_KEYS else nan_where_t(v, zero_b) for key, v in r.items()}
+            r = degenerate_rule_t(r, zero_b, zero_w)
             out[name] = {k: float(v) for k, v in r.items()}
         return out
 
