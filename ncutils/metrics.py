@@ -24,6 +24,33 @@ The ``*_t`` functions are the batched torch cores: they accept leading batch
 dimensions on ``H`` (``(..., N, d)``) and ``W`` (``(..., K, d)``) with shared labels, do
 no validation, and return tensors. The solvers use them to record the metrics
 of many problems at once; the public functions validate and call them.
+
+Degenerate inputs
+-----------------
+Inputs whose class means coincide never read as collapse. Let s² = (1/N) Σ_i ‖h_i‖² (the mean
+squared feature norm) and τ = 16·N·ε (ε the float64 machine epsilon: the worst-case round-off of a
+mean of N numbers, with slack). Then **Σ_B = 0** when tr Σ_B ≤ τ²·s² and **Σ_W = 0** when
+tr Σ_W ≤ τ²·s² (scale-free; all-zero features have both). When Σ_B = 0:
+
+* ``nc1``, ``nc1_trace`` (ratios of within- to between-class spread) are ``inf`` if Σ_W ≠ 0 and
+  ``nan`` if Σ_W = 0 too (0/0: all features equal);
+* every metric of the class-mean geometry is ``nan``: ``nc2`` (both frames), ``nc2_equinorm``,
+  ``nc2_equiangle``, ``nc2_maxangle``, ``nc2_equinorm_uncentred``, ``nc3`` (both frames), ``nc3_gram``,
+  and ``nc4`` (its nearest-class-mean classifier is undefined when the means coincide);
+* :func:`class_mean_rank` is 0.
+
+Statistics that are not ratios or geometries (``mean_norm_sq``, ``global_mean_norm``, the
+classifier's ``nc2_equinorm_weights``, the singular values) keep their values. A partial
+degeneracy (one class mean equal to the global mean, K ≥ 3) is not caught: the metrics take their
+values by their formulas (a cosine with a zero vector is ``nan``).
+
+Rank-aware NC1
+--------------
+``rank_tol=r`` (in (0, 1)) in :func:`nc1` and :func:`nc_metrics` replaces Σ_B^† by the pseudo-inverse
+that keeps only the singular directions of the centred means M̃ with σ_k > r·σ_1: near-low-rank
+means, whose tiny directions would dominate tr(Σ_W Σ_B^†), count as rank-deficient. The number of
+directions kept is :func:`class_mean_rank`. ``rank_tol=None`` keeps the round-off cut
+σ_k > max(K, d)·ε·σ_1, which also bounds every ``rank_tol`` from below.
 """
 
 from __future__ import annotations
@@ -34,11 +61,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validate import ParameterTypeError, bad_type, check_choice, check_int
+from ._validate import ParameterTypeError, bad_type, check_bool, check_choice, check_float, check_int
 
 __all__ = [
     "Frame",
     "between_class_cov",
+    "class_mean_rank",
     "class_mean_singular_values",
     "class_means",
     "nc1",
@@ -131,6 +159,13 @@ def _check_frame(frame: str) -> None:
     check_choice("frame", frame, _FRAMES)
 
 
+def _check_rank_tol(rank_tol: float | None, allow_none: bool = True) -> float | None:
+    """``rank_tol`` if it is None (where allowed) or a number in (0, 1)."""
+    if rank_tol is None and allow_none:
+        return None
+    return check_float("rank_tol", rank_tol, 0.0, 1.0, strict_low=True, strict_high=True)
+
+
 # --------------------------------------------------------------------------- #
 # batched torch cores (no validation)
 # --------------------------------------------------------------------------- #
@@ -150,32 +185,101 @@ def _residuals_t(H: Tensor, y: Tensor, M: Tensor) -> Tensor:
     return H - M[..., y, :]
 
 
-def nc1_t(H: Tensor, y: Tensor, K: int, M: Tensor | None = None) -> Tensor:
-    """(1/K) tr(Σ_W Σ_B^†) as (1/N) Σ_i ‖M̃^†(h_i − μ_{y_i})‖², O(N·d·K), no d×d matrix."""
+def round_off_tol(N: int) -> float:
+    """τ = 16·N·ε: a spread below τ times the RMS feature norm counts as zero (module docstring, "Degenerate
+    inputs"); ε is the float64 machine epsilon, N the number of samples the means average."""
+    return 16.0 * N * torch.finfo(torch.float64).eps
+
+
+def zero_spread_t(tr_w: Tensor, tr_b: Tensor, mean_sq_norm: Tensor, N: int) -> tuple[Tensor, Tensor]:
+    """``(Σ_B = 0, Σ_W = 0)`` as boolean tensors: tr Σ_B ≤ τ²·s², tr Σ_W ≤ τ²·s² with s² = ``mean_sq_norm``
+    = (1/N) Σ_i ‖h_i‖² and τ = :func:`round_off_tol` (N) (module docstring, "Degenerate inputs")."""
+    cut = round_off_tol(N) ** 2 * mean_sq_norm
+    return tr_b <= cut, tr_w <= cut
+
+
+def spread_traces_t(H: Tensor, y: Tensor, K: int, M: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``(tr Σ_W, tr Σ_B, s²)`` of features ``H (..., N, d)``, s² = (1/N) Σ_i ‖h_i‖²."""
     M = class_means_t(H, y, K) if M is None else M
-    return pinv_projector_t(M)(_residuals_t(H, y, M)).square().sum(-1).mean(-1)
+    N = H.shape[-2]
+    tr_w = _residuals_t(H, y, M).square().sum((-1, -2)) / N
+    tr_b = centred_means_t(M).square().sum((-1, -2)) / K
+    return tr_w, tr_b, H.square().sum((-1, -2)) / N
 
 
-def pinv_projector_t(M: Tensor):
+def degenerate_t(H: Tensor, y: Tensor, K: int, M: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(Σ_B = 0, Σ_W = 0)`` of features ``H (..., N, d)`` up to round-off (:func:`zero_spread_t`)."""
+    return zero_spread_t(*spread_traces_t(H, y, K, M), H.shape[-2])
+
+
+def spread_ratio_t(value: Tensor, zero_b: Tensor, zero_w: Tensor) -> Tensor:
+    """A within/between ratio with the degenerate rule: ``value`` where Σ_B ≠ 0, ``inf`` where Σ_B = 0 ≠ Σ_W,
+    ``nan`` where both are 0."""
+    inf_or_nan = torch.where(zero_w, torch.full_like(value, float("nan")), torch.full_like(value, float("inf")))
+    return torch.where(zero_b, inf_or_nan, value)
+
+
+def nan_where_t(value: Tensor, mask: Tensor) -> Tensor:
+    """``value`` with ``nan`` where ``mask`` (Σ_B = 0 for the metrics of the class-mean geometry)."""
+    return torch.where(mask, torch.full_like(value, float("nan")), value)
+
+
+#: within/between ratios: ``inf`` (``nan`` if Σ_W = 0) where Σ_B = 0 (``cdnv``: :class:`ncutils.stream.StreamingNC`)
+SPREAD_RATIO_KEYS = ("nc1", "nc1_trace", "cdnv")
+#: plain statistics, kept where Σ_B = 0; every other key of :func:`nc_metrics` (and of ``StreamingNC.result``,
+#: but the singular values ``sv_*``) is a geometry of the class means and ``nan`` there
+PLAIN_KEYS = ("mean_norm_sq", "global_mean_norm", "nc2_equinorm_weights")
+
+
+def degenerate_rule_t(values: dict[str, Tensor], zero_b: Tensor, zero_w: Tensor) -> dict[str, Tensor]:
+    """The metrics ``values`` (keys of :func:`nc_metrics`) with the rule of the module docstring, "Degenerate
+    inputs": :data:`SPREAD_RATIO_KEYS` by :func:`spread_ratio_t`, :data:`PLAIN_KEYS` unchanged, the rest ``nan``
+    where Σ_B = 0 (``zero_b``)."""
+    return {key: spread_ratio_t(v, zero_b, zero_w) if key in SPREAD_RATIO_KEYS
+            else v if key in PLAIN_KEYS else nan_where_t(v, zero_b) for key, v in values.items()}
+
+
+def nc1_t(H: Tensor, y: Tensor, K: int, M: Tensor | None = None, *, rank_tol: float | None = None) -> Tensor:
+    """(1/K) tr(Σ_W Σ_B^†) as (1/N) Σ_i ‖M̃^†(h_i − μ_{y_i})‖², O(N·d·K), no d×d matrix (SPEC §1, ``nc1``).
+
+    ``rank_tol``: keep only the directions of M̃ with σ_k > rank_tol·σ_1 (:func:`pinv_projector_t`). Σ_B = 0
+    gives ``inf`` (``nan`` if Σ_W = 0 too) (module docstring, "Degenerate inputs").
+    """
+    M = class_means_t(H, y, K) if M is None else M
+    value = pinv_projector_t(M, rank_tol)(_residuals_t(H, y, M)).square().sum(-1).mean(-1)
+    return spread_ratio_t(value, *degenerate_t(H, y, K, M))
+
+
+def rank_cut_t(S: Tensor, shape: tuple[int, ...] | torch.Size, rank_tol: float | None = None) -> Tensor:
+    """The singular-value cut ``(..., 1)`` of a ``shape = (..., K, d)`` matrix with singular values ``S (..., r)``:
+    max(rank_tol, max(K, d)·ε)·σ_1 (``rank_tol=None``: the round-off cut alone); directions with σ_k above it
+    count."""
+    rel = max(shape[-2], shape[-1]) * torch.finfo(S.dtype).eps
+    if rank_tol is not None:
+        rel = max(rel, rank_tol)
+    return S.amax(dim=-1, keepdim=True) * rel
+
+
+def pinv_projector_t(M: Tensor, rank_tol: float | None = None):
     """r ↦ M̃^† r for rows r ``(..., N, d)`` → ``(..., N, r)``, M̃ the centred means of ``M (..., K, d)``.
 
-    M̃ᵀ = U diag(S) Vh, hence pinv(M̃) = U diag(1/S) Vh and ‖pinv(M̃) r‖ = ‖diag(1/S) Vh r‖ (singular
-    values below the usual rank tolerance are dropped). Memory O(K d): no d×d matrix.
+    M̃ᵀ = U diag(S) Vh, hence pinv(M̃) = U diag(1/S) Vh and ‖pinv(M̃) r‖ = ‖diag(1/S) Vh r‖; singular values
+    at or below :func:`rank_cut_t` (the round-off cut max(K, d)·ε·σ_1, or ``rank_tol``·σ_1 when larger) are
+    dropped. Memory O(K d): no d×d matrix.
     """
     Mc = centred_means_t(M)  # (..., K, d) = M̃ᵀ
     _, S, Vh = torch.linalg.svd(Mc, full_matrices=False)
-    eps = torch.finfo(S.dtype).eps
-    tol = S.amax(dim=-1, keepdim=True) * max(Mc.shape[-2], Mc.shape[-1]) * eps
-    S_inv = torch.where(S > tol, 1.0 / torch.where(S > tol, S, torch.ones_like(S)), torch.zeros_like(S))
+    keep = S > rank_cut_t(S, Mc.shape, rank_tol)
+    S_inv = torch.where(keep, 1.0 / torch.where(keep, S, torch.ones_like(S)), torch.zeros_like(S))
     return lambda R: (R @ Vh.transpose(-1, -2)) * S_inv.unsqueeze(-2)
 
 
 def nc1_trace_t(H: Tensor, y: Tensor, K: int, M: Tensor | None = None) -> Tensor:
-    """tr(Σ_W) / tr(Σ_B) (NC1~ of Tirer, Huang & Niles-Weed 2023, their Thm 3.1)."""
-    M = class_means_t(H, y, K) if M is None else M
-    tr_w = _residuals_t(H, y, M).square().sum((-1, -2)) / H.shape[-2]
-    tr_b = centred_means_t(M).square().sum((-1, -2)) / K
-    return tr_w / tr_b
+    """tr(Σ_W) / tr(Σ_B) (NC1~ of Tirer, Huang & Niles-Weed 2023, their Thm 3.1; SPEC §1, ``nc1_trace``).
+
+    Σ_B = 0 gives ``inf`` (``nan`` if Σ_W = 0 too) (module docstring, "Degenerate inputs")."""
+    tr_w, tr_b, sq = spread_traces_t(H, y, K, M)
+    return spread_ratio_t(tr_w / tr_b, *zero_spread_t(tr_w, tr_b, sq, H.shape[-2]))
 
 
 def _frame_means(M: Tensor, frame: str) -> Tensor:
@@ -278,20 +382,23 @@ def margin_t(H: Tensor, y: Tensor, *, W: Tensor) -> Tensor:
 
 def nc_metrics_t(
     H: Tensor, y: Tensor, K: int, *, W: Tensor | None = None, b: Tensor | None = None,
-    A: Tensor | None = None, spectrum: bool = False,
+    A: Tensor | None = None, spectrum: bool = False, rank_tol: float | None = None,
 ) -> dict[str, Tensor]:
     """All metrics of one feature level at once, batched; keys as :func:`nc_metrics`.
 
     ``A (..., d_out, d)``: the weight of a (non-classifier) layer reading this level — adds
     ``nc3_gram`` (:func:`nc3_gram`); with a classifier ``W`` ``nc3_gram`` is computed for ``W``.
     ``spectrum``: adds ``sv_1 … sv_r``, the singular values of the uncentred class means
-    (r = min(K, d)).
+    (r = min(K, d)). ``rank_tol``: the rank-aware ``nc1`` (:func:`nc1`). Where Σ_B = 0 (module docstring,
+    "Degenerate inputs") ``nc1``/``nc1_trace`` are ``inf`` (``nan`` if Σ_W = 0) and the geometry metrics
+    (``nc2_*``, ``nc3_*``, ``nc4``) ``nan``.
     """
     M = class_means_t(H, y, K)
     Mc = centred_means_t(M)
+    tr_w, tr_b, sq = spread_traces_t(H, y, K, M)
     out = {
-        "nc1": nc1_t(H, y, K, M),
-        "nc1_trace": nc1_trace_t(H, y, K, M),
+        "nc1": pinv_projector_t(M, rank_tol)(_residuals_t(H, y, M)).square().sum(-1).mean(-1),
+        "nc1_trace": tr_w / tr_b,
         "nc2_etf": nc2_from_means_t(M, "etf"),
         "nc2_orthogonal": nc2_from_means_t(M, "orthogonal"),
         "nc2_equinorm": equinorm_t(Mc),
@@ -309,6 +416,7 @@ def nc_metrics_t(
     reader = A if A is not None else W
     if reader is not None:
         out["nc3_gram"] = nc3_gram_t(M, A=reader)
+    out = degenerate_rule_t(out, *zero_spread_t(tr_w, tr_b, sq, H.shape[-2]))
     if spectrum:
         sv = singular_values_t(M)
         out.update({f"sv_{i + 1}": sv[..., i] for i in range(sv.shape[-1])})
@@ -345,55 +453,111 @@ def between_class_cov(H: ArrayLike, y: ArrayLike, num_classes: int | None = None
     return Mc.T @ Mc / K
 
 
-def nc1(H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> float:
-    """NC1 = (1/K) tr(Σ_W Σ_B^†) (Papyan, Han & Donoho 2020, Fig. 6).
+def _zero_between(H: Tensor, y: Tensor, K: int, M: Tensor) -> Tensor:
+    """Σ_B = 0 up to round-off (module docstring, "Degenerate inputs")."""
+    return degenerate_t(H, y, K, M)[0]
 
-    Computed as (1/N) Σ_i ‖M̃^†(h_i − μ_{y_i})‖² with M̃ the d×K centred means,
+
+def nc1(H: ArrayLike, y: ArrayLike, num_classes: int | None = None, *, rank_tol: float | None = None) -> float:
+    """NC1 = (1/K) tr(Σ_W Σ_B^†) (Papyan, Han & Donoho 2020, Fig. 6; SPEC §1, ``nc1``).
+
+    Computed as (1/N) Σ_i ‖M̃^†(h_i − μ_{y_i})‖² with M̃ the d×K centred means of ``H (N, d)``, ``y (N,)``,
     in O(N·d·K) time and O(N·K + d·K) extra memory: no d×d matrix is formed, so
     flattened convolutional features (d ~ 1e5) are fine. Never negative;
     0 iff every sample sits on its class mean (given non-degenerate means).
-    Singular values of M̃ below ``max(K, d)·eps·σ_max`` are treated as zero (the
+    Singular values of M̃ at or below ``max(K, d)·eps·σ_max`` are treated as zero (the
     centred means have rank ≤ K−1).
+
+    ``rank_tol``: ``None`` (default), or r in (0, 1): rank-aware NC1, Σ_B^† keeps only the directions of M̃
+    with σ_k > r·σ_1 (σ of the centred means, the count of :func:`class_mean_rank`), so that near-low-rank
+    means whose tiny directions dominate tr(Σ_W Σ_B^†) are treated as rank-deficient.
+
+    Degenerate inputs: ``inf`` when Σ_B = 0 (all class means equal up to round-off), ``nan`` when Σ_W = 0
+    too (module docstring).
     """
+    rank_tol = _check_rank_tol(rank_tol)
     Ht, yt, K = _check_features(H, y, num_classes)
-    return float(nc1_t(Ht, yt, K))
+    return float(nc1_t(Ht, yt, K, rank_tol=rank_tol))
 
 
 def nc1_trace(H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> float:
-    """NC1~ = tr(Σ_W) / tr(Σ_B) (Tirer, Huang & Niles-Weed 2023, Eq. 8; monotone in their Thm 3.1)."""
+    """NC1~ = tr(Σ_W) / tr(Σ_B) (Tirer, Huang & Niles-Weed 2023, Eq. 8; monotone in their Thm 3.1), ``H (N, d)``.
+
+    Degenerate inputs: ``inf`` when Σ_B = 0 (all class means equal up to round-off), ``nan`` when Σ_W = 0
+    too (module docstring).
+    """
     Ht, yt, K = _check_features(H, y, num_classes)
     return float(nc1_trace_t(Ht, yt, K))
 
 
+def class_mean_rank(
+    H: ArrayLike, y: ArrayLike, rank_tol: float = 1e-3, num_classes: int | None = None, *, centred: bool = True
+) -> int:
+    """Numerical rank of the class means of ``H (N, d)``: #{σ_k > rank_tol·σ_1} (SPEC §1, the rank behind ``nc1``).
+
+    ``centred=True`` (default): σ of the centred means M̃ (rows μ_k − μ_G), the directions the rank-aware
+    :func:`nc1` keeps with the same ``rank_tol``. ``centred=False``: σ of the uncentred means M (rows μ_k),
+    as :func:`class_mean_singular_values` and ``studies._multilayer.class_mean_ranks`` count them
+    (an orthogonal frame has uncentred rank K, centred rank K − 1). The cut is never below the round-off cut
+    max(K, d)·eps·σ_1. ``rank_tol`` in (0, 1).
+
+    Degenerate inputs: 0 when the means counted are zero up to round-off (Σ_B = 0 for ``centred=True``,
+    module docstring).
+    """
+    rank_tol = _check_rank_tol(rank_tol, allow_none=False)
+    check_bool("centred", centred)
+    Ht, yt, K = _check_features(H, y, num_classes)
+    M = class_means_t(Ht, yt, K)
+    A = centred_means_t(M) if centred else M
+    tr_w, _, sq = spread_traces_t(Ht, yt, K, M)
+    if bool(zero_spread_t(tr_w, A.square().sum() / K, sq, Ht.shape[0])[0]):
+        return 0
+    S = torch.linalg.svdvals(A)
+    return int((S > rank_cut_t(S, A.shape, rank_tol)).sum())
+
+
 def nc2(H: ArrayLike, y: ArrayLike, frame: Frame = "etf", num_classes: int | None = None) -> float:
-    """NC2: distance of the normalized class-mean Gram to a frame.
+    """NC2: distance of the normalized class-mean Gram to a frame, ``H (N, d)`` (SPEC §1, ``nc2``).
 
     ``frame="etf"``: ‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F with G = M̃ᵀM̃ (centred means),
     0 for a simplex ETF (Papyan et al. 2020).
     ``frame="orthogonal"``: ‖G/‖G‖_F − I/√K‖_F with G = MᵀM (uncentred means), 0 for an
     orthogonal frame — the bias-free MSE geometry (Tirer & Bruna 2022, Thm 3.1).
+
+    Degenerate inputs: ``nan`` (both frames) when Σ_B = 0 (all class means equal up to round-off; module
+    docstring).
     """
     _check_frame(frame)
     Ht, yt, K = _check_features(H, y, num_classes)
-    return float(nc2_from_means_t(class_means_t(Ht, yt, K), frame))
+    M = class_means_t(Ht, yt, K)
+    return float(nan_where_t(nc2_from_means_t(M, frame), _zero_between(Ht, yt, K, M)))
+
+
+def _centred_geometry(fn, H: ArrayLike, y: ArrayLike, num_classes: int | None) -> float:
+    Ht, yt, K = _check_features(H, y, num_classes)
+    M = class_means_t(Ht, yt, K)
+    return float(nan_where_t(fn(centred_means_t(M)), _zero_between(Ht, yt, K, M)))
 
 
 def nc2_equinorm(H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> float:
-    """std/mean of ‖μ_k − μ_G‖ over classes (Papyan et al. 2020, Fig. 2; unbiased std)."""
-    Ht, yt, K = _check_features(H, y, num_classes)
-    return float(equinorm_t(centred_means_t(class_means_t(Ht, yt, K))))
+    """std/mean of ‖μ_k − μ_G‖ over classes (Papyan et al. 2020, Fig. 2; unbiased std), ``H (N, d)``.
+
+    Degenerate inputs: ``nan`` when Σ_B = 0 (module docstring)."""
+    return _centred_geometry(equinorm_t, H, y, num_classes)
 
 
 def nc2_equiangle(H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> float:
-    """Std of cos(μ_k − μ_G, μ_k' − μ_G) over pairs k < k' (Papyan et al. 2020, Fig. 3; unbiased)."""
-    Ht, yt, K = _check_features(H, y, num_classes)
-    return float(equiangle_t(centred_means_t(class_means_t(Ht, yt, K))))
+    """Std of cos(μ_k − μ_G, μ_k' − μ_G) over pairs k < k' (Papyan et al. 2020, Fig. 3; unbiased), ``H (N, d)``.
+
+    Degenerate inputs: ``nan`` when Σ_B = 0 (module docstring)."""
+    return _centred_geometry(equiangle_t, H, y, num_classes)
 
 
 def nc2_maxangle(H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> float:
-    """Mean over k ≠ k' of |cos(μ_k − μ_G, μ_k' − μ_G) + 1/(K−1)| (Papyan et al. 2020, Fig. 4)."""
-    Ht, yt, K = _check_features(H, y, num_classes)
-    return float(maxangle_t(centred_means_t(class_means_t(Ht, yt, K))))
+    """Mean over k ≠ k' of |cos(μ_k − μ_G, μ_k' − μ_G) + 1/(K−1)| (Papyan et al. 2020, Fig. 4), ``H (N, d)``.
+
+    Degenerate inputs: ``nan`` when Σ_B = 0 (module docstring)."""
+    return _centred_geometry(maxangle_t, H, y, num_classes)
 
 
 def _check_weights(W: ArrayLike) -> Tensor:
@@ -425,12 +589,16 @@ def nc3(
 
     ``W`` is ``(K, d)``. M̂ = M̃ (centred means, ``frame="etf"``, Papyan et al. 2020) or
     M (raw means, ``frame="orthogonal"``, Tirer & Bruna 2022, where W ∝ Mᵀ).
-    Papyan et al. plot the square of the ETF version: :func:`nc3_squared`.
+    Papyan et al. plot the square of the ETF version: :func:`nc3_squared`. ``H (N, d)``, ``y (N,)``.
+
+    Degenerate inputs: ``nan`` (both frames) when Σ_B = 0 (all class means equal up to round-off; module
+    docstring).
     """
     _check_frame(frame)
     Ht, yt, K = _check_features(H, y, num_classes)
     Wt, _ = _check_classifier(W, K, Ht.shape[1], Ht.device)
-    return float(nc3_from_means_t(class_means_t(Ht, yt, K), W=Wt, frame=frame))
+    M = class_means_t(Ht, yt, K)
+    return float(nan_where_t(nc3_from_means_t(M, W=Wt, frame=frame), _zero_between(Ht, yt, K, M)))
 
 
 def nc3_gram(H: ArrayLike, y: ArrayLike, *, A: ArrayLike, num_classes: int | None = None) -> float:
@@ -443,12 +611,15 @@ def nc3_gram(H: ArrayLike, y: ArrayLike, *, A: ArrayLike, num_classes: int | Non
     ``nc3(frame="orthogonal")``, and unlike that metric it does not need d_out = K.
     The Gram form is our choice (the paper defines DNC3 without fixing a metric; ``docs/notation.md``).
     O(d²) memory.
+
+    Degenerate inputs: ``nan`` when Σ_B = 0 (module docstring).
     """
     Ht, yt, K = _check_features(H, y, num_classes)
     At = _as_float64(A, "A", Ht.device)
     if At.ndim != 2 or At.shape[1] != Ht.shape[1]:
         raise ValueError(f"A must have shape (d_out, d) with d = {Ht.shape[1]}, got {tuple(At.shape)}")
-    return float(nc3_gram_t(class_means_t(Ht, yt, K), A=At))
+    M = class_means_t(Ht, yt, K)
+    return float(nan_where_t(nc3_gram_t(M, A=At), _zero_between(Ht, yt, K, M)))
 
 
 def class_mean_singular_values(H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> np.ndarray:
@@ -459,7 +630,7 @@ def class_mean_singular_values(H: ArrayLike, y: ArrayLike, num_classes: int | No
 
 
 def nc3_squared(H: ArrayLike, y: ArrayLike, *, W: ArrayLike, num_classes: int | None = None) -> float:
-    """Square of the ETF :func:`nc3`, the quantity of Papyan et al. 2020, Fig. 5."""
+    """Square of the ETF :func:`nc3`, the quantity of Papyan et al. 2020, Fig. 5 (``nan`` when Σ_B = 0)."""
     return nc3(H, y, W=W, frame="etf", num_classes=num_classes) ** 2
 
 
@@ -494,6 +665,9 @@ def nc4(
         model has one.
     means : (K, d) class means to use (the *training-set* means when ``H`` is the
         test set, as in Papyan et al. 2020); default: the class means of ``H, y``.
+
+    Degenerate inputs: ``nan`` when the means used coincide (their tr Σ_B ≤ τ²·(1/N) Σ_i ‖h_i‖², module
+    docstring): the nearest-class-mean classifier is then undefined.
     """
     Ht, yt, K = _check_features(H, y, num_classes)
     Wt, bt = _check_classifier(W, K, Ht.shape[1], Ht.device, b)
@@ -503,7 +677,9 @@ def nc4(
         M = _as_float64(means, "means", Ht.device)
         if M.shape != (K, Ht.shape[1]):
             raise ValueError(f"means must have shape (K, d) = ({K}, {Ht.shape[1]}), got {tuple(M.shape)}")
-    return float(nc4_t(Ht, M, W=Wt, b=bt))
+    tr_b = centred_means_t(M).square().sum() / K
+    zero_b, _ = zero_spread_t(tr_b, tr_b, Ht.square().sum() / Ht.shape[0], Ht.shape[0])
+    return float(nan_where_t(nc4_t(Ht, M, W=Wt, b=bt), zero_b))
 
 
 def nc_metrics(
@@ -513,16 +689,22 @@ def nc_metrics(
     W: ArrayLike | None = None,
     b: ArrayLike | None = None,
     num_classes: int | None = None,
+    rank_tol: float | None = None,
 ) -> dict[str, float]:
-    """Every metric of one feature level in one call (one class-mean pass), as floats.
+    """Every metric of one feature level ``H (N, d)``, ``y (N,)`` in one call (one class-mean pass), as floats.
 
     Keys: ``nc1, nc1_trace, nc2_etf, nc2_orthogonal, nc2_equinorm, nc2_equiangle,
     nc2_maxangle, nc2_equinorm_uncentred`` (std/mean of ‖μ_k‖, the equal norms of an
     orthogonal frame), ``mean_norm_sq`` (mean ‖μ_k‖²), ``global_mean_norm`` (‖μ_G‖), and with a
-    classifier ``W (K, d)``: ``nc3_etf, nc3_orthogonal, nc2_equinorm_weights, nc4``.
+    classifier ``W (K, d)``: ``nc3_etf, nc3_orthogonal, nc2_equinorm_weights, nc4, nc3_gram``.
+    ``rank_tol``: the rank-aware ``nc1`` (:func:`nc1`).
+
+    Degenerate inputs: when Σ_B = 0, ``nc1`` and ``nc1_trace`` are ``inf`` (``nan`` if Σ_W = 0 too) and
+    ``nc2_*`` (but ``nc2_equinorm_weights``), ``nc3_*`` and ``nc4`` are ``nan`` (module docstring).
     """
+    rank_tol = _check_rank_tol(rank_tol)
     Ht, yt, K = _check_features(H, y, num_classes)
     Wt = bt = None
     if W is not None:
         Wt, bt = _check_classifier(W, K, Ht.shape[1], Ht.device, b)
-    return {k: float(v) for k, v in nc_metrics_t(Ht, yt, K, W=Wt, b=bt).items()}
+    return {k: float(v) for k, v in nc_metrics_t(Ht, yt, K, W=Wt, b=bt, rank_tol=rank_tol).items()}

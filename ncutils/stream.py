@@ -21,6 +21,13 @@ convolutional features (d = 10⁴–10⁵) are fine. Matrices with K columns (di
 logits, the K×K Gram matrices of the metrics) are built in tiles of at most ``tile`` numbers, so K may be large;
 the pseudo-inverse is an SVD of the K×d centred means and ``nc3_gram`` works in a basis of ≤ 2K vectors.
 Accumulation is in float64 whatever the features' dtype.
+
+Degenerate inputs follow the rule of :mod:`ncutils.metrics` (its docstring, "Degenerate inputs"), with the
+mean squared feature norm s² = tr Σ_W + Σ_k (n_k/N)‖μ_k‖²: when Σ_B = 0 up to round-off, ``nc1``, ``nc1_trace``
+and ``cdnv`` are ``inf`` (``nan`` if Σ_W = 0 too) and the metrics of the class-mean geometry and of the
+nearest class mean (``nc2_*`` but ``nc2_equinorm_weights``, ``nc3_*``, ``nc4``, ``ncc_accuracy``, and their
+``_test`` versions) are ``nan``. ``rank_tol`` (constructor) gives the rank-aware ``nc1`` of
+:func:`ncutils.metrics.nc1`.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import torch
 from torch import Tensor
 
 from ._validate import ParameterTypeError, bad_type, check_float, check_int
-from .metrics import centred_means_t, equinorm_t, nc3_from_means_t, pinv_projector_t
+from .metrics import centred_means_t, degenerate_rule_t, equinorm_t, nc3_from_means_t, pinv_projector_t, zero_spread_t
 
 __all__ = ["StreamingNC"]
 
@@ -60,7 +67,9 @@ class StreamingNC:
     ``K``: classes; ``device``: where the statistics live (features are moved there); ``tile``: the largest
     number of entries of an intermediate N×K or K×K matrix (larger ones are built in tiles); ``drift_tol``: how
     far the class means of pass 2 may lie from those of pass 1, relative to the class's RMS feature norm,
-    before :meth:`result` refuses (different labels, or a model not in eval mode, between the passes).
+    before :meth:`result` refuses (different labels, or a model not in eval mode, between the passes);
+    ``rank_tol``: ``None`` or r in (0, 1), the rank-aware ``nc1`` (:func:`ncutils.metrics.nc1`: Σ_B^† keeps the
+    directions of the centred means with σ_k > r·σ_1), fixed for both passes.
 
     Use: for every batch ``update_means({name: H_b (B, d) or (B, C, H, W)}, y_b (B,))``; then for every batch
     (in any order) ``update_within(..., classifiers={name: (W (K, d), b (K,) or None)})`` for the level the
@@ -68,11 +77,13 @@ class StreamingNC:
     """
 
     def __init__(self, K: int, device: torch.device | str = "cpu", *, tile: int = 2**22,
-                 drift_tol: float = 1e-4) -> None:
+                 drift_tol: float = 1e-4, rank_tol: float | None = None) -> None:
         self.K = check_int("K", K, 2)
         self.device = torch.device(device)
         self.tile = check_int("tile", tile, 1)
         self.drift_tol = check_float("drift_tol", drift_tol, 0.0, strict_low=True)
+        self.rank_tol = None if rank_tol is None else check_float("rank_tol", rank_tol, 0.0, 1.0, strict_low=True,
+                                                                  strict_high=True)
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -242,7 +253,7 @@ class StreamingNC:
         for name, S in self.sums.items():
             M = S / self.counts[:, None]
             self.means[name] = M
-            self._proj[name] = pinv_projector_t(M)
+            self._proj[name] = pinv_projector_t(M, self.rank_tol)
             self.nc1_sum[name] = self._zeros(())
             self.ss_within[name] = self._zeros(self.K)
             self.resid_sum[name] = self._zeros(self.K, self.levels[name])
@@ -419,7 +430,8 @@ class StreamingNC:
         nc2_etf, nc2_orthogonal``, Papyan's variants, ``nc2_equinorm_uncentred, mean_norm_sq,
         global_mean_norm``; with a classifier ``nc3_etf, nc3_orthogonal, nc2_equinorm_weights, nc4, nc3_gram``)
         plus ``ncc_accuracy`` (fraction with argmin_k ‖h − μ_k‖ = y) and ``cdnv``; with a test set also
-        ``ncc_accuracy_test`` (and ``nc4_test`` with a classifier). The classifier–NCC agreement is 1 − nc4."""
+        ``ncc_accuracy_test`` (and ``nc4_test`` with a classifier). The classifier–NCC agreement is 1 − nc4.
+        Degenerate inputs (Σ_B = 0): ``inf``/``nan`` as in :mod:`ncutils.metrics` (module docstring)."""
         self.finalize_means()
         self._check_passes()
         N = self.n_within
@@ -427,9 +439,12 @@ class StreamingNC:
         for name, M in self.means.items():
             Mc = centred_means_t(M)
             var = self.ss_within[name] / self.counts  # σ_k²: mean squared distance to the class mean
+            tr_w, tr_b = self.ss_within[name].sum() / N, Mc.square().sum() / self.K
+            mean_sq_norm = tr_w + (self.counts * M.square().sum(1)).sum() / N  # (1/N) Σ_i ‖h_i‖²
+            zero_b, zero_w = zero_spread_t(tr_w, tr_b, mean_sq_norm, N)
             r = {
                 "nc1": self.nc1_sum[name] / N,
-                "nc1_trace": (self.ss_within[name].sum() / N) / (Mc.square().sum() / self.K),
+                "nc1_trace": tr_w / tr_b,
                 "nc2_etf": self._nc2(Mc, "etf"),
                 "nc2_orthogonal": self._nc2(M, "orthogonal"),
                 "nc2_equinorm": equinorm_t(Mc),
@@ -452,6 +467,7 @@ class StreamingNC:
                 r["ncc_accuracy_test"] = self.ncc_hits_test[name] / self.n_test
                 if name in self.classifiers:
                     r["nc4_test"] = self.nc4_miss_test[name] / self.n_test
+            r = degenerate_rule_t(r, zero_b, zero_w)
             out[name] = {k: float(v) for k, v in r.items()}
         return out
 
@@ -478,6 +494,9 @@ class StreamingNC:
             raise bad_type("other", "a StreamingNC", other)
         if other.K != self.K:
             raise ValueError(f"parameter other must have K = {self.K} classes, got K = {other.K}")
+        if other.rank_tol != self.rank_tol:
+            raise ValueError(f"parameter other must have rank_tol = {self.rank_tol} as this accumulator, got "
+                             f"{other.rank_tol} (its nc1 sums use another pseudo-inverse)")
         if other.phase != self.phase:
             raise ValueError(f"parameter other must be in the same pass as this accumulator ({self.phase!r}), "
                              f"got {other.phase!r}")
@@ -521,7 +540,7 @@ class StreamingNC:
                                "(torch.distributed.init_process_group)")
         phase = self.phase
         self._refuse_after_reduce(phase, "all_reduce()")
-        sig: tuple = (self.K, phase, tuple(sorted(self.levels.items())))
+        sig: tuple = (self.K, phase, tuple(sorted(self.levels.items())), self.rank_tol)
         if phase == "within":
             checksum = [float(self.counts.sum()), *(float(self.sums[n].sum()) for n in sorted(self.levels))]
             sig += (self.classifier_levels, checksum)
@@ -529,9 +548,10 @@ class StreamingNC:
         dist.all_gather_object(sigs, sig, group=group)
         for rank, s in enumerate(sigs):
             if s != sig:
-                raise ValueError(f"the accumulators of the ranks differ (this one: K, pass, levels "
-                                 f"{sig[:3]}; rank {rank}: {s[:3]}); every rank must add batches with the same "
-                                 f"levels, widths and classifier levels, and call all_reduce() after pass 1")
+                raise ValueError(f"the accumulators of the ranks differ (this one: K, pass, levels, rank_tol "
+                                 f"{sig[:4]}; rank {rank}: {s[:4]}); every rank must add batches with the same "
+                                 f"levels, widths and classifier levels, use the same rank_tol, and call "
+                                 f"all_reduce() after pass 1")
         tensors = self._pass1_tensors() if phase == "means" else self._pass2_tensors()
         flat = torch.cat([t.reshape(-1) for t in tensors])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
@@ -548,7 +568,8 @@ class StreamingNC:
             return {k: v.clone() for k, v in d.items()}
 
         return {
-            "K": self.K, "levels": dict(self.levels), "batches": list(self.batches), "reduced": sorted(self.reduced),
+            "K": self.K, "rank_tol": self.rank_tol, "levels": dict(self.levels), "batches": list(self.batches),
+            "reduced": sorted(self.reduced),
             "counts": self.counts.clone(), "sums": c(self.sums), "means_fixed": bool(self.means),
             "counts_within": self.counts_within.clone(), "n_test": self.n_test.clone(),
             "classifier_levels": self.classifier_levels,
@@ -564,6 +585,9 @@ class StreamingNC:
             raise bad_type("state", "a StreamingNC.state_dict()", state)
         if state["K"] != self.K:
             raise ValueError(f"parameter state must have K = {self.K} classes, got K = {state['K']}")
+        if state.get("rank_tol") != self.rank_tol:  # states saved before rank_tol existed have None
+            raise ValueError(f"parameter state must have rank_tol = {self.rank_tol} as this accumulator, got "
+                             f"{state.get('rank_tol')} (its nc1 sums use another pseudo-inverse)")
         self.reset()
 
         def t(x: Tensor) -> Tensor:

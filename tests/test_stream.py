@@ -321,3 +321,82 @@ def test_all_reduce_without_a_process_group_says_so():
     acc = StreamingNC(3)
     with pytest.raises(RuntimeError, match=r"needs an initialized torch.distributed process group"):
         acc.all_reduce()
+
+
+# --------------------------------------------------------------------------- degenerate inputs, rank_tol (issue 16)
+def _degenerate(case):
+    """Features (N, d) whose class means all coincide, labels, and the expected nc1."""
+    g = torch.Generator().manual_seed(3)
+    K, n, d = 3, 20, 6
+    y = torch.arange(K).repeat_interleave(n)
+    c = 1e3 * torch.randn(d, generator=g, dtype=torch.float64)
+    noise = torch.randn(K * n, d, generator=g, dtype=torch.float64)
+    for k in range(K):
+        noise[y == k] -= noise[y == k].mean(0)
+    if case == "identical_means":
+        return c + noise, y, float("inf")
+    if case == "all_zero":
+        return torch.zeros(K * n, d, dtype=torch.float64), y, float("nan")
+    y2 = torch.arange(2).repeat_interleave(n)  # K = 2, class 0 at the global mean
+    H = c.repeat(2 * n, 1)
+    H[y2 == 1] += noise[:n]
+    return H, y2, float("inf")
+
+
+@pytest.mark.parametrize("case", ["identical_means", "all_zero", "one_class_at_global_mean"])
+def test_degenerate_inputs_give_the_in_memory_inf_and_nan(case):
+    H, y, want = _degenerate(case)
+    K = int(y.max()) + 1
+    g = torch.Generator().manual_seed(4)
+    W, b = torch.randn(K, H.shape[1], generator=g, dtype=torch.float64), torch.zeros(K, dtype=torch.float64)
+    got = _run(StreamingNC(K), H, y, W, b, batch=7, Ht=H[:9], yt=y[:9]).result()["h"]
+    ref = metrics.nc_metrics(H, y, W=W, b=b)
+    for key, value in ref.items():
+        assert (np.isnan(value) and np.isnan(got[key])) or got[key] == pytest.approx(value, rel=1e-9), key
+    for key in ("nc1", "nc1_trace", "cdnv"):
+        assert got[key] == want or (np.isnan(want) and np.isnan(got[key])), key
+    nan_keys = {*KEYS, *CLASSIFIER_KEYS, "ncc_accuracy_test", "nc4_test"} - {"nc1", "nc1_trace", "cdnv",
+                                                                           "mean_norm_sq", "global_mean_norm",
+                                                                           "nc2_equinorm_weights"}
+    assert all(np.isnan(got[key]) for key in nan_keys)
+    assert got["mean_norm_sq"] == pytest.approx(ref["mean_norm_sq"], rel=1e-12, abs=0)
+
+
+def test_rank_tol_agrees_with_the_in_memory_rank_aware_nc1_and_travels_with_the_state():
+    g = torch.Generator().manual_seed(5)
+    K, n, d = 3, 40, 8
+    U = torch.linalg.qr(torch.cat([torch.ones(K, 1, dtype=torch.float64),
+                                   torch.randn(K, 2, generator=g, dtype=torch.float64)], 1))[0][:, 1:]
+    V = torch.linalg.qr(torch.randn(d, 2, generator=g, dtype=torch.float64))[0]
+    means = U @ torch.diag(torch.tensor([1.0, 1e-5], dtype=torch.float64)) @ V.T + torch.randn(d, generator=g)
+    y = torch.arange(K).repeat_interleave(n)
+    noise = 1e-3 * torch.randn(K * n, d, generator=g, dtype=torch.float64)
+    for k in range(K):  # exact class means 0: the sample means keep the singular values (1, 1e-5)
+        noise[y == k] -= noise[y == k].mean(0)
+    H = means[y] + noise
+    ranked = _run(StreamingNC(K, rank_tol=1e-3), H, y).result()["h"]
+    full = _run(StreamingNC(K), H, y).result()["h"]
+    assert ranked["nc1"] == pytest.approx(metrics.nc1(H, y, rank_tol=1e-3), rel=1e-9)
+    assert full["nc1"] == pytest.approx(metrics.nc1(H, y), rel=1e-9)
+    assert ranked["nc1"] < 1e-4 < 1e2 < full["nc1"]
+    assert {k: v for k, v in ranked.items() if k != "nc1"} == {k: v for k, v in full.items() if k != "nc1"}
+    # the setting travels with the state and must match where sums are combined
+    acc = _run(StreamingNC(K, rank_tol=1e-3), H, y, passes=(1,))
+    state = acc.state_dict()
+    assert state["rank_tol"] == 1e-3
+    restored = _run(StreamingNC(K, rank_tol=1e-3).load_state_dict(state), H, y, passes=(2,)).result()["h"]
+    assert restored == ranked
+    with pytest.raises(ValueError, match=r"^parameter state must have rank_tol = None as this accumulator, got 0.001"):
+        StreamingNC(K).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"^parameter other must have rank_tol = 0.001 as this accumulator, got None"):
+        acc.merge(_run(StreamingNC(K), H, y, passes=(1,)))
+    legacy = StreamingNC(K).state_dict()
+    del legacy["rank_tol"]  # a state saved before rank_tol existed loads into the default accumulator
+    StreamingNC(K).load_state_dict(legacy)
+
+
+@pytest.mark.parametrize("bad,exc", [(0, ValueError), (1, ValueError), (2.0, ValueError), ("0.1", ParameterTypeError)])
+def test_bad_rank_tol_names_the_parameter_and_the_range(bad, exc):
+    with pytest.raises(exc, match=r"^parameter rank_tol must be a finite number in \(0, 1\), got ") as err:
+        StreamingNC(3, rank_tol=bad)
+    assert type(err.value) is exc

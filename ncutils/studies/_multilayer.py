@@ -89,7 +89,11 @@ def deep_ufm_checks(gd: GDResult, opt: theory.DeepUFMOptimum, *, run: int | None
 
 def class_mean_ranks(gd: GDResult, rel_tol: float = 1e-3) -> pd.DataFrame:
     """Final singular values of every level's class means, per run and level, normalized by the
-    largest, with the numerical rank (#{σ_k > rel_tol·σ_1}). Columns: ``run, level, k, sv, sv_rel, rank``."""
+    largest, with the numerical rank (#{σ_k > rel_tol·σ_1}). Columns: ``run, level, k, sv, sv_rel, rank``.
+
+    σ are those of the *uncentred* means (the recorded ``sv_*``): the rank is
+    ``ncutils.metrics.class_mean_rank(H, y, rel_tol, centred=False)``. The rank-aware ``nc1(rank_tol=…)`` and
+    ``class_mean_rank``'s default cut the *centred* means, whose rank is one less for an orthogonal frame."""
     h = gd.history
     last = h[(h.step == h.step.max()) & h.metric.astype(str).str.startswith("sv_")].copy()
     last["level"] = last.level.astype(str)
