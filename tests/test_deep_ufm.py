@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.optimize import minimize_scalar
@@ -302,3 +303,38 @@ def test_gd_reaches_f_dnc_for_a_binary_deep_ufm():
     checks = deep_ufm_study.deep_ufm_checks(gd, o)  # the tolerances: 1e-4 relative, NC1 1e-6, NC2/NC3 1e-3
     assert all(c["passed"] for c in checks), [c for c in checks if not c["passed"]]
     assert len([c for c in checks if "NC2" in c["name"]]) == L - 1  # H2 … HL, not the pre-ReLU H1
+
+
+def test_collapsed_params_sit_at_the_closed_form_and_the_metastable_branch_is_a_local_minimum():
+    from ncutils.studies import _multilayer as ml
+
+    for L, act, K in [(2, "relu", 4), (3, "relu", 2), (2, "linear", 3)]:
+        model = DeepUFM(K=K, n=5, d=8, L=L, activation=act, lambda_W=0.01, lambda_H=0.01)
+        opt = theory.dufm_optimum(K, 5, [0.01] * L, 0.01)
+        p = ml.collapsed_params(model, opt, runs=2)
+        np.testing.assert_allclose(model.objective(p).numpy(), opt.objective, rtol=1e-12)
+    meta, gd = relu_eufm_study.metastable_start(3, 4, 6, 1.08, lr=0.3, steps=4000, seeds=2, noise=1e-2,
+                                                device="cpu")
+    assert meta.objective > 0.5  # a local, not the global, minimum (f(0) = 1/2)
+    np.testing.assert_allclose(gd.final("objective"), meta.objective, rtol=1e-8)
+    with pytest.raises(ValueError, match="past the end of the collapsed branch"):
+        relu_eufm_study.metastable_start(3, 4, 6, 1.5, lr=0.3, steps=10, device="cpu")
+
+
+def test_sweep_branches_rank_aware_nc1_and_depth_ratios():
+    from ncutils.studies import _multilayer as ml
+
+    sweep = pd.DataFrame({"objective_gd": [0.1, 0.52, 0.5, 0.7], "objective_theory": [0.1, 0.5, 0.5, 0.5],
+                          "objective_metastable": [0.1, 0.52, 0.52, np.nan]})
+    assert relu_eufm_study.sweep_branches(sweep).tolist() == ["global", "metastable", "global", "other"]
+    model = extended_ufm(3, 4, 6, "linear", 0.01, 0.01, 0.01)
+    gd = gradient_descent(model, lr=0.5, steps=3000, runs=2, init_std=0.3, record_every=300, device="cpu",
+                          progress=False)
+    ra = ml.rank_aware_nc1(gd)
+    np.testing.assert_allclose(ra[ra.level == "H2"].nc1, gd.final("nc1", "H2"), rtol=1e-9)
+    assert (ra["rank"] == 2).all() and (ra.nc1_rank == ra.nc1).all()  # full-rank centred means: the same cut
+    r = ml.depth_ratios({"lin": gd})
+    assert set(r.columns) == {"model", "step", "run", "ratio"} and (r.ratio > 0).all()
+    t = ml.depth_ratio_table(r)
+    assert t.loc["lin"]["seeds"].max() <= 2
+    assert ml.product_alignment(gd).shape == (2,) and ml.product_alignment(gd).max() < 1e-3

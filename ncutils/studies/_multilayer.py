@@ -169,6 +169,52 @@ def seed_geometry_checks(gd: GDResult, table: pd.DataFrame, *, label: str = "", 
     return out
 
 
+def collapsed_params(model: DeepUFM, opt: theory.DeepUFMOptimum, runs: int = 1,
+                     dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
+    """The collapsed point of ``opt`` (either branch of :func:`ncutils.theory.dufm_optimum`) as parameters of
+    ``model``, ``runs`` copies: H₁ rows a₁e_{y_i}, W_l = (a_{l+1}/a_l)·P_K (P_K keeps the first K coordinates)
+    for l < L and W_L = (s/a_L)[I_K 0]: level means a_l e_k (a non-negative orthogonal frame, left unchanged by
+    the ReLU), output means s·I (Súkeník, Mondelli & Lampert 2023, Thm 3). ``H1 (S, N, d)``, ``W_l (S, d, d)``,
+    ``W_L (S, K, d)``. Its objective is ``opt.objective`` when every factor's norm is balanced as there."""
+    K, d, L = model.K, model.d, model.L
+    if d < K:
+        raise ValueError(f"parameter d must be >= K = {K} for an orthogonal frame, got {d}")
+    a = [float(np.sqrt(x)) for x in opt.mean_norm_sq]
+    E = torch.zeros(K, d, dtype=dtype)
+    E[:, :K] = torch.eye(K, dtype=dtype)
+    P = torch.zeros(d, d, dtype=dtype)
+    P[:K, :K] = torch.eye(K, dtype=dtype)
+    p = {"H1": (a[0] * E[model.labels()]).expand(runs, -1, -1).clone()}
+    for layer in range(1, L):
+        p[f"W{layer}"] = (a[layer] / a[layer - 1] * P).expand(runs, -1, -1).clone()
+    p[f"W{L}"] = (opt.s / a[-1] * E).expand(runs, -1, -1).clone()
+    return p
+
+
+def rank_aware_nc1(gd: GDResult, rank_tol: float = 1e-3) -> pd.DataFrame:
+    """Final NC1 of every level and run three ways: ``nc1`` = tr(Σ_W Σ_B^†)/K with the default pseudo-inverse,
+    ``nc1_rank`` with only the directions of the centred means above ``rank_tol``·σ₁
+    (:func:`ncutils.metrics.nc1_t`), and ``nc1_trace`` = tr Σ_W / tr Σ_B; ``rank`` counts those directions
+    (:func:`ncutils.metrics.class_mean_rank`'s rule). Near-low-rank means make ``nc1`` weigh directions of tiny
+    σ_k by 1/σ_k²; the other two do not. Columns ``run, level, rank, nc1, nc1_rank, nc1_trace``."""
+    from ..metrics import centred_means_t, class_means_t, nc1_t, nc1_trace_t
+
+    m = _deep(gd)
+    with torch.no_grad():
+        feats, _, _ = m.forward({k: v.to(torch.float64) for k, v in gd.params.items()})
+        y = m.labels(feats[0].device)
+        rows = []
+        for layer, H in enumerate(feats, start=1):
+            M = class_means_t(H, y, m.K)
+            sv = torch.linalg.svdvals(centred_means_t(M))
+            rank = (sv > rank_tol * sv[..., :1]).sum(-1)
+            a, b, c = nc1_t(H, y, m.K), nc1_t(H, y, m.K, rank_tol=rank_tol), nc1_trace_t(H, y, m.K)
+            for r in range(H.shape[0]):
+                rows.append({"run": r, "level": f"H{layer}", "rank": int(rank[r]), "nc1": float(a[r]),
+                             "nc1_rank": float(b[r]), "nc1_trace": float(c[r])})
+    return pd.DataFrame(rows)
+
+
 def product_alignment(gd: GDResult) -> np.ndarray:
     """Per run, ‖P/‖P‖_F − M₁/‖M₁‖_F‖_F for the product P = W_L⋯W₁ ``(K, d)`` and the (uncentred) class means
     M₁ ``(K, d)`` of H₁: Tirer & Bruna 2022, Thm 4.1's level-1 statement for the linear model

@@ -50,9 +50,11 @@ __all__ = [
     "init_scale_study",
     "init_scales_figure",
     "mean_gram_cosines",
+    "metastable_start",
     "product_alignment",
     "seed_geometry_checks",
     "seed_table",
+    "sweep_branches",
 ]
 
 NOTEBOOK = "03_relu_eufm"
@@ -148,6 +150,45 @@ def dufm_threshold_sweep(K: int, n: int, d: int, ratios: np.ndarray | list[float
     df["seeds_at_theory"] = (np.abs(f / df.objective_theory.to_numpy()[:, None] - 1) <= 1e-4).sum(axis=1)
     df["objective_rel_err"] = (df.objective_gd - df.objective_theory).abs() / df.objective_theory
     return df
+
+
+def sweep_branches(sweep: pd.DataFrame, tol: float = 1e-4) -> pd.Series:
+    """Where GD's best seed landed at each point of a threshold sweep (:func:`dufm_threshold_sweep`):
+    ``"global"`` (f within ``tol`` of the global f*), ``"metastable"`` (within ``tol`` of the collapsed branch
+    past the threshold, where that is not the global value), ``"other"`` (a partial solution or not converged)."""
+    f = sweep.objective_gd
+    glob = (f / sweep.objective_theory - 1).abs() <= tol
+    meta = ((f / sweep.objective_metastable - 1).abs() <= tol) & (sweep.objective_metastable > sweep.objective_theory
+                                                                  * (1 + tol))
+    return pd.Series(np.where(glob, "global", np.where(meta.fillna(False), "metastable", "other")), index=sweep.index,
+                     name="branch")
+
+
+def metastable_start(K: int, n: int, d: int, ratio: float, *, L: int = 2, activation: str = "relu", lr: float,
+                     steps: int, noise: float = 1e-3, seeds: int = 4, seed: int = 0, device: Any = "auto",
+                     dtype: Any = "float64") -> tuple[theory.DeepUFMOptimum, GDResult]:
+    """GD started next to the collapsed branch past the threshold: all λ equal, (Km/2)q = ``ratio``·threshold
+    (as :func:`dufm_threshold_sweep`), from :func:`~._multilayer.collapsed_params` of the metastable branch
+    plus N(0, (``noise``·‖θ‖/√size)²) per factor, ``seeds`` draws as one batched run. If the branch is a local
+    minimum, GD returns to its objective (> 1/2 = f(0), the global minimum there). Returns the branch and GD."""
+    from ._multilayer import collapsed_params
+
+    check_int("seeds", seeds, 1)
+    r = float(check_floats("ratio", [ratio], 0.0, strict_low=True)[0])
+    m_ = L + 1
+    lam = 2 * r * theory.dufm_threshold(m_) / (K * m_) / n ** (1 / m_)
+    meta = theory.dufm_optimum(K, n, [lam] * L, lam, branch="collapsed")
+    if not meta.collapsed:
+        raise ValueError(f"parameter ratio = {r:g} is past the end of the collapsed branch (spinodal ratio "
+                         f"{theory.dufm_spinodal(m_) / theory.dufm_threshold(m_):.4g}): there is no branch to start on")
+    model = DeepUFM(K=K, n=n, d=d, L=L, activation=activation, lambda_W=lam, lambda_H=lam)  # type: ignore[arg-type]
+    start = collapsed_params(model, meta, seeds)
+    g = torch.Generator().manual_seed(int(seed))
+    init = {k: v + noise * v.norm(dim=(-2, -1), keepdim=True) / v[0].numel() ** 0.5
+            * torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in start.items()}
+    gd = gradient_descent(model, lr=lr, steps=steps, init=init, device=device, dtype=dtype,
+                          record_every=max(steps // 50, 1), desc="metastable start")
+    return meta, gd
 
 
 def dufm_sweep_checks(sweep: pd.DataFrame, tol: float = 1e-4) -> list[dict[str, Any]]:
