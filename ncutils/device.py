@@ -8,7 +8,17 @@ import torch
 
 from ._validate import bad_type, bad_value, check_choice
 
-__all__ = ["DTYPES", "GD_THREAD_FLOPS", "is_quiet", "progress_bar", "resolve_device", "resolve_dtype", "threads_for"]
+__all__ = [
+    "DTYPES",
+    "GD_THREAD_FLOPS",
+    "PROGRESS_FILE_ENV",
+    "is_quiet",
+    "progress_bar",
+    "relay_status",
+    "resolve_device",
+    "resolve_dtype",
+    "threads_for",
+]
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -57,14 +67,63 @@ def _in_jupyter() -> bool:
     return type(shell).__name__ == "ZMQInteractiveShell"
 
 
+#: Set by the runner for the kernel it starts when its own output is a terminal: the kernel's progress bars
+#: write their latest line into this file instead of the notebook, and the runner shows it under its cell bar.
+PROGRESS_FILE_ENV = "NCUTILS_PROGRESS_FILE"
+
+
+#: The label of the cell the kernel runs (set by the runner's cell hook), shown before a relayed bar.
+_CURRENT_CELL = [""]
+
+
+class _RelayFile:
+    """A file-like target for tqdm that keeps only the bar's latest line, written atomically to ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def write(self, text: str) -> int:
+        line = text.replace("\r", "\n").strip().splitlines()
+        if line and line[-1].strip():
+            cell = _CURRENT_CELL[0]
+            relay_status(f"[{cell}] {line[-1].strip()}" if cell else line[-1].strip(), self.path)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def relay_status(line: str, path: str | None = None) -> None:
+    """Write ``line`` (one status line) to the runner's progress file, if the runner asked for one."""
+    path = path or os.environ.get(PROGRESS_FILE_ENV)
+    if not path:
+        return
+    try:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as fh:
+            fh.write(line[:200])
+        os.replace(tmp, path)
+    except OSError:  # the runner's folder is gone (the run ended): progress is best effort
+        pass
+
+
 def progress_bar(*args: object, **kwargs: object):
     """A tqdm bar: a widget in JupyterLab (``tqdm.auto``, when ipywidgets is installed), plain text on a terminal
-    — never pink stderr text in a notebook. Needs the ``[data]`` extra (tqdm)."""
+    — never pink stderr text in a notebook. Needs the ``[data]`` extra (tqdm).
+
+    Under the runner on a terminal (``$NCUTILS_PROGRESS_FILE`` set) the bar is relayed: its latest line goes to
+    that file, the runner shows it with its own cell bar, and nothing reaches the notebook's outputs."""
     import importlib.util
 
     from ._extras import need
 
     need("tqdm")
+    relay = os.environ.get(PROGRESS_FILE_ENV)
+    if relay:
+        from tqdm import tqdm
+
+        kwargs.update(disable=False, file=_RelayFile(relay), ascii=True, dynamic_ncols=False, ncols=100)
+        return tqdm(*args, **kwargs)
     if _in_jupyter() and importlib.util.find_spec("ipywidgets") is not None:
         from tqdm.auto import tqdm
     else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import struct
@@ -357,3 +358,34 @@ def test_an_interrupted_run_removes_its_kernel_folder():
         (here / "kernel-x.json").write_text("{}")
         raise KeyboardInterrupt
     assert not here.exists() and os.environ.get("JUPYTER_RUNTIME_DIR") != str(here)
+
+
+RELAY_PROBE = """
+from ncutils.pipeline.params import _relay_cells
+_relay_cells()
+"""
+RELAY_WORK = """# training the probe
+import time
+from ncutils.device import progress_bar
+for _ in progress_bar(range(40), desc="probe GD", mininterval=0.05):
+    time.sleep(0.1)
+"""
+
+
+@pytest.mark.skipif(not shutil.which("script"), reason="needs script(1) (util-linux) for a pseudo-terminal")
+def test_on_a_terminal_the_runner_shows_the_running_cell_and_the_kernels_own_bar(tmp_path):
+    path = _probe(tmp_path, code=RELAY_PROBE)
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(new_code_cell(RELAY_WORK))
+    nbformat.write(nb, path)
+    cmd = f"{sys.executable} -m ncutils run {path} -p results_dir {tmp_path / 'r'} -o {tmp_path / 'out.ipynb'}"
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "NCUTILS_QUIET")}
+    tty = subprocess.run(["script", "-qfec", f"stty cols 120 rows 40; {cmd}", "/dev/null"], capture_output=True,
+                         text=True, timeout=300, cwd=str(repo_root()), env=env)  # a pty of 0 columns shows no bar
+    assert tty.returncode == 0, tty.stdout[-2000:]
+    assert re.search(r"kernel: \[training the probe\] probe GD: +\d+%", tty.stdout), tty.stdout[-3000:]
+    assert "Executing" in tty.stdout  # papermill's own cell bar (n/m cells)
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert not any("probe GD" in str(o) for c in out.cells for o in c.get("outputs", []))  # relayed, not stored
+    piped = subprocess.run(cmd.split(), capture_output=True, text=True, timeout=300, cwd=str(repo_root()), env=env)
+    assert piped.returncode == 0 and "kernel:" not in piped.stdout + piped.stderr  # quiet when not a terminal

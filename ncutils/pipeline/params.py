@@ -21,6 +21,7 @@ import io
 import os
 import platform
 import random
+import sys
 import tokenize
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -345,4 +346,33 @@ def setup(notebook: str, namespace: Mapping[str, Any] | None = None, /, **params
         if broken:
             run.notes.append(assumption.message)
             print("NOTE:", assumption.message)
+    _relay_cells()
     return run
+
+
+def cell_label(source: str) -> str:
+    """What a code cell is about, for progress lines: its first comment (``# …``, not a ``NBVAL`` marker), else
+    its first line of code."""
+    lines = [ln.strip() for ln in source.splitlines() if ln.strip()]
+    comments = [ln.lstrip("#").strip() for ln in lines if ln.startswith("#") and "NBVAL" not in ln]
+    text = next((c for c in comments if c), None) or next((ln for ln in lines if not ln.startswith("#")), "")
+    return text[:80]
+
+
+def _relay_cells() -> None:
+    """Under the runner on a terminal (``$NCUTILS_PROGRESS_FILE``), tell it which cell runs: an IPython
+    ``pre_run_cell`` hook relays :func:`cell_label` (registered once per kernel)."""
+    from ..device import _CURRENT_CELL, PROGRESS_FILE_ENV, relay_status
+
+    if not os.environ.get(PROGRESS_FILE_ENV):
+        return
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    if shell is None or getattr(shell, "_ncutils_cell_relay", False):
+        return
+
+    def announce(info: Any) -> None:
+        _CURRENT_CELL[0] = cell_label(getattr(info, "raw_cell", "") or "")
+        relay_status(f"[{_CURRENT_CELL[0]}]")
+
+    shell.events.register("pre_run_cell", announce)
+    shell._ncutils_cell_relay = True

@@ -32,6 +32,7 @@ from typing import Any
 import nbformat
 import yaml
 
+from ..device import PROGRESS_FILE_ENV
 from ..paths import _finish_file, atomic_path, repo_root, resolve_path
 from .params import check_requirements, load_profiles, notebook_schema, resolve_data_root, run_name, validate
 
@@ -173,6 +174,40 @@ def kernel_runtime_dir() -> Iterator[Path]:
         shutil.rmtree(here, ignore_errors=True)
 
 
+@contextmanager
+def _relayed_progress(path: str | None, every_s: float = 0.5) -> Iterator[None]:
+    """While the block runs, show the kernel's relayed status line (``path``, written by
+    :func:`ncutils.device.progress_bar` and the cell hook of :func:`ncutils.pipeline.params.setup`) as a second
+    line under papermill's cell bar. ``path=None``: nothing (not a terminal, or CI)."""
+    if path is None:
+        yield
+        return
+    from tqdm import tqdm
+
+    line = tqdm(total=0, position=1, bar_format="{desc}", leave=False, file=sys.stderr)
+    stop = threading.Event()
+
+    def poll() -> None:
+        last = ""
+        while not stop.wait(every_s):
+            try:
+                text = Path(path).read_text().strip()
+            except OSError:
+                continue
+            if text and text != last:
+                line.set_description_str(f"  kernel: {text}", refresh=True)
+                last = text
+
+    worker = threading.Thread(target=poll, daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join(timeout=2)
+        line.close()
+
+
 def _kernel_manager_class() -> type:
     """jupyter_client's kernel manager with its connection file in ``$JUPYTER_RUNTIME_DIR`` (by default it is a
     ``mkstemp`` file in the system temp folder, which a killed runner leaves behind)."""
@@ -270,16 +305,22 @@ def run_notebook(
     t0, started = time.perf_counter(), time.time()
     failed = out.with_suffix(".failed.ipynb")
     try:
-        with kernel_runtime_dir(), _kernel_environment(
-                NCUTILS_QUIET="1", MPLBACKEND=os.environ.get("MPLBACKEND", "module://matplotlib_inline.backend_inline")):
-            papermill.execute_notebook(
-                str(source), tmp, parameters=merged, kernel_name=kernel_name,
-                # cells n/m with an ETA on a terminal; nothing in CI logs or when output goes to a file
-                progress_bar=sys.stderr.isatty() and not os.environ.get("CI"),
-                cwd=str(repo_root()), execution_timeout=timeout_s, kernel_manager_class=_kernel_manager_class(),
-                # the kernel's own start-up log (e.g. ipykernel's local-TCP notice) is noise; cell output is kept
-                extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
-            )
+        terminal = sys.stderr.isatty() and not os.environ.get("CI")
+        with kernel_runtime_dir() as rdir:
+            relay = {PROGRESS_FILE_ENV: str(rdir / "progress.txt")} if terminal else {}
+            with _kernel_environment(NCUTILS_QUIET="1", **relay,
+                                     MPLBACKEND=os.environ.get("MPLBACKEND",
+                                                               "module://matplotlib_inline.backend_inline")), \
+                    _relayed_progress(relay.get(PROGRESS_FILE_ENV)):
+                papermill.execute_notebook(
+                    str(source), tmp, parameters=merged, kernel_name=kernel_name,
+                    # cells n/m with an ETA on a terminal (and under it the kernel's own bar, relayed through a
+                    # file); nothing in CI logs or when output goes to a file
+                    progress_bar={"position": 0, "leave": False} if terminal else False,
+                    cwd=str(repo_root()), execution_timeout=timeout_s, kernel_manager_class=_kernel_manager_class(),
+                    # the kernel's own start-up log (e.g. ipykernel's local-TCP notice) is noise; cell output is kept
+                    extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+                )
     except KeyboardInterrupt:
         if os.path.exists(tmp):
             os.replace(tmp, failed)
