@@ -389,3 +389,77 @@ def test_on_a_terminal_the_runner_shows_the_running_cell_and_the_kernels_own_bar
     assert not any("probe GD" in str(o) for c in out.cells for o in c.get("outputs", []))  # relayed, not stored
     piped = subprocess.run(cmd.split(), capture_output=True, text=True, timeout=300, cwd=str(repo_root()), env=env)
     assert piped.returncode == 0 and "kernel:" not in piped.stdout + piped.stderr  # quiet when not a terminal
+
+
+SUMMARY_PROBE = PROBE + """
+from ncutils import report
+checks = [report.check("f", 1.01, 1.0, 0.1), report.check("NC1", 1e-9, 0.0, 1e-6, kind="abs"),
+          report.check("big one", 1.3, 1.0, 0.1, id="big"), report.check("loss below", 0.5, 1.0, 0.1, kind="below"),
+          report.count_check("seeds", 3, 4, 4)]
+(pathlib.Path(results_dir) / "summary.json").write_text(json.dumps(report.summary({"K": K}, checks)))
+"""
+
+
+def test_a_run_records_its_checks_worst_error_date_commit_and_version(tmp_path):
+    """The gallery's card reads these from the executed notebook's ``metadata.ncutils``."""
+    from datetime import datetime, timezone
+    from importlib.metadata import PackageNotFoundError, version
+
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    rec = runner.run_notebook(_probe(tmp_path, code=SUMMARY_PROBE), params={"results_dir": str(tmp_path / "r")},
+                              output=tmp_path / "o.ipynb")
+    meta = nbformat.read(rec.output, as_version=4).metadata.ncutils
+    assert meta["profile"].startswith("custom-")  # the existing keys stay: profile, wall time, passed, checks
+    assert meta["wall_time_s"] >= 0 and meta["passed"] is False and rec.passed is False
+    assert meta["checks"] == {"f": True, "nc1": True, "big": False, "loss_below": True, "seeds": False}
+    assert meta["checks_passed"] == 3 and meta["checks_total"] == 5
+    assert meta["worst_rel_err"] == pytest.approx(0.3) and meta["worst_rel_err_check"] == "big"
+    assert meta["worst_rel_err_name"] == "big one"  # the rel_diff of the "below" check is not an error
+    run_date = datetime.fromisoformat(meta["run_date"])
+    assert run_date.utcoffset().total_seconds() == 0 and before <= run_date <= datetime.now(timezone.utc)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=repo_root()).stdout.strip()
+    assert meta["commit"] in (head, f"{head}-dirty"), meta["commit"]
+    try:
+        assert meta["ncutils_version"] == version("neural-collapse-utils")
+    except PackageNotFoundError:
+        assert meta["ncutils_version"] == nc.__version__
+
+
+def test_summary_record_of_a_summary_without_relative_checks_or_with_a_nan(tmp_path):
+    def record(checks):
+        (tmp_path / "summary.json").write_text(json.dumps({"params": {}, "checks": checks, "passed": False}))
+        return runner._summary_record({"results_dir": str(tmp_path)}, "x", "y", since=0.0)
+
+    rec = record([{"id": "a", "name": "A", "kind": "abs", "abs_err": 0.5, "passed": True}])
+    assert rec["checks_passed"] == 1 and rec["checks_total"] == 1
+    assert rec["worst_rel_err"] is None and rec["worst_rel_err_check"] is None
+    rec = record([{"id": "a", "name": "A", "kind": "rel", "rel_err": 0.5, "passed": False},
+                  {"id": "b", "name": "B", "kind": "rel", "rel_err": float("nan"), "passed": False},
+                  {"id": "c", "name": "C", "kind": "rel", "rel_err": 2.0, "passed": False}])
+    assert rec["worst_rel_err"] is None and rec["worst_rel_err_check"] == "b"  # a non-finite error is the worst
+    assert record([])["checks_total"] == 0 and record([])["worst_rel_err"] is None
+    (tmp_path / "summary.json").unlink()
+    assert runner._summary_record({"results_dir": str(tmp_path)}, "x", "y", since=0.0) == {}
+
+
+def test_git_commit_is_none_outside_a_checkout_or_without_git_and_marks_tracked_changes(tmp_path, monkeypatch):
+    assert runner._git_commit(tmp_path) is None  # not a checkout
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "a.txt").write_text("1")
+    subprocess.run([*git, "add", "a.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / "untracked.txt").write_text("x")
+    assert runner._git_commit(tmp_path) == head  # an untracked file is not a change of the commit's files
+    (tmp_path / "a.txt").write_text("2")
+    assert runner._git_commit(tmp_path) == f"{head}-dirty"
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))  # no git at all
+    assert runner._git_commit(tmp_path) is None
+
+    def hang(*args, **kwargs):
+        raise subprocess.TimeoutExpired(args[0], kwargs.get("timeout"))
+
+    monkeypatch.setattr(subprocess, "run", hang)
+    assert runner._git_commit(tmp_path) is None

@@ -106,7 +106,8 @@ def load_profile(notebook: str | os.PathLike[str], profile: str) -> dict[str, An
 
 def _clean(path: Path, kernel: dict[str, str] = KERNEL_DISPLAY, record: dict[str, Any] | None = None) -> None:
     """Drop per-cell timing metadata and restore the ncutils kernelspec (quiet diffs); ``record`` (profile,
-    wall time of the run) is kept as the notebook's ``metadata.ncutils`` for the gallery (:mod:`ncutils.site`)."""
+    wall time, what the checks found, run date, commit, ncutils version: :func:`_summary_record`,
+    :func:`_provenance`) is kept as the notebook's ``metadata.ncutils`` for the gallery (:mod:`ncutils.site`)."""
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         cell.metadata.pop("papermill", None)
@@ -339,6 +340,7 @@ def run_notebook(
     record: dict[str, Any] = {"profile": name, "wall_time_s": round(wall, 1)}
     summary = _summary_record(checked, path.stem, name, since=started)
     record.update(summary)
+    record.update(_provenance(started))
     _clean(Path(tmp), record=record)
     _finish_file(Path(tmp))
     os.replace(tmp, out)
@@ -346,17 +348,79 @@ def run_notebook(
 
 
 def _summary_record(params: dict[str, Any], stem: str, name: str, since: float) -> dict[str, Any]:
-    """``passed`` and the per-check pass/fail (by check id) of the ``summary.json`` this run wrote (a summary
-    older than the run is not this run's: then nothing is recorded)."""
+    """What the ``summary.json`` this run wrote says (a summary older than the run is not this run's: then
+    nothing is recorded): ``passed``, the per-check pass/fail by check id (``checks``), ``checks_passed`` of
+    ``checks_total``, and the largest relative error of its ``kind="rel"`` checks, ``worst_rel_err``, with that
+    check's id and label (``worst_rel_err_check``, ``worst_rel_err_name``; all None when it has no such check;
+    a non-finite error is the worst, recorded as None with its check)."""
     import json
+    import math
 
     folder = params.get("results_dir") or f"outputs/{stem}/{name}"
     path = resolve_path(folder) / "summary.json"
     if not path.exists() or path.stat().st_mtime < since:
         return {}
     summary = json.loads(path.read_text())
-    checks = {c.get("id", c.get("name")): bool(c.get("passed")) for c in summary.get("checks", [])}
-    return {"passed": bool(summary.get("passed")), "checks": checks}
+    entries = [c for c in summary.get("checks", []) if isinstance(c, dict)]
+    checks = {c.get("id", c.get("name")): bool(c.get("passed")) for c in entries}
+    worst: dict[str, Any] | None = None
+    for c in entries:
+        if c.get("kind", "rel" if "rel_err" in c else None) != "rel" or c.get("rel_err") is None:
+            continue
+        try:
+            err = float(c["rel_err"])
+        except (TypeError, ValueError):
+            continue
+        bad = not math.isfinite(err)
+        if worst is None or (bad and not worst["bad"]) or (not worst["bad"] and err > worst["err"]):
+            worst = {"err": err, "bad": bad, "id": c.get("id", c.get("name")), "name": c.get("name", c.get("id"))}
+    return {"passed": bool(summary.get("passed")), "checks": checks,
+            "checks_passed": sum(1 for c in entries if c.get("passed")), "checks_total": len(entries),
+            "worst_rel_err": None if worst is None or worst["bad"] else worst["err"],
+            "worst_rel_err_check": worst and worst["id"], "worst_rel_err_name": worst and worst["name"]}
+
+
+def _git_commit(root: Path) -> str | None:
+    """``git rev-parse --short HEAD`` of ``root``, with ``-dirty`` when a tracked file differs from it; None
+    outside a git checkout, without git, or when git hangs (a run never fails for want of it)."""
+    import subprocess
+
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"}  # no index.lock: parallel runs read at once
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                                 env=env, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    head = git("rev-parse", "--short", "HEAD")
+    if not head or not head.strip():
+        return None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return head.strip() + ("-dirty" if status and status.strip() else "")
+
+
+def _ncutils_version() -> str | None:
+    """The installed ``neural-collapse-utils`` distribution's version, else ``ncutils.__version__``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("neural-collapse-utils")
+    except PackageNotFoundError:
+        import ncutils
+
+        return getattr(ncutils, "__version__", None)
+
+
+def _provenance(started: float) -> dict[str, Any]:
+    """When, from which commit and with which ncutils a run ran: ``run_date`` (UTC, ISO 8601, the run's start),
+    ``commit`` (:func:`_git_commit` of the repository root) and ``ncutils_version``."""
+    from datetime import datetime, timezone
+
+    return {"run_date": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+            "commit": _git_commit(repo_root()), "ncutils_version": _ncutils_version()}
 
 
 def source_hash(notebook: str | os.PathLike[str], profile: str) -> str:
