@@ -265,6 +265,32 @@ def depth_ratio_table(ratios: pd.DataFrame, at: tuple[float, ...] = (0.005, 0.05
     return pd.DataFrame(out).set_index(["model", "step"]).sort_index(level=0, sort_remaining=True)
 
 
+def depth_contrast_checks(ratios: pd.DataFrame, *, relu: str = "ReLU", linear: str = "linear",
+                          linear_max: float = 0.1) -> list[dict[str, Any]]:
+    """What the measured depth contrast (:func:`depth_ratios` of a ReLU and a linear run from the same
+    initializations) shows: (1) at the first recorded step after the start, every seed's ratio
+    NC1(H2)/NC1(H1) is lower with ReLU than linear (the ReLU model's deeper level collapses first); (2) at the
+    last step where every linear seed is above round-off, every linear ratio is below ``linear_max`` —
+    Tirer & Bruna's "NC1(H2) ≈ NC1(H1)" for the linear model is then not observed."""
+    from ..report import count_check
+
+    steps = sorted(s for s in ratios.step.unique() if s > 0)
+    first = ratios[ratios.step == steps[0]].pivot_table(index="run", columns="model", values="ratio")
+    paired = first.dropna(subset=[relu, linear])
+    lin = ratios[ratios.model == linear]
+    n_lin = lin.run.nunique()
+    full = lin.groupby("step").run.nunique()
+    last = int(full[full == n_lin].index.max())
+    at = lin[lin.step == last]
+    return [
+        count_check(f"depth contrast at step {int(steps[0])}: seeds with NC1(H2)/NC1(H1) lower for {relu} than "
+                    f"{linear}", int((paired[relu] < paired[linear]).sum()), len(paired), len(paired),
+                    id="depth_contrast_relu_below_linear_first_step"),
+        count_check(f"depth contrast at step {last}: {linear} seeds with NC1(H2)/NC1(H1) < {linear_max:g}",
+                    int((at.ratio < linear_max).sum()), len(at), len(at), id="depth_contrast_linear_ratio_small"),
+    ]
+
+
 def depth_ratios_figure(ratios: pd.DataFrame, metric: str = "NC1", upper: str = "H2", lower: str = "H1",
                         title: str | None = None) -> Figure:
     """:func:`depth_ratios` against GD step: one thin line per seed, the median bold, one colour per model;

@@ -9,6 +9,7 @@ from ._common import Assumption, Requirement, Rule, best_run, width_at_least
 from ._multilayer import (
     MULTILAYER_RULES,
     deep_ufm_checks,
+    depth_contrast_checks,
     depth_ratio_table,
     depth_ratios,
     depth_ratios_figure,
@@ -26,6 +27,7 @@ __all__ = [
     "RULES",
     "best_run",
     "deep_ufm_checks",
+    "depth_contrast_checks",
     "depth_ratio_table",
     "depth_ratios",
     "depth_ratios_figure",

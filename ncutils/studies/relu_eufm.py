@@ -23,6 +23,7 @@ from ._multilayer import (
     MULTILAYER_RULES,
     _deep,
     deep_ufm_checks,
+    depth_contrast_checks,
     depth_ratio_table,
     depth_ratios,
     depth_ratios_figure,
@@ -40,6 +41,7 @@ __all__ = [
     "RULES",
     "best_run",
     "deep_ufm_checks",
+    "depth_contrast_checks",
     "depth_ratio_table",
     "depth_ratios",
     "depth_ratios_figure",
@@ -50,11 +52,13 @@ __all__ = [
     "init_scale_study",
     "init_scales_figure",
     "mean_gram_cosines",
+    "metastable_checks",
     "metastable_start",
     "product_alignment",
     "seed_geometry_checks",
     "seed_table",
     "sweep_branches",
+    "sweep_interior_checks",
 ]
 
 NOTEBOOK = "03_relu_eufm"
@@ -65,6 +69,10 @@ RULES: dict[str, Rule] = {
     "studies": Rule(bool),
     "sweep_ratio_max": POSITIVE,
     "sweep_seeds": Rule(int, low=1),
+    "sweep_reach_max": Rule(float, low=0.0, high=1.0, strict_low=True),
+    # (1, spinodal ratio): past the threshold, where the collapsed branch still exists
+    "metastable_ratio": Rule(float, low=1.0, high=float(theory.dufm_spinodal(3) / theory.dufm_threshold(3)),
+                             strict_low=True),
 }
 #: Hard requirements of the theory: a run whose parameters break one fails before any compute.
 REQUIREMENTS: list[Requirement] = [width_at_least("d", "K")]
@@ -162,6 +170,39 @@ def sweep_branches(sweep: pd.DataFrame, tol: float = 1e-4) -> pd.Series:
                                                                   * (1 + tol))
     return pd.Series(np.where(glob, "global", np.where(meta.fillna(False), "metastable", "other")), index=sweep.index,
                      name="branch")
+
+
+def sweep_interior_checks(sweep: pd.DataFrame, reach_max: float, tol: float = 1e-4) -> list[dict[str, Any]]:
+    """Checks of a threshold sweep's interior (:func:`dufm_threshold_sweep`, :func:`sweep_branches`): every
+    point at ratio ≤ ``reach_max`` reaches the global f* (best seed), every point past the threshold (ratio > 1)
+    ends at the global f = 1/2, and no point's best seed lands on the metastable collapsed branch."""
+    from ..report import count_check
+
+    branch = sweep_branches(sweep, tol)
+    low, high = branch[sweep.ratio <= reach_max], branch[sweep.ratio > 1]
+    meta = sweep.objective_metastable > sweep.objective_theory * (1 + tol)
+    return [
+        count_check(f"sweep: points at ratio <= {reach_max:g} where GD reaches the global f*",
+                    int((low == "global").sum()), len(low), len(low), id="sweep_below_reach_max_global"),
+        count_check("sweep: points past the threshold where GD ends at the global f = 1/2",
+                    int((high == "global").sum()), len(high), len(high), id="sweep_past_threshold_global"),
+        check(f"sweep: points (of {int(meta.sum())} with a metastable branch) where GD lands on it",
+              int((branch == "metastable").sum()), 0.0, 0.0, kind="abs", id="sweep_never_on_metastable"),
+    ]
+
+
+def metastable_checks(meta: theory.DeepUFMOptimum, gd: GDResult, ratio: float, tol: float = 1e-6,
+                      ) -> list[dict[str, Any]]:
+    """The collapsed branch past the threshold is a local minimum: GD started next to it
+    (:func:`metastable_start`) returns to its objective (worst seed, relative ``tol``), which is above the
+    global f = 1/2."""
+    f = gd.final("objective")
+    return [
+        check(f"metastable start at ratio {ratio:g}: f of the worst seed vs the branch", float(f[np.argmax(
+            np.abs(f / meta.objective - 1))]), meta.objective, tol, id="metastable_start_objective"),
+        check(f"ratio {ratio:g}: the global f = 1/2 lies below the metastable branch's f", 0.5, meta.objective, 0.0,
+              kind="below", id="metastable_branch_above_global"),
+    ]
 
 
 def metastable_start(K: int, n: int, d: int, ratio: float, *, L: int = 2, activation: str = "relu", lr: float,
