@@ -431,7 +431,11 @@ class _SRG:
         """Weights α_j of the first L factors (H1, W_1 … W_{L−1}) and the matrix the pair (H1, W1) factorizes."""
         r, K, L, lams = self.r, self.K, self.L, self.lams
         B = self.X if L >= 3 else self.pre(beta)
-        pair = math.sqrt(self.n * self.lambda_H * lams[0]) * float(np.linalg.svd(B, compute_uv=False).sum())
+        # nuclear norms in closed form: σ(X)² = 2r−2 (once), r−2 (r−1 times); XᵀX − 2βJ has eigenvalues
+        # 2r−2−2βK (on 1), r−2 (r−1 times), 0
+        nuc = (math.sqrt(2 * r - 2) + (r - 1) * math.sqrt(r - 2) if L >= 3
+               else abs(2 * r - 2 - 2 * beta * K) + (r - 1) * (r - 2))
+        pair = math.sqrt(self.n * self.lambda_H * lams[0]) * nuc
         alphas = [pair, pair]
         if L >= 3:
             alphas += [r * lam for lam in lams[1:L - 2]]
