@@ -123,12 +123,14 @@ def srg_ratio_figure(table: pd.DataFrame, title: str | None = None) -> Figure:
     return fig
 
 
-def srg_checks(gd: GDResult, n: int, lambda_W: float, lambda_H: float, *, tol: float = 0.02,
+def srg_checks(gd: GDResult, n: int, lambda_W: float, lambda_H: float, *, tol: float = 0.01,
                label: str = "") -> tuple[list[dict[str, Any]], dict[str, float]]:
     """The best GD loss of a K > 2 deep-UFM run against the SRG construction's L_SRG (K = r(r−1)/2, all layers
-    at ``lambda_W``): a check that it lies within ``tol`` (relative, either side) of L_SRG, and a check that the
-    theory's L_SRG is below f_DNC (kind ``below``). Returns the checks and the numbers (L_SRG, f_DNC, best GD,
-    relative differences); no checks when K is not of the form r(r−1)/2."""
+    at ``lambda_W``): a check that GD gets at least close to the construction — its best loss at most ``tol``
+    (relative) above L_SRG, below being allowed since L_SRG only bounds the optimum from above (in the small
+    profile, K = 6, GD ends 3.8% below it) — and a check that the theory's L_SRG is below f_DNC (kind
+    ``below``). Returns the checks and the numbers (L_SRG, f_DNC, best GD, relative differences); no checks
+    when K is not of the form r(r−1)/2."""
     m = gd.model
     K, L = m.K, m.L  # type: ignore[attr-defined]
     try:
@@ -142,7 +144,8 @@ def srg_checks(gd: GDResult, n: int, lambda_W: float, lambda_H: float, *, tol: f
     numbers = {"r": c.r, "beta": c.beta, "L_SRG": c.objective, "f_DNC": f_dnc, "gd_best": best,
                "gd_vs_srg": best / c.objective - 1, "gd_vs_dnc": best / f_dnc - 1,
                "srg_vs_dnc": c.objective / f_dnc - 1}
-    checks = [check(f"{pre}best GD loss within {tol:.0%} of L_SRG", best, c.objective, tol, id="multi_gd_vs_srg"),
+    checks = [check(f"{pre}best GD loss at most {tol:.0%} above L_SRG", best, c.objective, -tol, kind="below",
+                    id="multi_gd_vs_srg"),
               check(f"{pre}L_SRG (theory, r={c.r}) below f_DNC", c.objective, f_dnc, 0.0, kind="below",
                     id="multi_srg_below_dnc")]
     return checks, numbers
