@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from ._validate import bad_type, check_choice, check_float, check_floats, check_
 __all__ = [
     "DeepUFMOptimum",
     "PerturbationJacobian",
+    "SRGConstruction",
     "UFMOptimum",
     "ULPMOptimum",
     "dufm_collapsed_objective",
@@ -37,6 +38,9 @@ __all__ = [
     "frame_distance",
     "perturbation_jacobian",
     "perturbation_to_ufm",
+    "srg_construction",
+    "srg_loss",
+    "srg_r",
     "ufm_ce_optimum",
     "ufm_fit",
     "ufm_mean_norm_sq",
@@ -254,18 +258,24 @@ def dufm_fit(K: int, q: float, m: int, branch: str = "global") -> float:
     check_int("K", K, 2)
     check_int("m", m, 2)
     check_float("q", q, 0.0)
+    return _balanced_fit(K * q, m, branch)
+
+
+def _balanced_fit(B: float, m: int, branch: str = "global") -> float:
+    """argmin_{s ∈ [0, 1]} (s − 1)²/2 + (m/2) B s^{2/m}: :func:`dufm_fit` with B = K q (also the SRG branch's
+    fit, :func:`srg_construction`, whose B is the constant Q of its m balanced factors)."""
     if m == 2:  # g is convex: no metastable branch
-        return max(1.0 - K * q, 0.0)
-    if q == 0:
+        return max(1.0 - B, 0.0)
+    if B == 0:
         return 1.0
     from scipy.optimize import brentq
 
-    B, e = K * q, 2.0 / m - 1.0  # h(s) = s − 1 + B s^e, e ∈ (−1, 0)
+    e = 2.0 / m - 1.0  # h(s) = s − 1 + B s^e, e ∈ (−1, 0)
     s0 = (B * (1.0 - 2.0 / m)) ** (1.0 / (1.0 - e))  # h'(s0) = 0
     if s0 >= 1.0 or s0 - 1.0 + B * s0**e > 0:
         return 0.0
     s = brentq(lambda x: x - 1.0 + B * x**e, s0, 1.0, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=200)
-    return s if branch == "collapsed" or dufm_collapsed_objective(s, K, q, m) <= 0.5 else 0.0
+    return s if branch == "collapsed" or (s - 1.0) ** 2 / 2 + m / 2 * B * s ** (2.0 / m) <= 0.5 else 0.0
 
 
 @dataclass(frozen=True)
@@ -338,6 +348,225 @@ def eufm_optimum(K: int, n: int, lambda_W1: float, lambda_W2: float, lambda_H1: 
     non-zero iff K q ≤ 2^{−4/3}; ‖μ₁‖² = T/(nλ_{H₁}), ‖μ₂‖² = ‖μ₁‖² T/λ_{W₁}, M₂ᵀM₂ = ‖μ₂‖² I.
     """
     return dufm_optimum(K, n, (lambda_W1, lambda_W2), lambda_H1)
+
+
+# --------------------------------------------------------------------------- #
+# Deep UFM, K > 2: the low-rank SRG construction (Súkeník, Lampert & Mondelli 2024, §4; derived)
+# --------------------------------------------------------------------------- #
+def srg_r(K: int) -> int:
+    """r with K = r(r − 1)/2 (the classes are the edges of the complete graph K_r); ValueError if K is not
+    such a triangular number (K = 3, 6, 10, 15, 21, 28, …)."""
+    check_int("K", K, 3)
+    r = round((1 + math.sqrt(1 + 8 * K)) / 2)
+    if r * (r - 1) // 2 != K:
+        raise ValueError(f"the SRG construction needs K = r(r-1)/2 classes (3, 6, 10, 15, ...), got K = {K}")
+    return r
+
+
+def _incidence(r: int) -> np.ndarray:
+    """Vertex–edge incidence X ∈ {0,1}^{r×K} of K_r, edges in lexicographic order: X_{i,e} = 1[i ∈ e]."""
+    from itertools import combinations
+
+    edges = list(combinations(range(r), 2))
+    X = np.zeros((r, len(edges)))
+    for e, (i, j) in enumerate(edges):
+        X[i, e] = X[j, e] = 1.0
+    return X
+
+
+@dataclass(frozen=True)
+class SRGConstruction(_Record):
+    """The low-rank SRG solution of the deep UFM (:func:`srg_construction`).
+
+    Attributes
+    ----------
+    K, r, L, m : classes K = r(r−1)/2, the rank r of the intermediate class means, layers, m = L + 1 factors.
+    beta : the shift β ∈ [0, ½] of the top pre-activations |e∩f| − 2β (½: their ReLU is the identity).
+    C : scale of the top level's post-ReLU class means C·P_β, P_β = (2−2β) I + (1−2β) A (A: adjacency of
+        the triangular graph T(r), strongly regular).
+    fit : mean diagonal of the output class means (s·I when β = ½).
+    objective : L_SRG (1/2 when C = 0).
+    dnc_objective, ratio : f_DNC (:func:`dufm_optimum`) and L_SRG / f_DNC.
+    scales : scales t_0 … t_{L−1} of H1, W_1 … W_{L−1} (Π t_j = C; α_j t_j² equal for every j).
+    ranks : rank of the class means at H1 … HL (pre-ReLU at H1, post-ReLU above): r, …, r, K (L = 2: rank Z).
+    pre_relu_rank : rank of the pre-activations W_{L−1} M_{L−1} of the top level (≤ r).
+    params : the DeepUFM parameters (``H1 (S, N, d_1)``, ``W{l} (S, d_{l+1}, d_l)``), S copies; not in ``as_dict``.
+    """
+
+    K: int
+    r: int
+    L: int
+    m: int
+    beta: float
+    C: float
+    fit: float
+    objective: float
+    dnc_objective: float
+    ratio: float
+    scales: tuple[float, ...]
+    ranks: tuple[int, ...]
+    pre_relu_rank: int
+    params: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: v for k, v in asdict(self).items() if k != "params"}  # type: ignore[call-overload]
+
+
+class _SRG:
+    """The SRG branch at fixed (r, n, λ): the loss as a function of (β, C) and its minimizer."""
+
+    def __init__(self, r: int, n: int, lams: tuple[float, ...], lambda_H: float) -> None:
+        self.r, self.n, self.lams, self.lambda_H = r, n, lams, lambda_H
+        self.K, self.L = r * (r - 1) // 2, len(lams)
+        self.X = _incidence(r)
+        # eigenvalues θ_k of the triangular graph T(r) and their multiplicities (r = 3: K_3, no third eigenspace)
+        self.theta = np.array([2.0 * (r - 2), r - 4.0, -2.0])
+        self.dims = np.array([1.0, r - 1.0, self.K - r])
+
+    def pre(self, beta: float) -> np.ndarray:
+        """Top pre-activations (K, K) per unit scale: |e∩f| − 2β."""
+        return self.X.T @ self.X - 2.0 * beta
+
+    def alphas(self, beta: float) -> tuple[list[float], np.ndarray]:
+        """Weights α_j of the first L factors (H1, W_1 … W_{L−1}) and the matrix the pair (H1, W1) factorizes."""
+        r, K, L, lams = self.r, self.K, self.L, self.lams
+        B = self.X if L >= 3 else self.pre(beta)
+        # nuclear norms in closed form: σ(X)² = 2r−2 (once), r−2 (r−1 times); XᵀX − 2βJ has eigenvalues
+        # 2r−2−2βK (on 1), r−2 (r−1 times), 0
+        nuc = (math.sqrt(2 * r - 2) + (r - 1) * math.sqrt(r - 2) if L >= 3
+               else abs(2 * r - 2 - 2 * beta * K) + (r - 1) * (r - 2))
+        pair = math.sqrt(self.n * self.lambda_H * lams[0]) * nuc
+        alphas = [pair, pair]
+        if L >= 3:
+            alphas += [r * lam for lam in lams[1:L - 2]]
+            alphas.append(K * (2 * (1 - beta) ** 2 + (r - 2) * beta**2) * lams[L - 2])  # rows e_i + e_j − β1
+        return alphas, B
+
+    def loss(self, beta: float, C: float) -> float:
+        alphas, _ = self.alphas(beta)
+        lamL, K, L = self.lams[-1], self.K, self.L
+        reg = L / 2 * math.exp(sum(math.log(a) for a in alphas) / L) * C ** (2.0 / L)
+        p = (2 - 2 * beta) + (1 - 2 * beta) * self.theta
+        return reg + float((self.dims * lamL / (2 * (C**2 * p**2 + K * lamL))).sum())
+
+    def best_C(self, beta: float) -> tuple[float, float]:
+        from scipy.optimize import minimize_scalar
+
+        grid = np.exp(np.linspace(-12, 6, 181))
+        vals = [self.loss(beta, c) for c in grid]
+        k = int(np.argmin(vals))
+        lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+        res = minimize_scalar(lambda u: self.loss(beta, math.exp(u)), bounds=(math.log(lo), math.log(hi)),
+                              method="bounded", options={"xatol": 1e-13})
+        C, f = math.exp(res.x), float(res.fun)
+        return (C, f) if f < 0.5 else (0.0, 0.5)
+
+    def best(self, beta: float | None) -> tuple[float, float, float]:
+        if beta is not None:
+            return (beta, *self.best_C(beta))
+        from scipy.optimize import minimize_scalar
+
+        grid = np.linspace(0.0, 0.5, 51)
+        vals = [self.best_C(b)[1] for b in grid]
+        k = int(np.argmin(vals))
+        res = minimize_scalar(lambda b: self.best_C(b)[1], bounds=(grid[max(k - 1, 0)], grid[min(k + 1, 50)]),
+                              method="bounded", options={"xatol": 1e-12})
+        b = float(res.x) if res.fun <= vals[k] else float(grid[k])
+        return (b, *self.best_C(b))
+
+
+def _srg_setup(K: int, n: int, lambda_W: Sequence[float], lambda_H: float, beta: float | None) -> _SRG:
+    r = srg_r(K)
+    lams = _check_lambdas(n, lambda_W, lambda_H)
+    if len(lams) < 2:
+        raise ValueError("the SRG construction needs L >= 2 layers (one ReLU)")
+    if beta is not None:
+        check_float("beta", beta, 0.0)
+        if beta > 0.5:
+            raise ValueError(f"beta must lie in [0, 1/2], got {beta}")
+    return _SRG(r, n, lams, lambda_H)
+
+
+def srg_loss(K: int, n: int, lambda_W: Sequence[float], lambda_H: float, beta: float | None = None) -> float:
+    """L_SRG: the loss of the SRG construction (:func:`srg_construction`) of the L-layer ReLU deep UFM,
+    K = r(r−1)/2, L = len(lambda_W) ≥ 2 (the loss alone, no tensors)."""
+    return _srg_setup(K, n, lambda_W, lambda_H, beta).best(beta)[2]
+
+
+def srg_construction(K: int, n: int, lambda_W: Sequence[float], lambda_H: float, d: int | Sequence[int] | None = None,
+                     beta: float | None = None, runs: int = 1, dtype: object = None) -> SRGConstruction:
+    """The low-rank "strongly regular graph" (SRG) solution of the L-layer ReLU deep UFM
+    (:class:`ncutils.models.DeepUFM`, MSE, no bias) of Súkeník, Lampert & Mondelli (NeurIPS 2024,
+    arXiv 2405.14468, §4 and Fig. 1; Fig. 3 left plots L_SRG/L_DNC against r for K = r(r−1)/2), with its loss
+    and explicit parameters to start GD from.
+
+    The classes are the K = r(r−1)/2 edges of the complete graph K_r; their line graph, the triangular graph
+    T(r) (adjacency A), is strongly regular. The paper's §4 text was not available to us: the construction is
+    *derived* from Fig. 1's description (rows of M_{L−1} with r − 1 equal non-zeros, rank M_L = r before and
+    K after the ReLU) and from first principles; L_SRG is its exact loss (an upper bound on the optimum), not
+    the paper's formula verbatim.
+
+    Derivation. X ∈ {0,1}^{r×K} is the vertex–edge incidence. All classes collapse (DNC1); levels
+    H2 … H_{L−1} have class means c_l X (non-negative, rank r, kept by the ReLU, W_l = t_l I_r in between);
+    W_{L−1} has rows e_i + e_j − β1 (edge e = ij), so the top pre-activations (|e∩f| − 2β) have rank ≤ r and
+    their ReLU is C·P_β, P_β = (2−2β)I + (1−2β)A, of rank K; W_L = C P_β (C²P_β² + Kλ_{W_L} I)⁻¹ (ridge).
+    (H1, W1) is the balanced factorization of c_2 X (of the pre-activations when L = 2), costing
+    √(nλ_{H₁}λ_{W₁})‖·‖_*; AM–GM over the other factors gives
+    L_SRG = min_{β,C} (L/2)(Π_{j<L} α_j)^{1/L} C^{2/L} + Σ_k d_k λ_{W_L} / (2(C² p_k² + Kλ_{W_L})), with
+    α = √(nλ_Hλ_1)‖X‖_*·(1, 1), rλ_{W_l} (l = 2 … L−2), K(2(1−β)² + (r−2)β²)λ_{W_{L−1}}, and p_k, d_k the
+    eigenvalues and multiplicities of P_β (T(r): 2(r−2), r−4, −2 with multiplicities 1, r−1, K−r).
+    β = ½ (an orthogonal frame on top) reduces it to the DNC form with Kq replaced by Q = (Π_j α_j)^{1/m}.
+
+    Parameters
+    ----------
+    K : classes, K = r(r−1)/2 with r ≥ 3.
+    n, lambda_W, lambda_H : as :func:`dufm_optimum` (λ_{W_1..W_L}, L = len(lambda_W) ≥ 2; λ_{H₁}).
+    d : widths of the DeepUFM levels (an int or L ints; default K): d_l ≥ r below the top (L = 2: ≥ the rank
+        of the pre-activations), d_L ≥ K.
+    beta : the shift β ∈ [0, ½]; None (default): minimize over it.
+    runs, dtype : S copies of the parameters (leading dimension) and their torch dtype (default float64).
+    """
+    import torch
+
+    srg = _srg_setup(K, n, lambda_W, lambda_H, beta)
+    r, L, lams = srg.r, srg.L, srg.lams
+    check_int("runs", runs, 1)
+    widths = (K,) * L if d is None else ((d,) * L if isinstance(d, int) else tuple(d))
+    b, C, objective = srg.best(beta)
+    alphas, B = srg.alphas(b)
+    TL = math.exp(sum(math.log(a) for a in alphas) / L) * C ** (2.0 / L) if C > 0 else 0.0
+    t = [math.sqrt(TL / a) for a in alphas]  # α_j t_j² equal, Π t_j = C
+
+    U, sv, Vt = np.linalg.svd(B, full_matrices=False)
+    rho = int((sv > 1e-12 * sv[0]).sum())
+    U, sv, Vt = U[:, :rho], sv[:rho], Vt[:rho]
+    need = [rho] + [r] * (L - 2) + [K] if L >= 3 else [rho, K]
+    if len(widths) != L or any(not isinstance(w, int) or w < k for w, k in zip(widths, need, strict=True)):
+        raise ValueError(f"the SRG construction needs widths d of L = {L} ints >= {need}, got {d!r}")
+    scale = (lams[0] / (n * lambda_H)) ** 0.25  # nλ_H‖M1‖² = λ_1‖W1‖² within the pair
+    M1 = scale * t[0] * np.sqrt(sv)[:, None] * Vt  # (ρ, K): H1's class means
+    mats = [t[1] / scale * U * np.sqrt(sv)[None, :]]  # W1: W1 M1 = t_0 t_1 B
+    if L >= 3:
+        mats += [t[j] * np.eye(r) for j in range(2, L - 1)]  # W_2 … W_{L−2}
+        mats.append(t[L - 1] * (srg.X.T - b))  # W_{L−1} (K, r): rows e_i + e_j − β1
+    P = C * np.maximum(srg.pre(b), 0.0)  # top level's post-ReLU class means C·P_β
+    WL = P @ np.linalg.inv(P @ P + K * lams[-1] * np.eye(K)) if C > 0 else np.zeros((K, K))
+    mats.append(WL)
+    dims = (*widths, K)
+    tdtype = torch.float64 if dtype is None else dtype
+    H1 = np.zeros((K * n, dims[0]))
+    H1[:, :M1.shape[0]] = np.repeat(M1.T, n, axis=0)  # class-major rows
+    params = {"H1": torch.as_tensor(H1, dtype=tdtype).expand(runs, -1, -1).clone()}
+    for layer, Wm in enumerate(mats, start=1):
+        W = np.zeros((dims[layer], dims[layer - 1]))
+        W[:Wm.shape[0], :Wm.shape[1]] = Wm
+        params[f"W{layer}"] = torch.as_tensor(W, dtype=tdtype).expand(runs, -1, -1).clone()
+    f_dnc = dufm_optimum(K, n, lams, lambda_H).objective
+    pre_rank = int(np.linalg.matrix_rank(srg.pre(b)))
+    ranks = (rho,) + (r,) * (L - 2) + (K,)
+    return SRGConstruction(K=K, r=r, L=L, m=L + 1, beta=b, C=C, fit=float(np.trace(WL @ P)) / K,
+                           objective=objective, dnc_objective=f_dnc, ratio=objective / f_dnc, scales=tuple(t),
+                           ranks=ranks, pre_relu_rank=pre_rank, params=params)
 
 
 # --------------------------------------------------------------------------- #

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
 from ..plot import finish_axes as _finish
 from ..plot import style
+from ..report import check
+from ..solve import GDResult
+from ..theory import dufm_optimum, srg_construction, srg_loss, srg_r
 from ._common import POSITIVE, Assumption, Requirement, Rule, best_run, int_list, positive_list, width_at_least
 from ._multilayer import class_mean_ranks, deep_ufm_checks, seed_geometry_checks, seed_table
 
 __all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "best_run", "class_mean_ranks",
-           "class_mean_spectra_figure", "deep_ufm_checks", "rank_studies_figure", "seed_geometry_checks", "seed_table"]
+           "class_mean_spectra_figure", "deep_ufm_checks", "rank_studies_figure", "seed_geometry_checks", "seed_table",
+           "srg_checks", "srg_ratio_figure", "srg_ratio_table"]
 
 NOTEBOOK = "04_deep_ufm"
 
@@ -85,3 +93,59 @@ def rank_studies_figure(
     if title:
         fig.suptitle(title)
     return fig
+
+
+def srg_ratio_table(n: int, lambda_W: float, lambda_H: float, depths: Sequence[int] = (3, 4, 5),
+                    rs: Sequence[int] = tuple(range(3, 11))) -> pd.DataFrame:
+    """The data of Súkeník, Lampert & Mondelli 2024, Fig. 3 left: L_SRG / L_DNC against r for K = r(r−1)/2
+    classes, one row per (L, r), all layers at weight decay ``lambda_W`` (:func:`ncutils.theory.srg_construction`,
+    :func:`ncutils.theory.dufm_optimum`). Columns ``L, r, K, L_SRG, L_DNC, ratio``."""
+    rows = []
+    for L in depths:
+        for r in rs:
+            K = r * (r - 1) // 2
+            f_srg = srg_loss(K, n, [lambda_W] * L, lambda_H)
+            f_dnc = dufm_optimum(K, n, [lambda_W] * L, lambda_H).objective
+            rows.append({"L": L, "r": r, "K": K, "L_SRG": f_srg, "L_DNC": f_dnc, "ratio": f_srg / f_dnc})
+    return pd.DataFrame(rows)
+
+
+def srg_ratio_figure(table: pd.DataFrame, title: str | None = None) -> Figure:
+    """L_SRG / L_DNC against r (K = r(r−1)/2), one curve per depth L (``table`` from :func:`srg_ratio_table`);
+    below the dashed line at 1 the SRG construction beats deep neural collapse."""
+    style()
+    fig, ax = plt.subplots(figsize=(4.6, 3.3), constrained_layout=True)
+    sns.lineplot(data=table.assign(L=table.L.astype(str)), x="r", y="ratio", hue="L", marker="o", ax=ax,
+                 palette="colorblind")
+    ax.axhline(1.0, color="0.4", ls="--", lw=1)
+    ax.set_ylabel("L_SRG / L_DNC")
+    _finish(ax, title or "SRG construction vs DNC (K = r(r−1)/2)", "r")
+    return fig
+
+
+def srg_checks(gd: GDResult, n: int, lambda_W: float, lambda_H: float, *, tol: float = 0.01,
+               label: str = "") -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The best GD loss of a K > 2 deep-UFM run against the SRG construction's L_SRG (K = r(r−1)/2, all layers
+    at ``lambda_W``): a check that GD gets at least close to the construction — its best loss at most ``tol``
+    (relative) above L_SRG, below being allowed since L_SRG only bounds the optimum from above (in the small
+    profile, K = 6, GD ends 3.8% below it) — and a check that the theory's L_SRG is below f_DNC (kind
+    ``below``). Returns the checks and the numbers (L_SRG, f_DNC, best GD, relative differences); no checks
+    when K is not of the form r(r−1)/2."""
+    m = gd.model
+    K, L = m.K, m.L  # type: ignore[attr-defined]
+    try:
+        srg_r(K)
+    except ValueError:
+        return [], {}
+    c = srg_construction(K, n, [lambda_W] * L, lambda_H)
+    f_dnc = dufm_optimum(K, n, [lambda_W] * L, lambda_H).objective
+    best = float(np.min(gd.final("objective")))
+    pre = f"{label}: " if label else f"K={K}, L={L}: "
+    numbers = {"r": c.r, "beta": c.beta, "L_SRG": c.objective, "f_DNC": f_dnc, "gd_best": best,
+               "gd_vs_srg": best / c.objective - 1, "gd_vs_dnc": best / f_dnc - 1,
+               "srg_vs_dnc": c.objective / f_dnc - 1}
+    checks = [check(f"{pre}best GD loss at most {tol:.0%} above L_SRG", best, c.objective, -tol, kind="below",
+                    id="multi_gd_vs_srg"),
+              check(f"{pre}L_SRG (theory, r={c.r}) below f_DNC", c.objective, f_dnc, 0.0, kind="below",
+                    id="multi_srg_below_dnc")]
+    return checks, numbers

@@ -138,6 +138,27 @@ print(nc.report.seeds_table(seeds_multi).to_string())
 print(ranks.groupby(["level", "status"])["rank"].agg(["min", "max"]).to_string())
 
 # %% [markdown]
+# ### The SRG construction
+#
+# Súkeník et al. 2024 build a low-rank solution on a strongly regular graph: the $K=r(r-1)/2$ classes are the edges
+# of the complete graph $K_r$, the class means of $H_1,\dots,H_{L-1}$ have rank $r$ (the vertex–edge incidence),
+# the top pre-activations have rank $\le r$ and their ReLU has rank $K$. `nc.theory.srg_construction` derives its
+# loss $L_{SRG}$ (the paper's own formula was not available to us; see its docstring) and its parameters. The
+# table below compares $L_{SRG}$ with $f_{DNC}$ and with the best GD loss of the run above, and the figure plots
+# $L_{SRG}/L_{DNC}$ against $r$ for $L=3,4,5$ at this part's $n$ and $\lambda$ (the paper's Fig. 3 left).
+
+# %%
+srg_table = study.srg_ratio_table(multi_n, lambda_W, lambda_H)
+fig = study.srg_ratio_figure(srg_table, title=f"L_SRG / L_DNC, n={multi_n}, lambda={lambda_W}")
+nc.plot.save(fig, "sml24_fig3_srg_vs_dnc", run.figures_dir)
+print(srg_table.pivot(index="r", columns="L", values="ratio").to_string(float_format="{:.4f}".format))
+srg_multi_checks, srg_numbers = study.srg_checks(gd_multi, multi_n, lambda_W, lambda_H)
+if srg_numbers:
+    print(pd.Series(srg_numbers).to_string(float_format="{:.6f}".format))
+else:
+    print(f"K = {multi_K} is not r(r-1)/2: no SRG construction to compare with")
+
+# %% [markdown]
 # ### Width and weight decay
 #
 # How often GD reaches DNC (rank $K$ at every level, objective at $f_{DNC}$) as the width grows, and how the rank of
@@ -177,7 +198,9 @@ print(lam_ranks.groupby(["lambda", "level"])["rank"].mean().unstack().to_string(
 # spread at every level: NC1~ $=\mathrm{tr}\,\Sigma_W/\mathrm{tr}\,\Sigma_B$ is checked. The pseudo-inverse
 # NC1 $=\mathrm{tr}(\Sigma_W\Sigma_B^\dagger)/K$ of the same run is printed but not checked: with class means of
 # numerical rank below $K$ it weighs directions whose singular values are orders of magnitude below the largest
-# by their inverse squares, so round-off in those directions decides its value.
+# by their inverse squares, so round-off in those directions decides its value. When $K=r(r-1)/2$, two more checks
+# compare with the SRG construction: the best GD loss at most 1% above $L_{SRG}$ (being below is allowed: $L_{SRG}$
+# is the loss of one explicit solution, an upper bound on the optimum), and the theory's $L_{SRG}$ below $f_{DNC}$.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -195,11 +218,13 @@ checks.append(nc.report.check(f"K={multi_K}, L={multi_L}: best GD loss below f_D
 nc1_trace_best = max(gd_multi.final("nc1_trace", f"H{lv}")[best] for lv in range(1, multi_L + 1))
 checks.append(nc.report.check(f"K={multi_K}: NC1~ = tr(S_W)/tr(S_B) (max over levels) of the best run", nc1_trace_best,
                               0.0, 1e-3, kind="abs", id="multi_best_run_nc1_trace"))
+checks += srg_multi_checks
 summary = run.summary(checks, per_depth=per_depth.reset_index().to_dict("records"),
                       layers=layer_table.reset_index().to_dict("records"),
                       seeds={f"L={L}": t.to_dict("records") for L, t in seeds_binary.items()},
                       multi=dict(f_dnc=opt_multi.objective, seeds=seeds_multi.to_dict("records"),
-                                 ranks=ranks.to_dict("records")),
+                                 ranks=ranks.to_dict("records"), srg=srg_numbers),
+                      srg_ratio=srg_table.to_dict("records"),
                       width_study=width_table.to_dict("records"), lambda_study=lam_f.to_dict("records"),
                       wall_time_s={**{f"L={L}": r.wall_time_s for L, r in binary.items()},
                                    "multi": gd_multi.wall_time_s, "lambda_study": r_l.wall_time_s},
