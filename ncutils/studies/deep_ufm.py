@@ -17,11 +17,26 @@ from ..report import check
 from ..solve import GDResult
 from ..theory import dufm_optimum, srg_construction, srg_loss, srg_r
 from ._common import POSITIVE, Assumption, Requirement, Rule, best_run, int_list, positive_list, width_at_least
-from ._multilayer import class_mean_ranks, deep_ufm_checks, seed_geometry_checks, seed_table
+from ._multilayer import class_mean_ranks, deep_ufm_checks, rank_aware_nc1, seed_geometry_checks, seed_table
 
-__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "best_run", "class_mean_ranks",
-           "class_mean_spectra_figure", "deep_ufm_checks", "rank_studies_figure", "seed_geometry_checks", "seed_table",
-           "srg_checks", "srg_ratio_figure", "srg_ratio_table"]
+__all__ = [
+    "ASSUMPTIONS",
+    "NOTEBOOK",
+    "REQUIREMENTS",
+    "RULES",
+    "best_run",
+    "class_mean_ranks",
+    "class_mean_spectra_figure",
+    "deep_ufm_checks",
+    "rank_aware_checks",
+    "rank_aware_nc1",
+    "rank_studies_figure",
+    "seed_geometry_checks",
+    "seed_table",
+    "srg_checks",
+    "srg_ratio_figure",
+    "srg_ratio_table",
+]
 
 NOTEBOOK = "04_deep_ufm"
 
@@ -67,6 +82,27 @@ def class_mean_spectra_figure(ranks: pd.DataFrame, hue: str = "run", title: str 
     if title:
         fig.suptitle(title)
     return fig
+
+
+def rank_aware_checks(table: pd.DataFrame, seeds: pd.DataFrame, *, tol: float = 1e-3, rank_tol: float = 1e-3,
+                      ) -> list[dict[str, Any]]:
+    """Within-class collapse of the runs below f_DNC (``seeds``: :func:`seed_table`), with the rank-aware NC1 of
+    :func:`rank_aware_nc1` (directions of the centred means above ``rank_tol``·σ₁) and NC1~ = tr Σ_W/tr Σ_B at
+    every level: how many runs have both below ``tol`` (count checks; at least one run required)."""
+    from ..report import count_check
+
+    below = set(seeds.run[seeds.status == "below f*"])
+    t = table[table.run.isin(below)]
+    worst = t.groupby("run")[["nc1_rank", "nc1_trace"]].max()
+    n = len(worst)
+    if n == 0:
+        return [count_check("runs below f_DNC", 0, len(seeds), 1)]
+    return [
+        count_check(f"runs below f_DNC with rank-aware NC1 (rank_tol {rank_tol:g}) < {tol:g} at every level",
+                    int((worst.nc1_rank < tol).sum()), n, 1, id="below_fdnc_rank_aware_nc1"),
+        count_check(f"runs below f_DNC with NC1~ = tr(S_W)/tr(S_B) < {tol:g} at every level",
+                    int((worst.nc1_trace < tol).sum()), n, 1, id="below_fdnc_nc1_trace"),
+    ]
 
 
 def rank_studies_figure(

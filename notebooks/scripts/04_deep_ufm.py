@@ -136,6 +136,10 @@ nc.plot.save(fig, "sml24_dufm_lowrank_metrics", run.figures_dir)
 print(f"f_DNC = {opt_multi.objective:.6f}")
 print(nc.report.seeds_table(seeds_multi).to_string())
 print(ranks.groupby(["level", "status"])["rank"].agg(["min", "max"]).to_string())
+rank_nc1 = study.rank_aware_nc1(gd_multi).merge(seeds_multi[["run", "status"]], on="run")
+print("NC1 three ways at the end (runs below f_DNC): pseudo-inverse, rank-aware (rank_tol 1e-3), trace ratio")
+print(rank_nc1[rank_nc1.status == "below f*"].groupby("level")[["rank", "nc1", "nc1_rank", "nc1_trace"]]
+      .agg(["min", "max"]).to_string(float_format="{:.1e}".format))
 
 # %% [markdown]
 # ### The SRG construction
@@ -218,11 +222,13 @@ checks.append(nc.report.check(f"K={multi_K}, L={multi_L}: best GD loss below f_D
 nc1_trace_best = max(gd_multi.final("nc1_trace", f"H{lv}")[best] for lv in range(1, multi_L + 1))
 checks.append(nc.report.check(f"K={multi_K}: NC1~ = tr(S_W)/tr(S_B) (max over levels) of the best run", nc1_trace_best,
                               0.0, 1e-3, kind="abs", id="multi_best_run_nc1_trace"))
+checks += study.rank_aware_checks(rank_nc1, seeds_multi)
 checks += srg_multi_checks
 summary = run.summary(checks, per_depth=per_depth.reset_index().to_dict("records"),
                       layers=layer_table.reset_index().to_dict("records"),
                       seeds={f"L={L}": t.to_dict("records") for L, t in seeds_binary.items()},
                       multi=dict(f_dnc=opt_multi.objective, seeds=seeds_multi.to_dict("records"),
+                                 nc1_three_ways=rank_nc1.to_dict("records"),
                                  ranks=ranks.to_dict("records"), srg=srg_numbers),
                       srg_ratio=srg_table.to_dict("records"),
                       width_study=width_table.to_dict("records"), lambda_study=lam_f.to_dict("records"),
