@@ -66,6 +66,11 @@ print(f"c = K sqrt(n lambda_H lambda_W) = {nc.theory.ufm_threshold(K, n, lambda_
 # centred means goes to 0 as well; what tells the geometries apart is that $W$ is aligned with the
 # *uncentred* means: the ETF-NC3 stays at $\sqrt{2-2\sqrt{(K-1)/K}}$ (0.5176 for $K=4$). The closed forms (derived in `nc.theory`, see its docstrings):
 # $f^*=c-c^2/2$, $\|\mu_k\|^2=\rho=(1-c)\sqrt{\lambda_W/(n\lambda_H)}$, $WM=(1-c)I$.
+#
+# *Derivation.* At a collapsed point with output means $s\,I$ the data term is $(s-1)^2/2$; with class-mean norm
+# $a$ and classifier gain $s/a$ the regularizer is $\tfrac K2(n\lambda_Ha^2+\lambda_W s^2/a^2)\ge K\sqrt{n\lambda_H
+# \lambda_W}\,s=c\,s$ (AM–GM, equality iff $n\lambda_Ha^2=\lambda_Ws^2/a^2$, i.e. $a^2=s\sqrt{\lambda_W/(n\lambda_H)}$).
+# Minimizing $(s-1)^2/2+cs$ gives $s=1-c$ for $c<1$ (else $s=0$), hence $f^*=c-c^2/2$ and $\rho=a^2$ above.
 
 # %%
 ufm = nc.UFM(K=K, n=n, d=d, lambda_W=lambda_W, lambda_H=lambda_H, loss="mse", bias=False)

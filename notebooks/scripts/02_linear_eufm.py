@@ -32,6 +32,15 @@
 # $f^*=\min_s (s-1)^2/2+\tfrac{3K}{2}q\,s^{2/3}$ (a non-zero minimizer exists iff $Kq\le 2^{-4/3}$),
 # $T=q s^{2/3}$, $\|\mu_1\|^2=T/(n\lambda_{H_1})$, $\|\mu_2\|^2=\|\mu_1\|^2T/\lambda_{W_1}$, and every factor carries
 # the same share of the regularizer, $\lambda_{H_1}\|H_1\|^2=\lambda_{W_l}\|W_l\|^2=KT$.
+#
+# *Derivation.* At a collapsed point the output class means are $s\,I$, so the data term is $(s-1)^2/2$. Write
+# the regularizer as $\tfrac K2\sum_{i=1}^m x_i$ with one term per factor ($x_1=n\lambda_{H_1}a_1^2$ for the class-mean
+# norm $a_1$ of $H_1$, $x_{l+1}=\lambda_{W_l}\,r_l^2$ for the gain $r_l$ of $W_l$ on the frame); the gains multiply to
+# $s/a_1$, so $\prod_i x_i=q^m s^2$ and AM–GM gives $\sum_i x_i\ge m\,q\,s^{2/m}$, with equality iff every
+# $x_i=T=qs^{2/m}$ (this balance fixes $a_1^2=T/(n\lambda_{H_1})$ and $a_{l+1}^2=a_l^2T/\lambda_{W_l}$). Minimizing
+# $g(s)=(s-1)^2/2+\tfrac{Km}{2}qs^{2/m}$ over $s\in[0,1]$ gives $f^*$; $g(s)<g(0)=1/2$ for some $s>0$ iff the stated
+# threshold holds.
+# Here $m=3$ factors ($H_1$, $W_1$, $W_2$).
 
 # %% tags=["parameters"]
 K: int = 4  # number of classes, at least 2

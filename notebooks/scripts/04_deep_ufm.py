@@ -29,6 +29,13 @@
 # * **Closed form (derived in `nc.theory.dufm_optimum`):** with $m=L+1$ and $q=(n\lambda_{H_1}\prod_l\lambda_{W_l})^{1/m}$,
 #   $f_{DNC}=\min_{s\in[0,1]}(s-1)^2/2+\tfrac{Km}{2}q\,s^{2/m}$, layer norms $a_1^2=T/(n\lambda_{H_1})$,
 #   $a_{l+1}^2=a_l^2T/\lambda_{W_l}$, $T=qs^{2/m}$; non-zero iff $\tfrac{Km}{2}q\le((m-2)/(m-1))^{(m-2)/m}\,m/(2(m-1))$.
+#   *Derivation.* At a collapsed point the output class means are $s\,I$, so the data term is $(s-1)^2/2$. Write
+#   the regularizer as $\tfrac K2\sum_{i=1}^m x_i$ with one term per factor ($x_1=n\lambda_{H_1}a_1^2$ for the class-mean
+#   norm $a_1$ of $H_1$, $x_{l+1}=\lambda_{W_l}\,r_l^2$ for the gain $r_l$ of $W_l$ on the frame); the gains multiply to
+#   $s/a_1$, so $\prod_i x_i=q^m s^2$ and AM–GM gives $\sum_i x_i\ge m\,q\,s^{2/m}$, with equality iff every
+#   $x_i=T=qs^{2/m}$ (this balance fixes $a_1^2=T/(n\lambda_{H_1})$ and $a_{l+1}^2=a_l^2T/\lambda_{W_l}$). Minimizing
+#   $g(s)=(s-1)^2/2+\tfrac{Km}{2}qs^{2/m}$ over $s\in[0,1]$ gives $f^*$; $g(s)<g(0)=1/2$ for some $s>0$ iff the stated
+#   threshold holds.
 # * **$K>2$, $L\ge3$ (follow-up paper):** DNC is *not* optimal; the low-rank bias of multi-layer L2 regularization
 #   gives lower-loss solutions whose intermediate class means have rank $<K$ (DNC1 still holds; DNC2/3 fail).
 

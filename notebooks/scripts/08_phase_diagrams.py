@@ -32,6 +32,11 @@
 #   $q=(n\lambda_H\lambda_W^{L})^{1/m}$. Past it the collapsed branch survives as a *metastable* local minimum up to
 #   the spinodal $Kq=(a/(1+a))^{1+a}/a$, $a=1-2/m$ (derived in `nc.theory.dufm_spinodal`).
 #
+# *Derivation of the spinodal.* On the collapsed branch $f=g(s)=(s-1)^2/2+\tfrac{Km}{2}qs^{2/m}$ (notebook 04).
+# A stationary $s>0$ solves $g'(s)=0$, i.e. $(1-s)\,s^{a}=Kq$ with $a=1-2/m$. The left side is largest at
+# $s=a/(1+a)$, where it equals $(a/(1+a))^{1+a}/a$; past that value of $Kq$ no stationary $s>0$ is left and the
+# branch ends.
+#
 # Every grid point × seed is an independent problem; all of them run as **one batched tensor program** (the core
 # `UFM`/`DeepUFM` with one $\lambda$ per run, the core GD loop and metrics), in chunks of `chunk` runs (by default as many as stay in the CPU's caches — several times faster per
 # problem than one huge batch — or all at once on a GPU).
