@@ -23,6 +23,23 @@ from ..report import check
 from ..solve import GDResult, gradient_descent
 from ._common import POSITIVE, Rule, best_run, positive_list
 
+#: The steps every multi-layer study (notebooks 02–04) re-exports: ``from ._multilayer import *``.
+__all__ = [
+    "best_run",
+    "class_mean_ranks",
+    "deep_ufm_checks",
+    "depth_contrast_checks",
+    "depth_ratio_table",
+    "depth_ratios",
+    "depth_ratios_figure",
+    "init_scale_study",
+    "init_scales_figure",
+    "product_alignment",
+    "rank_aware_nc1",
+    "seed_geometry_checks",
+    "seed_table",
+]
+
 #: Parameters of the extended UFM shared by notebooks 02 and 03.
 MULTILAYER_RULES: dict[str, Rule] = {
     "lambda_W1": POSITIVE,

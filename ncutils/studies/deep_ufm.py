@@ -16,26 +16,22 @@ from ..plot import style
 from ..report import check
 from ..solve import GDResult
 from ..theory import dufm_optimum, srg_construction, srg_loss, srg_r
-from ._common import POSITIVE, Assumption, Requirement, Rule, best_run, int_list, positive_list, width_at_least
-from ._multilayer import class_mean_ranks, deep_ufm_checks, rank_aware_nc1, seed_geometry_checks, seed_table
+from . import _multilayer
+from ._common import POSITIVE, Assumption, Requirement, Rule, int_list, positive_list, width_at_least
+from ._multilayer import *  # noqa: F403 (the shared multi-layer steps, _multilayer.__all__)
 
 __all__ = [
     "ASSUMPTIONS",
     "NOTEBOOK",
     "REQUIREMENTS",
     "RULES",
-    "best_run",
-    "class_mean_ranks",
     "class_mean_spectra_figure",
-    "deep_ufm_checks",
     "rank_aware_checks",
-    "rank_aware_nc1",
     "rank_studies_figure",
-    "seed_geometry_checks",
-    "seed_table",
     "srg_checks",
     "srg_ratio_figure",
     "srg_ratio_table",
+    *_multilayer.__all__,
 ]
 
 NOTEBOOK = "04_deep_ufm"

@@ -5,38 +5,18 @@ from __future__ import annotations
 import pandas as pd
 
 from ..solve import GDResult
-from ._common import Assumption, Requirement, Rule, best_run, width_at_least
-from ._multilayer import (
-    MULTILAYER_RULES,
-    deep_ufm_checks,
-    depth_contrast_checks,
-    depth_ratio_table,
-    depth_ratios,
-    depth_ratios_figure,
-    init_scale_study,
-    init_scales_figure,
-    product_alignment,
-    seed_geometry_checks,
-    seed_table,
-)
+from . import _multilayer
+from ._common import Assumption, Requirement, Rule, width_at_least
+from ._multilayer import *  # noqa: F403 (the shared multi-layer steps, _multilayer.__all__)
+from ._multilayer import MULTILAYER_RULES
 
 __all__ = [
     "ASSUMPTIONS",
     "NOTEBOOK",
     "REQUIREMENTS",
     "RULES",
-    "best_run",
-    "deep_ufm_checks",
-    "depth_contrast_checks",
-    "depth_ratio_table",
-    "depth_ratios",
-    "depth_ratios_figure",
-    "init_scale_study",
-    "init_scales_figure",
     "level_ratio",
-    "product_alignment",
-    "seed_geometry_checks",
-    "seed_table",
+    *_multilayer.__all__,
 ]
 
 NOTEBOOK = "02_linear_eufm"

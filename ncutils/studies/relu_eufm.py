@@ -18,47 +18,26 @@ from ..models import DeepUFM
 from ..plot import style, threshold_panels
 from ..report import check
 from ..solve import GDResult, gradient_descent
-from ._common import POSITIVE, Assumption, Requirement, Rule, best_run, width_at_least
-from ._multilayer import (
-    MULTILAYER_RULES,
-    _deep,
-    deep_ufm_checks,
-    depth_contrast_checks,
-    depth_ratio_table,
-    depth_ratios,
-    depth_ratios_figure,
-    init_scale_study,
-    init_scales_figure,
-    product_alignment,
-    seed_geometry_checks,
-    seed_table,
-)
+from . import _multilayer
+from ._common import POSITIVE, Assumption, Requirement, Rule, width_at_least
+from ._multilayer import *  # noqa: F403 (the shared multi-layer steps, _multilayer.__all__)
+from ._multilayer import MULTILAYER_RULES, _deep
 
 __all__ = [
     "ASSUMPTIONS",
     "NOTEBOOK",
     "REQUIREMENTS",
     "RULES",
-    "best_run",
-    "deep_ufm_checks",
-    "depth_contrast_checks",
-    "depth_ratio_table",
-    "depth_ratios",
-    "depth_ratios_figure",
     "dufm_sweep_checks",
     "dufm_threshold_sweep",
     "dufm_threshold_sweep_figure",
     "gram_cosines_figure",
-    "init_scale_study",
-    "init_scales_figure",
     "mean_gram_cosines",
     "metastable_checks",
     "metastable_start",
-    "product_alignment",
-    "seed_geometry_checks",
-    "seed_table",
     "sweep_branches",
     "sweep_interior_checks",
+    *_multilayer.__all__,
 ]
 
 NOTEBOOK = "03_relu_eufm"
