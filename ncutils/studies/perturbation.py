@@ -87,6 +87,9 @@ REQUIREMENTS: list[Requirement] = [
     Requirement(("lambda_W", "jacobian_lambda_H"),
                 lambda p: all(p["lambda_W"] * v < 1 for v in p["jacobian_lambda_H"]),
                 "parameters lambda_W * jacobian_lambda_H must all be < 1 (Theorem 4.2 needs a collapsed H0)"),
+    Requirement(("lambda_H",), lambda p: p["lambda_H"] > 0,
+                "parameter lambda_H must be > 0 (the Eq. 5 comparison and the lambda_W study start from a collapsed "
+                "minimizer, which needs lambda_H > 0)"),
     Requirement(("lambda_H", "jacobian_lambda_W"),
                 lambda p: all(p["lambda_H"] * v < 1 for v in p["jacobian_lambda_W"]),
                 "parameters lambda_H * jacobian_lambda_W must all be < 1 (Theorem 4.2 needs a collapsed H0)"),
