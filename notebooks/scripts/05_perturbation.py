@@ -38,7 +38,7 @@ lambda_W: float = 1.4142135623730951  # classifier weight decay (paper normaliza
 lambda_H: float = 0.2  # feature weight decay (paper normalization) of the flow and the beta sweep
 beta: float = 100.0  # proximity weight of the Jacobian study (Fig. 1: 100), positive
 jacobian_lambda_H: list = [0.05, 0.2, 0.5]  # lambda_H values of the Jacobian study (Fig. 1)
-jacobian_lambda_W: list = [0.5, 1.0, 2.0, 4.0]  # lambda_W values of the Jacobian study, at lambda_H = lambda_H
+jacobian_lambda_W: list = [0.5, 1.0, 2.0, 4.0]  # lambda_W values of the Jacobian study, lambda_H fixed
 first_order_beta_min: float = 10.0  # smallest beta of the Eq. 5 vs exact Jacobian comparison
 first_order_beta_max: float = 10000.0  # largest beta of that comparison
 first_order_points: int = 7  # number of beta values (geometric grid), at least 3
