@@ -230,6 +230,38 @@ class PerturbationModel:
             mixed = torch.func.jacfwd(torch.func.grad(phi, argnums=0), argnums=1)(x, x0).reshape(m, m)
         return -torch.linalg.solve(hess, mixed)
 
+    def reduced_hessian(self, H: Tensor) -> Tensor:
+        """Kn ∇²L(H) at a point of the central path, ``(Nd, Nd)`` in the paper's vec(H) order, in closed form.
+
+        The Schur complement of THN 2023, Thm 4.1 (their f without the β term, scaled by Kn):
+        A = λ_H I + I_N ⊗ WᵀW − Cᵀ B⁻¹ C with W = W*(H) ``(K, d)``, the paper's H ``(d, N)`` = ``H.T``,
+        C = Kn ∇_H∇_W f = H ⊗ W + (I_d ⊗ R)·T ``(dK, Nd)`` (R = WH − Y ``(K, N)``, T the commutation matrix
+        vec(dH) ↦ vec(dHᵀ)) and B = Kn ∇²_W f = HHᵀ ⊗ I_K + nλ_W I ``(dK, dK)``. Kronecker products only
+        (no automatic differentiation), an independent route to the Jacobian of :meth:`jacobian`.
+        """
+        H = H.to(torch.float64)
+        if H.shape != (self.N, self.d):
+            raise ValueError(f"H must have shape (N, d) = ({self.N}, {self.d}), got {tuple(H.shape)}")
+        W = self.central_W(H)  # (K, d)
+        Hp = H.T.contiguous()  # the paper's H, (d, N)
+        R = W @ Hp - self.targets().T  # (K, N)
+        eye_d = torch.eye(self.d, dtype=torch.float64)
+        # vec(R dHᵀ)[j K + k] = Σ_i R[k, i] dH[j, i]; vec(dH)[i d + l]: entry (j K + k, i d + l) = R[k, i] δ_jl
+        C = torch.kron(Hp, W) + torch.einsum("ki,jl->jkil", R, eye_d).reshape(self.d * self.K, self.N * self.d)
+        B = torch.kron(Hp @ Hp.T, torch.eye(self.K, dtype=torch.float64)) \
+            + self.n * self.lambda_W * torch.eye(self.d * self.K, dtype=torch.float64)
+        A = torch.kron(torch.eye(self.N, dtype=torch.float64), W.T @ W) - C.T @ torch.linalg.solve(B, C)
+        return A + self.lambda_H * torch.eye(self.N * self.d, dtype=torch.float64)
+
+    def first_order_jacobian(self, H_star: Tensor) -> Tensor:
+        """F₁ = I − A/β, ``(Nd, Nd)``: THN 2023, Thm 4.1, Eq. 5 (β ≫ max(1, λ_H)), A = :meth:`reduced_hessian` at H*.
+
+        The exact Jacobian at the minimizer ``H_star`` ``(N, d)`` is F = (I + A/β)⁻¹ (Thm 4.1's first display),
+        so F − F₁ = A²/β² + O(β⁻³): Eq. 5 is accurate to second order in 1/β.
+        """
+        A = self.reduced_hessian(H_star)
+        return torch.eye(A.shape[0], dtype=torch.float64) - A / self.beta
+
     def flow(self, H0: Tensor | np.ndarray, t_max: float, num: int = 200, rtol: float = 1e-11,
              atol: float = 1e-13) -> FlowResult:
         """Integrate dH/dt = −Kn ∇L(H) from H₀ to ``t_max`` with SciPy's DOP853 (explicit Runge–Kutta

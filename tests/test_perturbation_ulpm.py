@@ -84,6 +84,44 @@ def test_implicit_jacobian_matches_finite_differences():
     torch.testing.assert_close(F, fd.double(), rtol=0, atol=1e-7)
 
 
+def test_theorem_4_1_closed_form_and_first_order_formula():
+    """THN 2023, Thm 4.1: Kn∇²L in closed form (Kronecker products) is the autograd Hessian; the exact Jacobian is
+    (I + A/β)⁻¹; Eq. 5's F₁ = I − A/β is off by A²/β², i.e. the error falls like β⁻² (slope 2 in 1/β)."""
+    m = PerturbationModel(K=3, n=2, d=4, lambda_W=0.9, lambda_H=0.3, beta=5.0)
+    H0 = _random((6, 4), 11)
+    star = m.minimize(H0)
+    A = m.reduced_hessian(star.H)
+    hess = torch.func.hessian(lambda h: m.reduced_objective(h.reshape(6, 4)))(star.H.reshape(-1)) * m.N
+    torch.testing.assert_close(A, hess, rtol=0, atol=1e-12)
+    F = m.jacobian(H0, star.H)
+    torch.testing.assert_close(F, torch.linalg.inv(torch.eye(24, dtype=torch.float64) + A / m.beta), rtol=0,
+                               atol=1e-12)
+    table = perturbation_study.first_order_study(m, {"random": H0}, [30.0, 300.0, 3000.0])
+    assert (table.resolvent_err < 1e-12).all() and table.converged.all()
+    np.testing.assert_allclose(table.scaled_err, table.norm_A2 / table.norm_F, rtol=0.05)  # the A²/β² term
+    checks = perturbation_study.first_order_checks(table)
+    assert [c["passed"] for c in checks] == [True, True]
+    assert abs(checks[1]["gd"] - 2.0) < 0.02
+    assert not perturbation_study.first_order_checks(table, order=1.0)[1]["passed"]  # first order is not enough
+    with pytest.raises(ValueError, match="H must have shape"):
+        m.reduced_hessian(H0[:5])
+
+
+def test_theorem_4_2_is_exact_for_eq_5_and_lambda_W_raises_the_spectrum():
+    """Thm 4.2's σ values hold to rounding for Eq. 5's F₁; larger λ_W raises σ_min(F_kk), lowers no σ_i(F_kk)
+    and lowers σ_max(F_kk') (the paper: contrary to increasing λ_H)."""
+    table, spectra = perturbation_study.jacobian_lambda_W_study(4, 10, 10, [0.5, 2.0], 0.2, 100.0)
+    checks = perturbation_study.jacobian_checks(table, 10, 10, vary="lambda_W")
+    assert all(c["passed"] for c in checks) and checks[0]["name"] == "lambda_W=0.5: sigma_max(F_kk)"
+    direction = perturbation_study.direction_checks(table, spectra, "lambda_W")
+    assert [c["passed"] for c in direction] == [True, True, True]
+    moves = perturbation_study.spectrum_moves(spectra)
+    assert moves.decrease.tolist() == [0] and moves.increase.iloc[0] > 0
+    swapped = {0.5: spectra[2.0], 2.0: spectra[0.5]}
+    assert not perturbation_study.direction_checks(table.iloc[::-1].assign(lambda_W=[0.5, 2.0]), swapped,
+                                                   "lambda_W")[1]["passed"]
+
+
 @pytest.mark.parametrize("lambda_H,sigma_min", [(0.05, 0.99812), (0.2, 0.99624), (0.5, 0.99405)])
 def test_theorem_4_2_spectrum(lambda_H, sigma_min):
     """THN 2023, Thm 4.2 (their Fig. 1 setting): K=4, d=10, n=10, λ_W=√2, β=100."""
