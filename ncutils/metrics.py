@@ -28,6 +28,7 @@ of many problems at once; the public functions validate and call them.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -41,6 +42,7 @@ __all__ = [
     "between_class_cov",
     "class_mean_singular_values",
     "class_means",
+    "max_margin_distance",
     "nc1",
     "nc1_trace",
     "nc2",
@@ -276,6 +278,24 @@ def margin_t(H: Tensor, y: Tensor, *, W: Tensor) -> Tensor:
     return (own.squeeze(-1) - others.amax(-1)).amin(-1)
 
 
+def max_margin_distance_t(W: Tensor, H: Tensor, y: Tensor, K: int) -> Tensor:
+    """Distance of the unit-norm direction (W, H)/‖(W, H)‖_F to the set of max-margin directions of the ULPM
+    (Ji et al. 2022, Eq. 5: the simplex ETF with W = √n·M, all rotations Q ∈ O(d)), per run ``(...,)``.
+
+    Orthogonal Procrustes on the stack Z = [W; H] ``(..., K+N, d)``: min_Q ‖Ẑ − Ẑ*Q‖_F = √(2 − 2‖Fᵀ Ẑ‖_*), with
+    F ``(K+N, K−1)`` the unit-norm max-margin point in ETF coordinates. Balanced classes, d ≥ K−1; in [0, √2].
+    """
+    n = y.shape[0] // K
+    E = math.sqrt(K / (K - 1)) * (torch.eye(K, dtype=H.dtype, device=H.device) - 1.0 / K)  # rows: unit simplex ETF
+    F0 = torch.linalg.svd(E)[0][:, : K - 1] * math.sqrt(K / (K - 1))  # (K, K−1): E in an orthonormal basis of 1⊥
+    F = torch.cat([n**0.25 * F0, n**-0.25 * F0[y]])  # ‖w_k‖² = n‖h‖² (Ji et al., Thm 3.2 balance)
+    F = F / torch.linalg.matrix_norm(F)
+    Z = torch.cat([W, H], dim=-2)
+    Z = Z / torch.linalg.matrix_norm(Z).unsqueeze(-1).unsqueeze(-1)
+    cos = torch.linalg.svdvals(F.transpose(-1, -2) @ Z).sum(-1)
+    return (2.0 - 2.0 * cos).clamp(min=0.0).sqrt()
+
+
 def nc_metrics_t(
     H: Tensor, y: Tensor, K: int, *, W: Tensor | None = None, b: Tensor | None = None,
     A: Tensor | None = None, spectrum: bool = False,
@@ -305,6 +325,8 @@ def nc_metrics_t(
         out["nc3_etf"] = nc3_from_means_t(M, W=W, frame="etf")
         out["nc3_orthogonal"] = nc3_from_means_t(M, W=W, frame="orthogonal")
         out["nc2_equinorm_weights"] = equinorm_t(W)
+        out["nc2_equiangle_weights"] = equiangle_t(W)
+        out["nc2_maxangle_weights"] = maxangle_t(W)
         out["nc4"] = nc4_t(H, M, W=W, b=b)
     reader = A if A is not None else W
     if reader is not None:
@@ -506,6 +528,18 @@ def nc4(
     return float(nc4_t(Ht, M, W=Wt, b=bt))
 
 
+def max_margin_distance(W: ArrayLike, H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> float:
+    """Distance of (W, H)/‖(W, H)‖_F to the nearest max-margin direction of the ULPM (Ji et al. 2022, Eq. 5),
+    minimized over rotations (:func:`max_margin_distance_t`); ``W (K, d)``, ``H (N, d)``, balanced ``y (N,)``."""
+    Ht, yt, K = _check_features(H, y, num_classes)
+    Wt, _ = _check_classifier(W, K, Ht.shape[1], Ht.device)
+    counts = torch.bincount(yt, minlength=K)
+    if bool((counts != counts[0]).any()) or Ht.shape[1] < K - 1:
+        raise ValueError(f"max_margin_distance needs balanced classes and d >= K-1, got counts {counts.tolist()}, "
+                         f"d = {Ht.shape[1]}")
+    return float(max_margin_distance_t(Wt, Ht, yt, K))
+
+
 def nc_metrics(
     H: ArrayLike,
     y: ArrayLike,
@@ -519,7 +553,8 @@ def nc_metrics(
     Keys: ``nc1, nc1_trace, nc2_etf, nc2_orthogonal, nc2_equinorm, nc2_equiangle,
     nc2_maxangle, nc2_equinorm_uncentred`` (std/mean of ‖μ_k‖, the equal norms of an
     orthogonal frame), ``mean_norm_sq`` (mean ‖μ_k‖²), ``global_mean_norm`` (‖μ_G‖), and with a
-    classifier ``W (K, d)``: ``nc3_etf, nc3_orthogonal, nc2_equinorm_weights, nc4``.
+    classifier ``W (K, d)``: ``nc3_etf, nc3_orthogonal, nc2_equinorm_weights, nc2_equiangle_weights,
+    nc2_maxangle_weights, nc4``.
     """
     Ht, yt, K = _check_features(H, y, num_classes)
     Wt = bt = None
