@@ -35,6 +35,8 @@ RULES: dict[str, Rule] = {
     "wd_steps": Rule(int, low=1),
     "maxmargin_starts": Rule(int, low=1),
     "margin_tol": POSITIVE,
+    "slope_tol": POSITIVE,
+    "growth_tol": POSITIVE,
 }
 #: Hard requirements of the theory: a run whose parameters break one fails before any compute.
 REQUIREMENTS: list[Requirement] = []
@@ -188,7 +190,7 @@ def ulpm_figure(gd: GDResult, wd: GDResult, margin_limit: float, wd_label: str =
                 title: str | None = None) -> Figure:
     """Two rows of panels (Ji et al., Fig. 2), each with its own axes: the unregularized run ``gd`` against
     log(log t) (½‖θ‖² against log t, its asymptotic slope √n(K−1) dotted; the floor √K‖w̄‖/‖θ‖ of the
-    max-margin distance dotted) and the weight-decay run ``wd`` against the GD step. Means over seeds."""
+    max-margin distance dotted, top row only) and the weight-decay run ``wd`` against the GD step. Means over seeds."""
     style()
     ncol = len(ULPM_PANELS) + 1
     fig, axes = plt.subplots(2, ncol, figsize=(3.1 * ncol, 6.2), constrained_layout=True)
@@ -207,12 +209,14 @@ def ulpm_figure(gd: GDResult, wd: GDResult, margin_limit: float, wd_label: str =
                 ax.axhline(margin_limit, color="0.3", ls="--", lw=1, label="1/(√n(K−1))")
             else:
                 ax.set_yscale("log")
-            if panel.startswith("NC3"):
+            if panel.startswith("NC3") and row == 0:  # the floor holds without regularization only
                 floor = w_mean_floor(run).mean(axis=1)
                 floor = floor[floor.index >= 2]
                 ax.plot(x_of(floor.index.to_numpy(dtype=float)), floor.to_numpy(), color="0.3", ls=":", lw=1.2,
                         label="√K‖w̄‖/‖θ‖")
             _finish(ax, f"{panel}\n{label}", "log(log t)" if row == 0 else "GD step", xlog=row == 1)
+            if panel.startswith("NC3"):
+                ax.legend(fontsize="x-small", loc="lower left")
         R = (theta_norm(run) ** 2 / 2).mean(axis=1)
         R = R[R.index >= 2]
         ax = axes[row, -1]
