@@ -55,6 +55,7 @@ directions kept is :func:`class_mean_rank`. ``rank_tol=None`` keeps the round-of
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -69,6 +70,7 @@ __all__ = [
     "class_mean_rank",
     "class_mean_singular_values",
     "class_means",
+    "max_margin_distance",
     "nc1",
     "nc1_trace",
     "nc2",
@@ -228,7 +230,8 @@ def nan_where_t(value: Tensor, mask: Tensor) -> Tensor:
 SPREAD_RATIO_KEYS = ("nc1", "nc1_trace", "cdnv")
 #: plain statistics, kept where Σ_B = 0; every other key of :func:`nc_metrics` (and of ``StreamingNC.result``,
 #: but the singular values ``sv_*``) is a geometry of the class means and ``nan`` there
-PLAIN_KEYS = ("mean_norm_sq", "global_mean_norm", "nc2_equinorm_weights")
+PLAIN_KEYS = ("mean_norm_sq", "global_mean_norm", "nc2_equinorm_weights", "nc2_equiangle_weights",
+              "nc2_maxangle_weights")
 
 
 def degenerate_rule_t(values: dict[str, Tensor], zero_b: Tensor, zero_w: Tensor) -> dict[str, Tensor]:
@@ -380,6 +383,24 @@ def margin_t(H: Tensor, y: Tensor, *, W: Tensor) -> Tensor:
     return (own.squeeze(-1) - others.amax(-1)).amin(-1)
 
 
+def max_margin_distance_t(W: Tensor, H: Tensor, y: Tensor, K: int) -> Tensor:
+    """Distance of the unit-norm direction (W, H)/‖(W, H)‖_F to the set of max-margin directions of the ULPM
+    (Ji et al. 2022, Eq. 5: the simplex ETF with W = √n·M, all rotations Q ∈ O(d)), per run ``(...,)``.
+
+    Orthogonal Procrustes on the stack Z = [W; H] ``(..., K+N, d)``: min_Q ‖Ẑ − Ẑ*Q‖_F = √(2 − 2‖Fᵀ Ẑ‖_*), with
+    F ``(K+N, K−1)`` the unit-norm max-margin point in ETF coordinates. Balanced classes, d ≥ K−1; in [0, √2].
+    """
+    n = y.shape[0] // K
+    E = math.sqrt(K / (K - 1)) * (torch.eye(K, dtype=H.dtype, device=H.device) - 1.0 / K)  # rows: unit simplex ETF
+    F0 = torch.linalg.svd(E)[0][:, : K - 1] * math.sqrt(K / (K - 1))  # (K, K−1): E in an orthonormal basis of 1⊥
+    F = torch.cat([n**0.25 * F0, n**-0.25 * F0[y]])  # ‖w_k‖² = n‖h‖² (Ji et al., Thm 3.2 balance)
+    F = F / torch.linalg.matrix_norm(F)
+    Z = torch.cat([W, H], dim=-2)
+    Z = Z / torch.linalg.matrix_norm(Z).unsqueeze(-1).unsqueeze(-1)
+    cos = torch.linalg.svdvals(F.transpose(-1, -2) @ Z).sum(-1)
+    return (2.0 - 2.0 * cos).clamp(min=0.0).sqrt()
+
+
 def nc_metrics_t(
     H: Tensor, y: Tensor, K: int, *, W: Tensor | None = None, b: Tensor | None = None,
     A: Tensor | None = None, spectrum: bool = False, rank_tol: float | None = None,
@@ -412,6 +433,8 @@ def nc_metrics_t(
         out["nc3_etf"] = nc3_from_means_t(M, W=W, frame="etf")
         out["nc3_orthogonal"] = nc3_from_means_t(M, W=W, frame="orthogonal")
         out["nc2_equinorm_weights"] = equinorm_t(W)
+        out["nc2_equiangle_weights"] = equiangle_t(W)
+        out["nc2_maxangle_weights"] = maxangle_t(W)
         out["nc4"] = nc4_t(H, M, W=W, b=b)
     reader = A if A is not None else W
     if reader is not None:
@@ -682,6 +705,18 @@ def nc4(
     return float(nan_where_t(nc4_t(Ht, M, W=Wt, b=bt), zero_b))
 
 
+def max_margin_distance(W: ArrayLike, H: ArrayLike, y: ArrayLike, num_classes: int | None = None) -> float:
+    """Distance of (W, H)/‖(W, H)‖_F to the nearest max-margin direction of the ULPM (Ji et al. 2022, Eq. 5),
+    minimized over rotations (:func:`max_margin_distance_t`); ``W (K, d)``, ``H (N, d)``, balanced ``y (N,)``."""
+    Ht, yt, K = _check_features(H, y, num_classes)
+    Wt, _ = _check_classifier(W, K, Ht.shape[1], Ht.device)
+    counts = torch.bincount(yt, minlength=K)
+    if bool((counts != counts[0]).any()) or Ht.shape[1] < K - 1:
+        raise ValueError(f"max_margin_distance needs balanced classes and d >= K-1, got counts {counts.tolist()}, "
+                         f"d = {Ht.shape[1]}")
+    return float(max_margin_distance_t(Wt, Ht, yt, K))
+
+
 def nc_metrics(
     H: ArrayLike,
     y: ArrayLike,
@@ -696,11 +731,11 @@ def nc_metrics(
     Keys: ``nc1, nc1_trace, nc2_etf, nc2_orthogonal, nc2_equinorm, nc2_equiangle,
     nc2_maxangle, nc2_equinorm_uncentred`` (std/mean of ‖μ_k‖, the equal norms of an
     orthogonal frame), ``mean_norm_sq`` (mean ‖μ_k‖²), ``global_mean_norm`` (‖μ_G‖), and with a
-    classifier ``W (K, d)``: ``nc3_etf, nc3_orthogonal, nc2_equinorm_weights, nc4, nc3_gram``.
-    ``rank_tol``: the rank-aware ``nc1`` (:func:`nc1`).
+    classifier ``W (K, d)``: ``nc3_etf, nc3_orthogonal, nc2_equinorm_weights, nc2_equiangle_weights,
+    nc2_maxangle_weights, nc4, nc3_gram``. ``rank_tol``: the rank-aware ``nc1`` (:func:`nc1`).
 
     Degenerate inputs: when Σ_B = 0, ``nc1`` and ``nc1_trace`` are ``inf`` (``nan`` if Σ_W = 0 too) and
-    ``nc2_*`` (but ``nc2_equinorm_weights``), ``nc3_*`` and ``nc4`` are ``nan`` (module docstring).
+    ``nc2_*`` (but the classifier's own ``nc2_*_weights``), ``nc3_*`` and ``nc4`` are ``nan`` (module docstring).
     """
     rank_tol = _check_rank_tol(rank_tol)
     Ht, yt, K = _check_features(H, y, num_classes)

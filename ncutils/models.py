@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ._validate import bad_value, check_choice, check_hyperparameter, check_integer, check_integers
-from .metrics import class_means_t, margin_t
+from .metrics import class_means_t, margin_t, max_margin_distance_t
 from .nets import RESNET_LAYERS, resnet18  # moved to ncutils.nets; re-exported here for one release
 
 __all__ = ["RESNET_LAYERS", "UFM", "DeepUFM", "FeatureModel", "Level", "check_hyperparameter", "check_integer",
@@ -328,6 +328,11 @@ class UFM(FeatureModel):
         if self.loss == "ce":
             out["margin"] = margin_t(p["H"], self.labels(p["H"].device), W=p["W"])
             out["normalized_margin"] = out["margin"] / ((out["norm_W_sq"] + out["norm_H_sq"]) / 2)
+            if not self.bias and self.d >= self.K - 1:  # the layer-peeled model (Ji et al. 2022): its invariants
+                out["maxmargin_distance"] = max_margin_distance_t(p["W"], p["H"], self.labels(p["H"].device), self.K)
+                out["w_mean_norm"] = torch.linalg.vector_norm(p["W"].mean(-2), dim=-1)  # ‖(1/K)Σ_k w_k‖: CE-invariant
+                out["imbalance_norm"] = torch.linalg.matrix_norm(  # ‖WᵀW − HᵀH‖_F: conserved by gradient flow
+                    p["W"].transpose(-1, -2) @ p["W"] - p["H"].transpose(-1, -2) @ p["H"])
         return out
 
 

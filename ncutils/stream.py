@@ -49,7 +49,8 @@ _F64 = torch.float64
 #: every metric :meth:`StreamingNC.result` returns for a level (and, with a classifier, ``CLASSIFIER_KEYS``)
 KEYS = ("nc1", "nc1_trace", "nc2_etf", "nc2_orthogonal", "nc2_equinorm", "nc2_equiangle", "nc2_maxangle",
         "nc2_equinorm_uncentred", "mean_norm_sq", "global_mean_norm", "ncc_accuracy", "cdnv")
-CLASSIFIER_KEYS = ("nc3_etf", "nc3_orthogonal", "nc2_equinorm_weights", "nc4", "nc3_gram")
+CLASSIFIER_KEYS = ("nc3_etf", "nc3_orthogonal", "nc2_equinorm_weights", "nc2_equiangle_weights", "nc2_maxangle_weights",
+                   "nc4", "nc3_gram")
 
 
 def _as_tensor(x: Any, name: str, where: str) -> Tensor:
@@ -428,7 +429,8 @@ class StreamingNC:
     def result(self) -> dict[str, dict[str, float]]:
         """``{level: {metric: value}}``: the keys of :func:`ncutils.metrics.nc_metrics` (``nc1, nc1_trace,
         nc2_etf, nc2_orthogonal``, Papyan's variants, ``nc2_equinorm_uncentred, mean_norm_sq,
-        global_mean_norm``; with a classifier ``nc3_etf, nc3_orthogonal, nc2_equinorm_weights, nc4, nc3_gram``)
+        global_mean_norm``; with a classifier ``nc3_etf, nc3_orthogonal, nc2_equinorm_weights, nc2_equiangle_weights,
+        nc2_maxangle_weights, nc4, nc3_gram``)
         plus ``ncc_accuracy`` (fraction with argmin_k ‖h − μ_k‖ = y) and ``cdnv``; with a test set also
         ``ncc_accuracy_test`` (and ``nc4_test`` with a classifier). The classifier–NCC agreement is 1 − nc4.
         Degenerate inputs (Σ_B = 0): ``inf``/``nan`` as in :mod:`ncutils.metrics` (module docstring)."""
@@ -461,6 +463,8 @@ class StreamingNC:
                 r["nc3_etf"] = nc3_from_means_t(M, W=W, frame="etf")
                 r["nc3_orthogonal"] = nc3_from_means_t(M, W=W, frame="orthogonal")
                 r["nc2_equinorm_weights"] = equinorm_t(W)
+                r["nc2_equiangle_weights"] = self._equiangle(W)
+                r["nc2_maxangle_weights"] = self._maxangle(W)
                 r["nc4"] = self.nc4_miss[name] / N
                 r["nc3_gram"] = self._nc3_gram(M, W)
             if self.batches[2]:

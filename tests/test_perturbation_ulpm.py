@@ -308,6 +308,55 @@ def test_ulpm_gradient_descent_margin_rises_toward_its_limit():
     assert (np.diff(h.loc[h.index >= 200].to_numpy(), axis=0) > 0).all()  # monotone once separable
 
 
+def test_max_margin_distance_zero_on_rotated_etf_and_known_off_it():
+    K, n, d = 4, 3, 6
+    opt = theory.ulpm_optimum(K, n)
+    W, H = _etf(K, n, d, opt.norm_w_sq, opt.mean_norm_sq)
+    Q = torch.linalg.qr(_random((d, d), 5))[0]
+    y = torch.arange(K).repeat_interleave(n)
+    assert metrics.max_margin_distance(7 * W @ Q, 7 * H @ Q, y) < 1e-7  # any scale, any rotation
+    # W doubled: cos = 3/√10 between unit stacks (‖W‖² = ‖H‖² at the optimum), distance √(2 − 6/√10)
+    assert metrics.max_margin_distance(2 * W, H, y) == pytest.approx(math.sqrt(2 - 6 / math.sqrt(10)), rel=1e-10)
+    # a common shift of the rows of W (invisible to the CE) moves the direction off the max-margin set
+    shift = torch.zeros(d, dtype=torch.float64)
+    shift[-1] = 1.0
+    assert metrics.max_margin_distance(W + shift, H, y) > 0.1
+    with pytest.raises(ValueError, match="balanced classes"):
+        metrics.max_margin_distance(W, H[:-1], y[:-1])
+
+
+def test_ulpm_gradient_descent_keeps_its_invariants_and_respects_the_floor():
+    """CE ignores a common shift of the w_k (w̄ exact under GD); WᵀW − HᵀH is conserved by the flow."""
+    m = UFM(K=4, n=10, d=10, lambda_W=0.0, lambda_H=0.0, loss="ce")
+    gd = gradient_descent(m, lr=0.5, steps=3000, runs=2, seed=0, init_std=0.1, geometric=True, num_records=20,
+                          progress=False)
+    w = layer_peeled_study.metric_table(gd, "w_mean_norm")
+    np.testing.assert_allclose(w.iloc[-1], w.iloc[0], rtol=1e-12)
+    c = layer_peeled_study.metric_table(gd, "imbalance_norm")
+    np.testing.assert_allclose(c.iloc[-1], c.loc[c.index >= 100].iloc[0], rtol=1e-3)
+    dist = layer_peeled_study.metric_table(gd, "maxmargin_distance")
+    assert (dist >= layer_peeled_study.w_mean_floor(gd)).to_numpy().all()
+    assert (dist.iloc[-1] < dist.loc[dist.index >= 100].iloc[0]).all()
+    names = {c["id"] for c in layer_peeled_study.ulpm_rate_checks(gd, t_min=300)}
+    assert "invariant_imbalance" in names
+
+
+def test_loglog_slope_window_recovers_two_rates():
+    """A metric (log t)^(−2) before step 1e4 and (log t)^(−1/2) after: each window sees its own rate."""
+    from types import SimpleNamespace
+
+    steps = np.unique(np.geomspace(10, 1e7, 80).astype(int))
+    L, L0 = np.log(steps), np.log(1e4)
+    value = np.where(steps < 1e4, L**-2.0 * L0**1.5, L**-0.5)
+    rows = [{"step": s, "run": 0, "level": "model", "metric": "maxmargin_distance", "value": v}
+            for s, v in zip(steps, value, strict=True)]
+    gd = SimpleNamespace(history=pd.DataFrame(rows))
+    np.testing.assert_allclose(layer_peeled_study.loglog_slope(gd, "maxmargin_distance", "model", 1e4), [-0.5],
+                               rtol=1e-10)
+    np.testing.assert_allclose(layer_peeled_study.loglog_slope(gd, "maxmargin_distance", "model", 20, 9e3), [-2.0],
+                               rtol=1e-10)
+
+
 # --------------------------------------------------------------------------- data and the MLP
 def test_fake_mnist_round_trip_through_torchvision(tmp_path):
     write_fake_mnist(tmp_path, per_class=7, test_per_class=3)
