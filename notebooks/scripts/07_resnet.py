@@ -91,7 +91,9 @@ print(final[["nc1_trace", "nc2_etf", "nc2_orthogonal"]].to_string(float_format="
 fig = study.training_figure(result.history, frame="orthogonal" if loss == "mse" and not fc_bias else "etf",
                               title=f"ResNet18 on {dataset.upper()}, {loss.upper()}"
                               f"{' + bias' if fc_bias else ', no bias'} (profile {profile})")
-nc.plot.save(fig, f"tb22_fig5_resnet18_{dataset}_{loss}{'_bias' if fc_bias else ''}_{profile}", run.figures_dir);
+# the paper-scale profiles reproduce TB22 Fig. 5 (MNIST) / Fig. 10 (CIFAR-10); any other run is an illustration
+paper_fig = {"mnist": "tb22_fig5_", "cifar10": "tb22_fig10_"}[dataset] if width_multiplier == 1.0 else "illustration_"
+nc.plot.save(fig, f"{paper_fig}resnet18_{dataset}_{loss}{'_bias' if fc_bias else ''}_{profile}", run.figures_dir);
 
 # %% [markdown]
 # What this CPU-scale run shows (width ×0.125, 200 digits per class, 40 epochs; final train accuracy 1.000,
