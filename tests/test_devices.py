@@ -27,6 +27,16 @@ DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 pytestmark = [pytest.mark.gpu, pytest.mark.parametrize("device", DEVICES)]
 
 
+@pytest.fixture(autouse=True)
+def _one_cpu_thread():
+    """One intra-op CPU thread: these models are tiny, and several threads wait on each other (about 3× slower
+    on a busy 2-core machine); the caller's count is restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _close(got: dict, ref: dict, rtol: float, atol: float, where: str = "") -> None:
     assert got.keys() == ref.keys(), where
     for key, r in ref.items():
