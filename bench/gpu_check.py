@@ -77,7 +77,7 @@ TITLES = {
     "batched_ufm": "(b) batched UFM solver vs a Python loop",
     "resnet_epoch": "(c) ResNet18 epoch time: DataLoader fp32 vs bf16 on-device data vs the bf16 floor",
     "measure_overhead": "(d) measurement overhead per epoch",
-    "tb22_fig5_mnist": "(e) Tirer & Bruna Fig. 5, MNIST MSE, full width",
+    "tb22_fig5_mnist": "(e) Tirer & Bruna Fig. 5, MNIST MSE (width 1; tiny with --quick)",
 }
 
 
@@ -89,7 +89,7 @@ class Sizes:
 
     shares: dict[str, float]
     min_s: dict[str, float]
-    pytest_k: str | None  # a ``-k`` expression for the unit tests (None: all tests marked gpu)
+    deselect: tuple[str, ...]  # node-id prefixes of tests marked gpu that this mode leaves out
     ufm_problems: int
     ufm_steps: int
     ufm_loop_sample: int
@@ -109,11 +109,13 @@ class Sizes:
     fig5_max_epochs: int
 
 
+#: the torch.compile test of tests/test_devices.py (cold compilation: minutes on 2 CPU cores)
+COMPILE_TEST = "tests/test_devices.py::test_train_resnet_compiled_bf16_channels_last"
 _SHARES = {"unit_tests": 0.30, "batched_ufm": 0.12, "resnet_epoch": 0.30, "measure_overhead": 0.05,
            "tb22_fig5_mnist": 1.0}  # the last part gets whatever is left
 FULL = Sizes(shares=_SHARES, min_s={"unit_tests": 30, "batched_ufm": 15, "resnet_epoch": 30, "measure_overhead": 5,
                                     "tb22_fig5_mnist": 30},
-             pytest_k="not (compile and cpu)", ufm_problems=10_000, ufm_steps=2000, ufm_loop_sample=20,
+             deselect=(f"{COMPILE_TEST}[cpu]",), ufm_problems=10_000, ufm_steps=2000, ufm_loop_sample=20,
              ufm_chunks=(-1, 0, 1024),
              gemm_n=8192, resnet_per_class=5000, resnet_test_per_class=1000, resnet_width=1.0, resnet_batch=128,
              resnet_epochs=3, baseline_epochs=2, compile_variant=True, fig5_per_class_cap=FIG5_PAPER_PER_CLASS,
@@ -122,7 +124,7 @@ QUICK = Sizes(shares={"unit_tests": 0.55, "batched_ufm": 0.08, "resnet_epoch": 0
                       "tb22_fig5_mnist": 1.0},
               min_s={"unit_tests": 10, "batched_ufm": 2, "resnet_epoch": 3, "measure_overhead": 1,
                      "tb22_fig5_mnist": 2},
-              pytest_k="not compile", ufm_problems=32, ufm_steps=20, ufm_loop_sample=4, ufm_chunks=(-1, 0),
+              deselect=(COMPILE_TEST,), ufm_problems=32, ufm_steps=20, ufm_loop_sample=4, ufm_chunks=(-1, 0),
               gemm_n=256, resnet_per_class=4, resnet_test_per_class=2, resnet_width=0.0625, resnet_batch=20,
               resnet_epochs=2, baseline_epochs=2, compile_variant=False, fig5_per_class_cap=6,
               fig5_test_per_class_cap=2, fig5_width=0.0625, fig5_batch=20, fig5_max_epochs=3)
@@ -145,22 +147,30 @@ class PartFailed(Exception):
 
 
 @contextmanager
-def watchdog(seconds: float):
-    """Raise :class:`OverBudget` in the main thread after ``seconds`` (SIGALRM; a no-op where there is none)."""
-    if not hasattr(signal, "setitimer") or seconds <= 0:
+def watchdog(seconds: float, what: str = "its budget"):
+    """Raise :class:`OverBudget` in the main thread after ``seconds`` (SIGALRM; a no-op where there is none).
+    Nests: an enclosing watchdog's deadline still holds inside (the earlier one fires) and is restored after."""
+    if not hasattr(signal, "setitimer"):
         yield
         return
+    t0 = time.monotonic()
+    outer_left, _ = signal.getitimer(signal.ITIMER_REAL)
+    seconds = max(seconds, 1e-3)
+    fires_first = not outer_left or seconds < outer_left
 
     def fire(_sig: int, _frame: Any) -> None:
-        raise OverBudget(f"stopped after its budget of {seconds:.0f} s")
+        raise OverBudget(f"stopped after {what} of {seconds:.0f} s")
 
-    old = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    old = signal.signal(signal.SIGALRM, fire if fires_first else signal.getsignal(signal.SIGALRM))
+    signal.setitimer(signal.ITIMER_REAL, seconds if fires_first else outer_left)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+        remaining = outer_left - (time.monotonic() - t0)
+        if outer_left and remaining > 0:  # (an outer deadline that has passed has fired already, or is moot)
+            signal.setitimer(signal.ITIMER_REAL, remaining)
 
 
 def sync(dev: torch.device) -> None:
@@ -216,7 +226,7 @@ def part_unit_tests(ctx: Context, budget_s: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         xml = Path(tmp) / "junit.xml"
         cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "gpu", "-p", "no:cacheprovider",
-               *(["-k", ctx.sizes.pytest_k] if ctx.sizes.pytest_k else []), f"--junitxml={xml}", "tests"]
+               *(f"--deselect={d}" for d in ctx.sizes.deselect), f"--junitxml={xml}", "tests"]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         log = Path(tmp) / "pytest.log"
         t0 = time.perf_counter()
@@ -247,7 +257,7 @@ def part_unit_tests(ctx: Context, budget_s: float) -> dict[str, Any]:
     results = {"command": " ".join(cmd[1:]).replace(f"--junitxml={xml}", "--junitxml=<tmp>"),
                "exit_status": proc.returncode, "pytest_wall_s": wall, **counts,
                "ok": proc.returncode == 0 and not interrupted, "interrupted": interrupted,
-               "deselected_by": ctx.sizes.pytest_k, "summary_line": lines[-1] if lines else ""}
+               "deselected": list(ctx.sizes.deselect), "summary_line": lines[-1] if lines else ""}
     if interrupted:
         raise PartFailed(f"over budget: pytest interrupted after {wall:.0f} s (budget {budget_s:.0f} s); the counts "
                          "are of the tests that had finished", results)
@@ -409,8 +419,13 @@ def part_resnet_epoch(ctx: Context, budget_s: float) -> dict[str, Any]:
             continue
         if compiled:
             torch._dynamo.reset()
-        run = train_resnet(cfg, (X, y, Xt, yt), device=dev, precision="bf16", channels_last=True, compile=compiled,
-                           progress=False)
+        try:
+            with watchdog(deadline - time.perf_counter(), "the part's budget"):
+                run = train_resnet(cfg, (X, y, Xt, yt), device=dev, precision="bf16", channels_last=True,
+                                   compile=compiled, progress=False)
+        except OverBudget as why:
+            res["skipped_variants"][name] = f"over budget: {why}"
+            continue
         h = run.history
         times = h[h.metric == "epoch_time_s"].sort_values("epoch").value.tolist()
         measures = h[h.metric == "measure_time_s"].sort_values("epoch").value.tolist()
@@ -419,6 +434,9 @@ def part_resnet_epoch(ctx: Context, budget_s: float) -> dict[str, Any]:
                final_train_loss=run.final("train_loss"))
         if name == "device_bf16":
             ctx.shared["resnet_run"] = (run, (X, y, Xt, yt), cfg)
+    if dev.type == "cuda":
+        res["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32  # the fp32 baseline's convolutions use TF32 if so
+        res["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
     base = variants["dataloader_fp32"]["epoch_s"]
     for v in variants.values():
         v["speedup_vs_dataloader_fp32"] = base / v["epoch_s"]
@@ -520,19 +538,43 @@ def part_tb22_fig5(ctx: Context, budget_s: float) -> dict[str, Any]:
                       batch_size=s.fig5_batch, momentum=0.9, wd_features=5e-4, wd_classifier=5e-4,
                       per_class=per_class, test_per_class=test_per_class, width_multiplier=s.fig5_width,
                       layers=RESNET_LAYERS, flatten=False, measure_every=measure_every, seed=0)
-    run = train_resnet(cfg, (X, y, Xt, yt), device=ctx.device, progress=False)
-    h = run.history
-    last = int(h.epoch.max())
+    info = {"data_root": str(root), "digits_available_per_class": available, "per_class": per_class,
+            "test_per_class": test_per_class, "paper_per_class": FIG5_PAPER_PER_CLASS, "epochs": epochs,
+            "paper_epochs": FIG5_PAPER_EPOCHS, "lr_milestones": cfg.milestones(), "measure_every": measure_every,
+            "width_multiplier": s.fig5_width, "batch_size": s.fig5_batch,
+            "precision": "bf16" if ctx.device.type == "cuda" else "fp32",  # train_resnet's defaults
+            "channels_last": ctx.device.type == "cuda", "epoch_estimate_s": epoch_s, "epoch_estimate_source": source}
+    with tempfile.TemporaryDirectory(prefix="gpu_check_fig5_") as tmp:
+        ckpt = Path(tmp) / "checkpoint.pt"  # at every measured epoch: what a run stopped at the budget reports
+        try:
+            with watchdog(ctx.part_start + budget_s - time.perf_counter(), "the part's budget"):
+                run = train_resnet(cfg, (X, y, Xt, yt), device=ctx.device, checkpoint=ckpt,
+                                   checkpoint_every=measure_every, progress=False)
+        except OverBudget as why:
+            import pandas as pd
+
+            rows = torch.load(ckpt, weights_only=True)["history"] if ckpt.exists() else []
+            if not rows:
+                raise
+            partial = fig5_summary(pd.DataFrame(rows), info)
+            raise PartFailed(f"over budget: {why}; results of the last checkpoint (epoch "
+                             f"{partial['final_epoch']} of {epochs})", partial) from None
+    return fig5_summary(run.history, info)
+
+
+def fig5_summary(h: Any, info: dict[str, Any]) -> dict[str, Any]:
+    """Timings and the last measured epoch's metrics (every layer and the model's losses and accuracies) of a
+    :func:`train_resnet` history, with ``info`` (the run's settings)."""
+    from ncutils.nets import RESNET_LAYERS
+
+    last = int(h[h.metric == "nc1"].epoch.max())
     final = {layer: {k: float(v) for k, v in h[(h.layer == layer) & (h.epoch == last)].set_index("metric").value
                      .items()} for layer in ("model", *RESNET_LAYERS)}
     nc1 = h[(h.layer == "layer4") & (h.metric == "nc1")].sort_values("epoch")
-    return {"data_root": str(root), "digits_available_per_class": available, "per_class": per_class,
-            "test_per_class": test_per_class, "paper_per_class": FIG5_PAPER_PER_CLASS, "epochs": epochs,
-            "paper_epochs": FIG5_PAPER_EPOCHS, "lr_milestones": cfg.milestones(), "measure_every": measure_every,
-            "width_multiplier": s.fig5_width, "batch_size": s.fig5_batch, "precision": run.precision,
-            "channels_last": run.channels_last, "epoch_estimate_s": epoch_s, "epoch_estimate_source": source,
-            "train_time_s": run.train_time_s, "measure_time_s": run.measure_time_s,
-            "mean_epoch_s": run.train_time_s / (last - run.resumed_from), "final_epoch": last, "final": final,
+    epochs = h[h.metric == "epoch_time_s"].value
+    return {**info, "train_time_s": float(epochs.sum()),
+            "measure_time_s": float(h[h.metric == "measure_time_s"].value.sum()),
+            "mean_epoch_s": float(epochs.mean()), "final_epoch": last, "final": final,
             "layer4_nc1_by_epoch": dict(zip(nc1.epoch.astype(int).tolist(), nc1.value.tolist(), strict=True))}
 
 
@@ -602,16 +644,18 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"## {p['title']}", ""]
         if p["status"] != "ran":
             lines += [f"{p['status']}: {p['reason']}", ""]
-            if not (name == "unit_tests" and p["results"] and "tests" in p["results"]):
+            if not p["results"] or "traceback" in p["results"]:  # partial results (PartFailed) are shown
+                if p["results"]:
+                    lines += ["```", p["results"]["traceback"].rstrip(), "```", ""]
                 continue
         r = p["results"]
         if name == "unit_tests":
             lines += [f"`{r['command']}`: {r['summary_line']}", "",
                       f"{r['passed']} passed, {r['failed']} failed, {r['skipped']} skipped of {r['tests']}", ""]
             lines += [f"- failed: `{t}`" for t in r["failed_tests"]] + [f"- skipped: {t}" for t in r["skip_reasons"]]
-            if r.get("deselected_by"):
-                lines.append(f"- deselected with -k {r['deselected_by']!r}: on a GPU machine the CPU case of the "
-                             "torch.compile test (run by the normal suite), with --quick every torch.compile test")
+            if r.get("deselected"):
+                lines.append(f"- deselected: {', '.join(r['deselected'])} (the normal test suite runs the CPU case; "
+                             "--quick leaves out every torch.compile test: cold compilation takes minutes on 2 cores)")
         elif name == "batched_ufm":
             lines += [f"{r['problems']} UFM problems (K={r['K']}, d={r['d']}, n={r['n']}), {r['steps']} GD steps, "
                       f"{r['dtype']}, {r['device']} ({r['device_name']}); loop timed on {r['loop_sample']} problems: "
@@ -673,8 +717,17 @@ def run_check(device: str, quick: bool, budget_s: float, out: Path, data_root: s
     t_start = time.perf_counter()
     dev = resolve_device(device)
     sizes = QUICK if quick else FULL
+    threads = torch.get_num_threads()
     if quick and dev.type == "cpu":
         torch.set_num_threads(1)  # tiny sizes: one thread is several times faster on a busy machine
+    try:
+        return _run_parts(dev, sizes, device, quick, budget_s, out, data_root, t_start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_parts(dev: torch.device, sizes: Sizes, device: str, quick: bool, budget_s: float, out: Path,
+               data_root: str, t_start: float) -> dict[str, Any]:
     env = environment(dev)
     report: dict[str, Any] = {
         "schema": SCHEMA, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

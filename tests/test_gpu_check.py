@@ -115,3 +115,43 @@ def test_junit_counts(gpu_check, tmp_path):
     c = gpu_check.junit_counts(xml)
     assert (c["tests"], c["passed"], c["failed"], c["skipped"]) == (4, 1, 2, 1)
     assert c["failed_tests"] == ["a::bad", "b::err"] and c["skip_reasons"] == ["a::s: why"]
+
+
+def test_watchdogs_nest(gpu_check):
+    with pytest.raises(gpu_check.OverBudget, match="outer"):
+        with gpu_check.watchdog(0.6, "outer"):
+            with pytest.raises(gpu_check.OverBudget, match="inner"), gpu_check.watchdog(0.1, "inner"):
+                time.sleep(2)
+            time.sleep(2)  # the outer deadline still holds after the inner one fired
+    with gpu_check.watchdog(5, "outer"), gpu_check.watchdog(0.2, "inner"):
+        pass
+    time.sleep(0.3)  # nothing left armed
+
+
+def test_fig5_stopped_at_its_budget_reports_the_last_checkpoint(gpu_check, tmp_path, monkeypatch):
+    import torch
+
+    import ncutils.train
+
+    write_fake_mnist(tmp_path, per_class=8, test_per_class=3)
+    real = ncutils.train.train_resnet
+
+    def stopped(*args, **kwargs):  # the run finishes, then "the budget" stops it: the checkpoint holds its history
+        real(*args, **kwargs)
+        raise gpu_check.OverBudget("stopped after the part's budget of 1 s")
+
+    monkeypatch.setattr(ncutils.train, "train_resnet", stopped)
+    report = {"parts": {"resnet_epoch": {"results": None}}}
+    ctx = gpu_check.Context(device=torch.device("cpu"), sizes=gpu_check.QUICK, data_root=str(tmp_path), env={},
+                            report=report, shared={}, part_start=time.perf_counter())
+    with pytest.raises(gpu_check.PartFailed, match=r"^over budget: .*; results of the last checkpoint") as err:
+        gpu_check.part_tb22_fig5(ctx, 30.0)
+    r = err.value.results
+    assert r["final_epoch"] >= 1 and r["per_class"] == 6 and "nc1" in r["final"]["layer4"]
+    part = {"title": "t", "status": "failed", "reason": str(err.value), "budget_s": 1.0, "wall_s": 1.0, "results": r}
+    md = gpu_check.markdown({"environment": {"device_name": "x", "device": "cpu", "host": "h", "torch": "t",
+                                             "python": "p"}, "options": {"quick": True, "budget_s": 1.0},
+                             "created": "now", "used_s": 1.0,
+                             "parts": {n: part | {"status": "skipped", "results": None} for n in gpu_check.PARTS}
+                             | {"tb22_fig5_mnist": part}})
+    assert "results of the last checkpoint" in md and "| layer4 |" in md
