@@ -9,6 +9,7 @@ their first execution.
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -223,11 +224,14 @@ def _compiler_missing() -> str | None:
     """Why inductor cannot build kernels here (no C/C++ compiler for its C++ backend or Triton's launcher)."""
     try:
         from torch._inductor.cpp_builder import get_cpp_compiler
-
-        cxx = get_cpp_compiler()
-    except Exception as err:  # inductor raises when it finds no compiler
-        return f"torch.compile (inductor) needs a C++ compiler: {type(err).__name__}: {err}"
-    if shutil.which(cxx) is None and shutil.which("cc") is None:
+    except ImportError:  # an older torch: inductor uses $CXX, else g++
+        cxx = os.environ.get("CXX", "g++")
+    else:
+        try:
+            cxx = get_cpp_compiler()
+        except Exception as err:  # inductor raises when it finds no compiler
+            return f"torch.compile (inductor) needs a C++ compiler: {type(err).__name__}: {err}"
+    if shutil.which(cxx) is None:
         return f"torch.compile (inductor) needs a C++ compiler; {cxx!r} is not on PATH"
     return None
 

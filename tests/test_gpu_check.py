@@ -144,8 +144,13 @@ def test_fig5_stopped_at_its_budget_reports_the_last_checkpoint(gpu_check, tmp_p
     report = {"parts": {"resnet_epoch": {"results": None}}}
     ctx = gpu_check.Context(device=torch.device("cpu"), sizes=gpu_check.QUICK, data_root=str(tmp_path), env={},
                             report=report, shared={}, part_start=time.perf_counter())
-    with pytest.raises(gpu_check.PartFailed, match=r"^over budget: .*; results of the last checkpoint") as err:
-        gpu_check.part_tb22_fig5(ctx, 30.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as run_check does with --quick on a CPU
+    try:  # a generous budget: the (real) watchdog must not fire; the fake one does, after the run
+        with pytest.raises(gpu_check.PartFailed, match=r"^over budget: .*; results of the last checkpoint") as err:
+            gpu_check.part_tb22_fig5(ctx, 600.0)
+    finally:
+        torch.set_num_threads(threads)
     r = err.value.results
     assert r["final_epoch"] >= 1 and r["per_class"] == 6 and "nc1" in r["final"]["layer4"]
     part = {"title": "t", "status": "failed", "reason": str(err.value), "budget_s": 1.0, "wall_s": 1.0, "results": r}
