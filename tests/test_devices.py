@@ -59,17 +59,17 @@ def test_gradient_descent_on_device_matches_cpu(device):
     got = gradient_descent(model, device=device, **kw)
     assert got.device.startswith(device)
     for k, v in ref.params.items():
-        np.testing.assert_allclose(got.params[k].cpu().numpy(), v.numpy(), rtol=1e-9, atol=1e-11, err_msg=k)
+        np.testing.assert_allclose(got.params[k].cpu().numpy(), v.numpy(), rtol=1e-7, atol=1e-9, err_msg=k)
     a, b = ref.history, got.history
     assert a[["step", "run", "level", "metric"]].equals(b[["step", "run", "level", "metric"]])
-    np.testing.assert_allclose(b.value, a.value, rtol=1e-8, atol=1e-10, equal_nan=True)
+    np.testing.assert_allclose(b.value, a.value, rtol=1e-7, atol=1e-9, equal_nan=True)
 
 
 def test_deep_ufm_and_phase_diagram_on_device_match_cpu(device):
     deep = DeepUFM(3, 6, 6, L=3, activation="relu", lambda_W=0.01, lambda_H=(0.01, 0.02))
     kw = dict(lr=0.1, steps=200, seed=2, dtype="float64", record_every=200, progress=False)
     ref, got = gradient_descent(deep, device="cpu", **kw), gradient_descent(deep, device=device, **kw)
-    np.testing.assert_allclose(got.history.value, ref.history.value, rtol=1e-8, atol=1e-10, equal_nan=True)
+    np.testing.assert_allclose(got.history.value, ref.history.value, rtol=1e-7, atol=1e-9, equal_nan=True)
     grid = dict(lr=0.3, steps=200, init_std=0.3, seeds=2, progress=False)
     pa = phase_diagram("ufm", 3, 5, 6, [0.005, 0.05], [0.005, 0.05], device="cpu", **grid)
     pb = phase_diagram("ufm", 3, 5, 6, [0.005, 0.05], [0.005, 0.05], device=device, **grid)
@@ -94,7 +94,7 @@ def test_nc_metrics_t_on_device_match_cpu(device):
     ref = nc_metrics_t(H, y, 5, W=W, b=b, spectrum=True)
     got = nc_metrics_t(H.to(device), y.to(device), 5, W=W.to(device), b=b.to(device), spectrum=True)
     assert all(v.device.type == device for v in got.values())
-    _close(got, ref, rtol=1e-9, atol=1e-12)
+    _close(got, ref, rtol=1e-9, atol=1e-11)
 
 
 def test_streaming_nc_on_device_matches_cpu(device):

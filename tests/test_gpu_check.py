@@ -52,7 +52,7 @@ def test_quick_cpu_run_writes_one_report_where_every_part_ran_or_says_why(tmp_pa
                            "--data-root", str(tmp_path / "data")], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=170)
     wall = time.perf_counter() - t0
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode in (0, 1), proc.stdout[-3000:] + proc.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md"]  # no temporary files left
     report = json.loads((out / "report.json").read_text())
     assert report["schema"] == "ncutils.gpu_check/1" and report["options"]["quick"] is True
@@ -60,6 +60,10 @@ def test_quick_cpu_run_writes_one_report_where_every_part_ran_or_says_why(tmp_pa
     assert wall < 120, f"--quick took {wall:.0f} s"
     _check_parts(report, ("unit_tests", "batched_ufm", "resnet_epoch", "measure_overhead", "tb22_fig5_mnist"))
     parts = report["parts"]
+    failed = {name: p["reason"] for name, p in parts.items() if p["status"] == "failed"}
+    # exit status 1 only for a part stopped at its budget (a very busy machine), never for an error
+    assert all(why.startswith("over budget") for why in failed.values()), failed
+    assert proc.returncode == (1 if failed else 0), proc.stdout[-3000:]
     if parts["unit_tests"]["status"] == "ran":
         r = parts["unit_tests"]["results"]
         assert r["ok"] and r["failed"] == 0 and r["tests"] >= 1 and r["passed"] + r["skipped"] == r["tests"]
