@@ -1,7 +1,7 @@
 # ncutils — two commands do everything on a fresh machine: `make figures`, `make test`.
 SHELL := /bin/bash
 .DELETE_ON_ERROR:
-.PHONY: all venv figures test unit nbval golden lab lint lock clean sweep site bench docs
+.PHONY: all venv figures test unit nbval golden lab lint lock clean sweep site bench docs gpu-check
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -57,6 +57,14 @@ docs: venv
 ## bench: batched vs Python-loop UFM solver (docs/benchmarks.md)
 bench: venv
 	$(PY) bench/batched_ufm.py
+
+## gpu-check: on a GPU machine, within 9 minutes: tests marked gpu, batched UFM, ResNet18 epoch time vs a DataLoader
+## fp32 loop and the bf16 floor, measurement overhead, TB22 Fig. 5 on $(DATA_ROOT)'s MNIST; one report in
+## outputs/gpu_check/report.{json,md} (docs/benchmarks.md). Uses the venv's python when there is one, else `python`
+## (the GPU machine: no venv, its own torch); no venv dependency. E.g. make gpu-check GPU_CHECK_ARGS="--quick --device cpu"
+GPU_CHECK_PY := $(if $(wildcard $(PY)),$(PY),python)
+gpu-check:
+	NCUTILS_DATA_ROOT="$(DATA_ROOT)" $(GPU_CHECK_PY) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 unit: venv
 	$(PY) -m pytest -q tests --ignore=tests/golden

@@ -40,6 +40,58 @@ def sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
+def compare(P: int = 10000, steps: int = 200, K: int = 4, d: int = 20, n: int = 50, lr: float = 0.3,
+            chunks: tuple[int, ...] = (-1, 0, 4096, 1024, 256, 64, 16), loop_sample: int = 100,
+            device: str | torch.device = "cpu", dtype: str = "float64") -> dict:
+    """Time the batched solver against the Python loop on ``P`` problems (wall-clock seconds).
+
+    Returns the run's description and ``rows``: per chunk size (runs per batched program; -1 all at once, 0
+    :func:`ncutils.phase.auto_chunk`) ``batched_s``, ``loop_s`` (the loop's time per problem, measured on
+    ``loop_sample`` problems, times P), ``ratio`` = loop_s / batched_s, and the largest relative difference
+    of the final objectives of the sampled problems between the two.
+    """
+    dev = resolve_device(device)
+    dt = getattr(torch, dtype)
+    lw, lh = problems(P)
+    P = len(lw)
+    init = UFM(K, n, d).init(P, 0.3, torch.Generator().manual_seed(0), dt)
+    gd = dict(lr=lr, steps=steps, device=dev, dtype=dt, record_every=steps, progress=False)
+
+    # warm-up (kernels, caches, CUDA context)
+    gradient_descent(UFM(K, n, d, lw[:8], lh[:8]), init={k: v[:8] for k, v in init.items()}, **gd)
+    gradient_descent(UFM(K, n, d, lw[0], lh[0]), init={k: v[:1] for k, v in init.items()}, **gd)
+
+    m = min(loop_sample, P)
+    sync(dev)
+    t0 = time.perf_counter()
+    loop_f = [gradient_descent(UFM(K, n, d, lw[i], lh[i]), init={k: v[i:i + 1] for k, v in init.items()},
+                               **gd).final("objective")[0] for i in range(m)]
+    sync(dev)
+    loop_per_problem = (time.perf_counter() - t0) / m
+    loop_total = loop_per_problem * P
+
+    rows = []
+    for chunk in chunks:
+        c = P if chunk < 0 else auto_chunk(UFM(K, n, d), P, dev, dt) if chunk == 0 else min(chunk, P)
+        sync(dev)
+        t0 = time.perf_counter()
+        finals = []
+        for s in range(0, P, c):
+            e = min(s + c, P)
+            r = gradient_descent(UFM(K, n, d, lw[s:e], lh[s:e]), init={k: v[s:e] for k, v in init.items()}, **gd)
+            finals.append(r.final("objective"))
+        sync(dev)
+        wall = time.perf_counter() - t0
+        f = np.concatenate(finals)
+        err = float(np.max(np.abs(f[:m] - np.array(loop_f)) / np.abs(np.array(loop_f))))
+        rows.append({"chunk": c, "auto": chunk == 0, "batched_s": wall, "loop_s": loop_total,
+                     "ratio": loop_total / wall, "max_rel_diff_vs_loop": err})
+    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+    return {"problems": P, "steps": steps, "K": K, "d": d, "n": n, "dtype": dtype, "device": str(dev),
+            "device_name": device_name, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "loop_sample": m, "loop_s_per_problem": loop_per_problem, "rows": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--problems", type=int, default=10000)
@@ -55,49 +107,11 @@ def main() -> None:
     ap.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     ap.add_argument("--json", help="write the results to this file")
     a = ap.parse_args()
-    dev = resolve_device(a.device)
-    dt = getattr(torch, a.dtype)
-    lw, lh = problems(a.problems)
-    P = len(lw)
-    init = UFM(a.K, a.n, a.d).init(P, 0.3, torch.Generator().manual_seed(0), dt)
-    gd = dict(lr=a.lr, steps=a.steps, device=dev, dtype=dt, record_every=a.steps, progress=False)
-
-    # warm-up (kernels, caches, CUDA context)
-    gradient_descent(UFM(a.K, a.n, a.d, lw[:8], lh[:8]), init={k: v[:8] for k, v in init.items()}, **gd)
-    gradient_descent(UFM(a.K, a.n, a.d, lw[0], lh[0]), init={k: v[:1] for k, v in init.items()}, **gd)
-
-    m = min(a.loop_sample, P)
-    sync(dev)
-    t0 = time.perf_counter()
-    loop_f = [gradient_descent(UFM(a.K, a.n, a.d, lw[i], lh[i]), init={k: v[i:i + 1] for k, v in init.items()},
-                               **gd).final("objective")[0] for i in range(m)]
-    sync(dev)
-    loop_per_problem = (time.perf_counter() - t0) / m
-    loop_total = loop_per_problem * P
-
-    rows = []
-    for chunk in a.chunks:
-        c = P if chunk < 0 else auto_chunk(UFM(a.K, a.n, a.d), P, dev, dt) if chunk == 0 else min(chunk, P)
-        sync(dev)
-        t0 = time.perf_counter()
-        finals = []
-        for s in range(0, P, c):
-            e = min(s + c, P)
-            r = gradient_descent(UFM(a.K, a.n, a.d, lw[s:e], lh[s:e]), init={k: v[s:e] for k, v in init.items()},
-                                 **gd)
-            finals.append(r.final("objective"))
-        sync(dev)
-        wall = time.perf_counter() - t0
-        f = np.concatenate(finals)
-        err = float(np.max(np.abs(f[:m] - np.array(loop_f)) / np.abs(np.array(loop_f))))
-        rows.append({"chunk": c, "auto": chunk == 0, "batched_s": wall, "loop_s": loop_total,
-                     "ratio": loop_total / wall, "max_rel_diff_vs_loop": err})
-    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
-    info = {"problems": P, "steps": a.steps, "K": a.K, "d": a.d, "n": a.n, "dtype": a.dtype, "device": str(dev),
-            "device_name": device_name, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "loop_sample": m, "loop_s_per_problem": loop_per_problem, "rows": rows}
-    print(f"{P} problems (K={a.K}, d={a.d}, n={a.n}), {a.steps} GD steps, {a.dtype}, {dev} ({device_name}, "
-          f"{torch.get_num_threads()} threads); loop timed on {m} problems: {loop_per_problem * 1e3:.1f} ms each")
+    info = compare(a.problems, a.steps, a.K, a.d, a.n, a.lr, tuple(a.chunks), a.loop_sample, a.device, a.dtype)
+    P, m, rows = info["problems"], info["loop_sample"], info["rows"]
+    print(f"{P} problems (K={a.K}, d={a.d}, n={a.n}), {a.steps} GD steps, {a.dtype}, {info['device']} "
+          f"({info['device_name']}, {info['threads']} threads); loop timed on {m} problems: "
+          f"{info['loop_s_per_problem'] * 1e3:.1f} ms each")
     print("| chunk | batched (s) | loop (s, scaled) | loop / batched | max rel diff of f |")
     print("|---:|---:|---:|---:|---:|")
     for r in rows:

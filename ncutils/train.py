@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ._extras import need
-from ._validate import Rule, check_integer, check_ints
+from ._validate import Rule, check_bool, check_choice, check_integer, check_ints
 from .data import DATASETS, DeviceBatches
 from .device import is_quiet, progress_bar
 from .nets import RESNET_LAYERS, FeatureTaps
@@ -29,8 +29,8 @@ from .paths import atomic_path, load_checkpoint, tensor_digest
 
 pd = need("pandas")  # the [data] extra: tables
 
-__all__ = ["LOSSES", "SCHEDULES", "MLPResult", "TrainConfig", "TrainResult", "checkpoint_file", "measure_network",
-           "mlp_features", "run_fingerprint", "train_mlp", "train_resnet"]
+__all__ = ["LOSSES", "PRECISIONS", "SCHEDULES", "MLPResult", "TrainConfig", "TrainResult", "checkpoint_file",
+           "measure_network", "mlp_features", "run_fingerprint", "train_mlp", "train_resnet"]
 
 
 @dataclass
@@ -100,6 +100,8 @@ def mlp_features(model: nn.Sequential, X: Tensor) -> list[Tensor]:
 # --------------------------------------------------------------------------- ResNet18 (notebook 07)
 SCHEDULES: tuple[str, ...] = ("step40", "thirds", "constant")
 LOSSES: tuple[str, ...] = ("mse", "ce")
+#: :func:`train_resnet`'s training precisions: bfloat16 autocast (CUDA's default) or float32 (CPU's default).
+PRECISIONS: tuple[str, ...] = ("bf16", "fp32")
 
 
 def _layer_names(layers: tuple[str, ...]) -> None:
@@ -207,7 +209,8 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     """A finished (or resumed-and-finished) run: the model, a long-form ``history`` (epoch, layer,
-    metric, value; layer ``"model"`` holds losses, accuracies and timings) and wall-clock totals."""
+    metric, value; layer ``"model"`` holds losses, accuracies and timings), wall-clock totals in seconds, and how
+    the training step ran (``precision`` ``"bf16"``/``"fp32"``, ``channels_last``, ``compiled``)."""
 
     model: nn.Module
     history: pd.DataFrame
@@ -216,6 +219,9 @@ class TrainResult:
     measure_time_s: float
     device: str
     resumed_from: int
+    precision: str = "fp32"
+    channels_last: bool = False
+    compiled: bool = False
 
     def final(self, metric: str, layer: str = "model") -> float:
         h = self.history
@@ -299,12 +305,18 @@ def checkpoint_file(folder: str | Path, cfg: TrainConfig, data: Sequence[Tensor 
 
 def train_resnet(cfg: TrainConfig, data: tuple[Tensor, Tensor, Tensor | None, Tensor | None], *,
                  device: torch.device | str = "cpu", checkpoint: str | Path | None = None, checkpoint_every: int = 1,
-                 compile: bool = False, progress: bool | None = None) -> TrainResult:
+                 compile: bool = False, precision: str | None = None, channels_last: bool | None = None,
+                 progress: bool | None = None) -> TrainResult:
     """Train ResNet18 (:func:`ncutils.nets.resnet18`) with SGD + momentum and measure layer-wise NC.
 
     ``data``: ``(X_train, y_train, X_test, y_test)`` image tensors (test may be None). The training set
-    lives on ``device`` as one tensor (:class:`ncutils.data.DeviceBatches`). On CUDA: bf16 autocast,
-    channels_last, and ``torch.compile`` when ``compile``; on CPU: float32, deterministic from ``cfg.seed``.
+    lives on ``device`` as one tensor (:class:`ncutils.data.DeviceBatches`). By default, on CUDA: bf16 autocast
+    and channels_last; on CPU: float32, deterministic from ``cfg.seed``. Explicitly, on either device:
+    ``precision`` ``"bf16"`` (the training forward passes under ``torch.autocast(device.type, bfloat16)``; the
+    loss, the gradients' accumulation and the parameters stay float32) or ``"fp32"``; ``channels_last`` (model and
+    images in NHWC memory order); ``compile``: the training step's model through ``torch.compile`` (inductor:
+    Triton kernels on CUDA, C++ on CPU, which needs a C compiler). The network metrics are always measured in
+    float32 (:func:`measure_network` outside autocast, on the uncompiled model).
     ``checkpoint``: a file written atomically every ``checkpoint_every`` epochs and at the end (model,
     optimizer, scheduler, shuffling generator, history); a run restarted with the same configuration
     resumes from it and reproduces the uninterrupted run; a different configuration raises.
@@ -315,11 +327,15 @@ def train_resnet(cfg: TrainConfig, data: tuple[Tensor, Tensor, Tensor | None, Te
 
     dev = torch.device(device)
     cuda = dev.type == "cuda"
+    precision = check_choice("precision", precision, PRECISIONS) if precision is not None else (
+        "bf16" if cuda else "fp32")
+    nhwc = cuda if channels_last is None else check_bool("channels_last", channels_last)
+    check_bool("compile", compile)
     Xtr, ytr, Xte, yte = data
     K = int(ytr.max()) + 1
     torch.manual_seed(cfg.seed)
     model = resnet18(K, Xtr.shape[1], cfg.fc_bias, cfg.width_multiplier).to(dev)
-    if cuda:
+    if nhwc:
         model = model.to(memory_format=torch.channels_last)
     head = [model.fc.weight]
     groups = [{"params": [p for n, p in model.named_parameters() if not n.startswith("fc.")],
@@ -329,10 +345,10 @@ def train_resnet(cfg: TrainConfig, data: tuple[Tensor, Tensor, Tensor | None, Te
         groups.append({"params": [model.fc.bias], "weight_decay": 0.0})
     opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.milestones(), gamma=0.1)
-    train = DeviceBatches(Xtr, ytr, cfg.batch_size, dev, seed=cfg.seed, channels_last=cuda)
-    full = DeviceBatches(Xtr, ytr, max(cfg.batch_size, 256), dev, shuffle=False, channels_last=cuda)
+    train = DeviceBatches(Xtr, ytr, cfg.batch_size, dev, seed=cfg.seed, channels_last=nhwc)
+    full = DeviceBatches(Xtr, ytr, max(cfg.batch_size, 256), dev, shuffle=False, channels_last=nhwc)
     test = None if Xte is None else DeviceBatches(Xte, yte, max(cfg.batch_size, 256), dev, shuffle=False,
-                                                 channels_last=cuda)
+                                                 channels_last=nhwc)
     rows: list[dict] = []
     start, t_train, t_measure = 0, 0.0, 0.0
     ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -345,7 +361,8 @@ def train_resnet(cfg: TrainConfig, data: tuple[Tensor, Tensor, Tensor | None, Te
         train.generator.set_state(state["generator"])
         rows, start, t_train, t_measure = state["history"], state["epoch"], state["train_time"], state["measure_time"]
     resumed_from = start
-    step_model = torch.compile(model) if (compile and cuda) else model
+    step_model = torch.compile(model) if compile else model
+    bf16 = precision == "bf16"
     lf = _loss_fn(cfg.loss, K)
     measured = set(cfg.measured_epochs())
 
@@ -365,7 +382,7 @@ def train_resnet(cfg: TrainConfig, data: tuple[Tensor, Tensor, Tensor | None, Te
         t0 = time.perf_counter()
         total = torch.zeros((), device=dev)
         for X, y in train.epoch():
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = lf(step_model(X).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -400,4 +417,5 @@ def train_resnet(cfg: TrainConfig, data: tuple[Tensor, Tensor, Tensor | None, Te
             save(epoch)
     bar.close()
     return TrainResult(model=model, history=pd.DataFrame(rows), config=cfg, train_time_s=t_train,
-                       measure_time_s=t_measure, device=str(dev), resumed_from=resumed_from)
+                       measure_time_s=t_measure, device=str(dev), resumed_from=resumed_from, precision=precision,
+                       channels_last=nhwc, compiled=compile)
