@@ -10,10 +10,11 @@ from matplotlib.figure import Figure
 from ..plot import finish_axes as _finish
 from ..plot import style
 from ._common import POSITIVE, Assumption, Requirement, Rule, best_run, int_list, positive_list, width_at_least
-from ._multilayer import class_mean_ranks, deep_ufm_checks, seed_geometry_checks, seed_table
+from ._multilayer import class_mean_ranks, deep_ufm_checks, polished_geometry, seed_geometry_checks, seed_table
 
 __all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "best_run", "class_mean_ranks",
-           "class_mean_spectra_figure", "deep_ufm_checks", "rank_studies_figure", "seed_geometry_checks", "seed_table"]
+           "class_mean_spectra_figure", "deep_ufm_checks", "polished_geometry", "rank_studies_figure",
+           "seed_geometry_checks", "seed_table"]
 
 NOTEBOOK = "04_deep_ufm"
 
