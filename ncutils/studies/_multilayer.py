@@ -34,6 +34,7 @@ __all__ = [
     "depth_ratios_figure",
     "init_scale_study",
     "init_scales_figure",
+    "polished_geometry",
     "product_alignment",
     "rank_aware_nc1",
     "seed_geometry_checks",
@@ -184,6 +185,102 @@ def seed_geometry_checks(gd: GDResult, table: pd.DataFrame, *, label: str = "", 
                                int((at["nc3_prodW_H1"] < frame_tol).sum()), n_at, min(required, n_at),
                                id=f"{check_id(pre + 'runs at f* with NC3 product')}"))
     return out
+
+
+def _level_geometry(m: DeepUFM, p: dict[str, torch.Tensor]) -> dict[str, dict[str, np.ndarray]]:
+    """NC1, NC2 (orthogonal frame) and NC3 (``nc3_gram`` below the top level, ``nc3_orthogonal`` at it) of every
+    level of ``p``, per run: the metric code GD records (:func:`ncutils.metrics.nc_metrics_t` on ``m.levels``)."""
+    from ..metrics import nc_metrics_t
+
+    with torch.no_grad():
+        p = {k: v.to(torch.float64) for k, v in p.items()}
+        y = m.labels(p["H1"].device)
+        out = {}
+        for layer, (name, lev) in enumerate(m.levels(p).items(), start=1):
+            met = nc_metrics_t(lev.H, y, m.K, W=lev.W, b=lev.b, A=lev.A)
+            nc3 = "nc3_orthogonal" if layer == m.L else "nc3_gram"
+            out[name] = {"nc1": met["nc1"].cpu().numpy(), "nc2": met["nc2_orthogonal"].cpu().numpy(),
+                         "nc3": met[nc3].cpu().numpy()}
+        return out
+
+
+def class_mean_problem(m: DeepUFM, p: dict[str, torch.Tensor]) -> tuple[DeepUFM, dict[str, torch.Tensor]]:
+    """The model restricted to class-collapsed features (NC1: every H₁ row equal to its class mean) and the
+    parameters ``p`` projected onto it: a :class:`DeepUFM` with n = 1 and λ_{H₁}·n (its objective at the means
+    equals ``m``'s objective at the collapsed point), H₁ replaced by the K class means. A critical point of the
+    restriction is one of ``m`` (the within-class permutations are symmetries: Palais' principle of symmetric
+    criticality), with K·d₁ instead of N·d₁ feature parameters."""
+    from ..metrics import class_means_t
+
+    lam_h = m.lambda_H
+    lam_h = tuple(v * m.n for v in lam_h) if isinstance(lam_h, tuple) else lam_h * m.n
+    reduced = DeepUFM(K=m.K, n=1, d=m.d, L=m.L, activation=m.activation, lambda_W=m.lambda_W, lambda_H=lam_h,
+                      name=f"{m.name}_means")
+    H1 = p["H1"].to(torch.float64)
+    return reduced, {**{k: v.to(torch.float64) for k, v in p.items()},
+                     "H1": class_means_t(H1, m.labels(H1.device), m.K)}
+
+
+def polished_geometry(gd: GDResult, opt: theory.DeepUFMOptimum, runs: list[int] | None = None, *,
+                      reach_tol: float = 1e-3, means: bool = False, result: bool = False,
+                      **polish: Any) -> pd.DataFrame | tuple[pd.DataFrame, Any]:
+    """Certify the limit of GD where the objective converged but the geometry did not: polish the runs at f*
+    (|f/f* − 1| ≤ ``reach_tol``; or ``runs``) with :func:`ncutils.solve.newton_polish` (``polish``: its
+    keyword arguments; ``max_iter`` 200 by default: on a face with nearly flat or negative directions the damped
+    iteration can converge only linearly) and tabulate the geometry of GD's endpoint and of the polished critical point.
+
+    One row per polished run: ``run, objective_before/after, rel_err_after`` (to f*), ``grad_norm_before/after``
+    (the model's closed-form gradient; at a ReLU kink it takes the one-sided derivative, so it stays O(|G|)
+    there), ``residual_after`` (KKT residual on the face of pinned ReLU kinks), ``kinks, kinks_certified, converged,
+    iterations, flat, negative, gap, seconds`` and per level ``nc1_H{l}_before/after``, ``nc2_H{l}_before/after``
+    (orthogonal frame) and ``nc3_H{l}_before/after`` (``nc3_gram`` below the top level, ``nc3_orthogonal`` at it).
+
+    ``means=True``: polish the class-mean problem (:func:`class_mean_problem`, K·d₁ instead of N·d₁ feature
+    parameters: a few seconds per run instead of minutes) and put every H₁ row at its polished class mean —
+    valid where GD's endpoint has NC1 at every level (its within-class spread is then lost; ``nc1_H1_before``
+    says how large it was), and the spectrum is that of the class-symmetric subspace only. ``result``: also
+    return the :class:`~ncutils.solve.PolishResult` (with ``means``, of the reduced problem), with the
+    polished parameters (in ``m``'s layout, ``.params`` of the returned result are replaced).
+    """
+    from ..solve import newton_polish
+
+    polish.setdefault("max_iter", 200)
+    m = _deep(gd)
+    p = {k: v.detach().to("cpu", torch.float64) for k, v in gd.params.items()}
+    def grad_norm(q: dict[str, torch.Tensor]) -> np.ndarray:
+        g = m.gradient(q)
+        return torch.sqrt(sum(v.square().flatten(1).sum(1) for v in g.values())).numpy()  # type: ignore[arg-type]
+
+    with torch.no_grad():
+        f, g0 = m.objective(p).numpy(), grad_norm(p)
+    if runs is None:
+        runs = [int(r) for r in np.flatnonzero(np.abs(f / opt.objective - 1) <= reach_tol)]
+    if not runs:
+        raise ValueError(f"no run reached f* = {opt.objective:.6g} to reach_tol = {reach_tol:g}")
+    if means:
+        reduced, pr = class_mean_problem(m, p)
+        res = newton_polish(reduced, pr, runs=runs, **polish)
+        labels = m.labels()
+        res.params = {**res.params, "H1": res.params["H1"][:, labels]}
+    else:
+        res = newton_polish(m, p, runs=runs, **polish)
+    with torch.no_grad():
+        f_after, g1 = m.objective(res.params).numpy(), grad_norm(res.params)
+    before, after = _level_geometry(m, p), _level_geometry(m, res.params)
+    t = res.table.set_index("run").loc[runs]
+    cols: dict[str, Any] = {"run": runs, "objective_before": f[runs], "objective_after": f_after[runs],
+                            "rel_err_after": f_after[runs] / opt.objective - 1,
+                            "grad_norm_before": g0[runs], "grad_norm_after": g1[runs],
+                            "residual_after": t.residual_after.to_numpy()}
+    for c in ("kinks", "kinks_certified", "converged", "iterations", "flat", "negative", "gap", "seconds"):
+        if c in t:
+            cols[c] = t[c].to_numpy()
+    for name in before:
+        for what in ("nc1", "nc2", "nc3"):
+            cols[f"{what}_{name}_before"] = before[name][what][runs]
+            cols[f"{what}_{name}_after"] = after[name][what][runs]
+    table = pd.DataFrame(cols)
+    return (table, res) if result else table
 
 
 def collapsed_params(model: DeepUFM, opt: theory.DeepUFMOptimum, runs: int = 1,

@@ -138,7 +138,8 @@ for kind, table in tables.items():
 summary = run.summary(checks, wall_time_s={k: r.wall_time_s for k, r in results.items()},
                       problems={k: r.problems for k, r in results.items()},
                       grid=[{"model": k, **row} for k, t in tables.items()
-                            for row in t.drop(columns=["collapsed_gd", "collapsed_theory", "partial_gd"]).to_dict("records")])
+                            for row in t.drop(columns=["collapsed_gd", "collapsed_theory", "partial_gd"])
+                            .to_dict("records")])
 run.write_json("summary.json", summary)
 print(nc.report.checks_table(checks).to_string())
 print("all checks passed:", summary["passed"])

@@ -1,0 +1,122 @@
+"""Second-order polishing of GD's endpoint (ncutils.solve.newton_polish) and the polished geometry table of the
+multi-layer UFM studies (issue 16: certify the limit where the objective converges but the geometry does not)."""
+
+import numpy as np
+import pytest
+import torch
+
+from ncutils import theory
+from ncutils.metrics import nc_metrics_t
+from ncutils.models import UFM, extended_ufm
+from ncutils.solve import gradient_descent, newton_polish
+from ncutils.studies._multilayer import class_mean_problem, polished_geometry
+
+LAM = 0.005
+
+
+def _nc2(model, params, level):
+    lev = model.levels(params)[level]
+    return nc_metrics_t(lev.H, model.labels(), model.K, W=lev.W)["nc2_orthogonal"]
+
+
+@pytest.fixture(scope="module")
+def linear_gd():
+    """A tiny linear EUFM after 300 GD steps: f about 20% above f*, NC2 about 0.1."""
+    m = extended_ufm(3, 4, 6, "linear", LAM, LAM, LAM)
+    return gradient_descent(m, lr=0.5, steps=300, runs=2, init_std=0.5, seed=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def relu_gd():
+    """A small ReLU EUFM after 4000 steps: runs 0 and 7 at f* to 1e-4 and 2e-5 but NC2(H2) 2e-2 and 9e-3."""
+    m = extended_ufm(3, 5, 8, "relu", LAM, LAM, LAM)
+    return gradient_descent(m, lr=0.5, steps=4000, runs=8, init_std=0.5, seed=0, progress=False)
+
+
+def test_linear_eufm_polishes_to_the_optimum(linear_gd):
+    m = linear_gd.model
+    opt = theory.eufm_optimum(3, 4, LAM, LAM, LAM)
+    assert np.all(linear_gd.final("objective") / opt.objective - 1 > 1e-2)  # GD is far from f*
+    res = newton_polish(m, linear_gd.params)
+    t = res.table
+    assert list(t.run) == [0, 1] and t.converged.all() and (t.kinks == 0).all()
+    assert (t.grad_norm_after < 1e-10).all()
+    assert np.allclose(t.objective_after, opt.objective, rtol=1e-10, atol=0)
+    assert float(m.objective(res.params).sub(opt.objective).abs().max()) < 1e-10 * opt.objective
+    for level in ("H1", "H2"):
+        assert float(_nc2(m, res.params, level).max()) < 1e-8
+    # a minimum with flat directions (the rotations of the linear model), no negative curvature
+    assert (t.negative == 0).all() and (t.flat > 0).all() and (t.gap > 0).all()
+    assert all(len(e) == 12 for e in res.eigenvalues.values())
+
+
+def test_relu_eufm_polish_certifies_the_kinked_minimum(relu_gd):
+    m = relu_gd.model
+    opt = theory.eufm_optimum(3, 5, LAM, LAM, LAM)
+    f = relu_gd.final("objective")
+    runs = [0, 7]
+    assert np.all(np.abs(f[runs] / opt.objective - 1) < 2e-4)
+    nc2_gd = relu_gd.final("nc2_orthogonal", "H2")[runs]
+    assert np.all(nc2_gd > 5e-3)  # the objective converged, the geometry did not
+    res = newton_polish(m, relu_gd.params, runs=runs, max_iter=200)
+    t = res.table
+    assert t.converged.all() and (t.residual_after < 1e-12).all()
+    # run 0's limit sits on ReLU kinks (pre-activations exactly 0), certified by the box multipliers; run 7's is
+    # a smooth minimum (the units pinned at the start are released)
+    assert t.kinks[0] > 0 and bool(t.kinks_certified[0]) and t.kink_residual[0] < 1e-12
+    assert np.allclose(t.objective_after, opt.objective, rtol=1e-10, atol=0)
+    assert float(_nc2(m, res.params, "H2")[runs].max()) < 1e-8
+    assert (t.negative == 0).all()
+    # runs not polished are returned unchanged
+    assert torch.equal(res.params["H1"][1], relu_gd.params["H1"][1])
+
+
+def test_polished_geometry_table(relu_gd):
+    opt = theory.eufm_optimum(3, 5, LAM, LAM, LAM)
+    full = polished_geometry(relu_gd, opt, runs=[7], spectrum=False)
+    assert full.converged.all()
+    assert float(full.nc2_H2_before[0]) > 5e-3 and float(full.nc2_H2_after[0]) < 1e-8
+    assert float(full.nc3_H2_after[0]) < 1e-8 and abs(float(full.rel_err_after[0])) < 1e-12
+    # the class-mean reduction reaches the same geometry and objective
+    means, res = polished_geometry(relu_gd, opt, runs=[7], means=True, result=True)
+    assert means.converged.all() and float(means.nc2_H2_after[0]) < 1e-8
+    assert float(means.objective_after[0]) == pytest.approx(float(full.objective_after[0]), rel=1e-12)
+    assert res.params["H1"].shape == relu_gd.params["H1"].shape
+    default = polished_geometry(relu_gd, opt, means=True, spectrum=False)
+    assert set(default.run) >= {0, 7}  # the runs at f* by default
+
+
+def test_class_mean_problem_objective(relu_gd):
+    """The reduced model's objective at the class means equals the full objective at the collapsed point."""
+    m = relu_gd.model
+    reduced, p = class_mean_problem(m, relu_gd.params)
+    assert reduced.n == 1 and p["H1"].shape == (8, 3, 8)
+    collapsed = {**p, "H1": p["H1"][:, m.labels()]}
+    assert torch.allclose(reduced.objective(p), m.objective(collapsed), rtol=1e-13, atol=0)
+
+
+def test_refuses_above_max_params(linear_gd):
+    with pytest.raises(ValueError, match=r"126 parameters, above max_params = 100"):
+        newton_polish(linear_gd.model, linear_gd.params, max_params=100)
+    with pytest.raises(ValueError, match="runs"):
+        newton_polish(linear_gd.model, linear_gd.params, runs=[2])
+
+
+def test_runs_are_polished_independently(linear_gd):
+    m, p = linear_gd.model, linear_gd.params
+    both = newton_polish(m, p, spectrum=False)
+    for r in (0, 1):
+        alone = newton_polish(m, {k: v[r:r + 1] for k, v in p.items()}, spectrum=False)
+        for k in p:
+            assert torch.equal(alone.params[k][0], both.params[k][r])
+        assert alone.table.iterations[0] == both.table.iterations[r]
+
+
+def test_plain_ufm_without_kinks():
+    """Any FeatureModel: the plain UFM (no ReLU) polishes to its closed form."""
+    m = UFM(K=3, n=4, d=5, lambda_W=LAM, lambda_H=LAM)
+    gd = gradient_descent(m, lr=0.5, steps=200, runs=1, init_std=0.3, seed=0, progress=False)
+    res = newton_polish(m, gd.params)
+    opt = theory.ufm_mse_optimum(3, 4, LAM, LAM)
+    assert bool(res.table.converged[0]) and res.table.kinks_certified[0] is None
+    assert float(res.table.objective_after[0]) == pytest.approx(opt.objective, rel=1e-10)
