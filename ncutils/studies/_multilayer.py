@@ -19,7 +19,7 @@ from .._validate import check_floats
 from ..models import DeepUFM
 from ..plot import finish_axes as _finish
 from ..plot import style
-from ..report import check
+from ..report import check, check_id
 from ..solve import GDResult, gradient_descent
 from ._common import POSITIVE, Rule, best_run, positive_list
 
@@ -34,6 +34,7 @@ __all__ = [
     "depth_ratios_figure",
     "init_scale_study",
     "init_scales_figure",
+    "polish_checks",
     "polished_geometry",
     "product_alignment",
     "rank_aware_nc1",
@@ -327,6 +328,25 @@ def rank_aware_nc1(gd: GDResult, rank_tol: float = 1e-3) -> pd.DataFrame:
                 rows.append({"run": r, "level": f"H{layer}", "rank": int(rank[r]), "nc1": float(a[r]),
                              "nc1_rank": float(b[r]), "nc1_trace": float(c[r])})
     return pd.DataFrame(rows)
+
+
+def polish_checks(table: pd.DataFrame, level: str, *, label: str = "", frame_tol: float = 1e-8,
+                  rel_tol: float = 1e-10) -> list[dict[str, Any]]:
+    """What polishing (:func:`polished_geometry`) certifies: of the polished runs, how many converged to a
+    critical point (kinks certified) at f* (relative ``rel_tol``) with NC2 and NC3 at ``level`` below
+    ``frame_tol`` — the orthogonal frame is the limit GD was approaching (count checks, every polished run)."""
+    from ..report import count_check
+
+    pre = f"{label}: " if label else ""
+    n = len(table)
+    ok = table.converged.astype(bool) & table.kinks_certified.astype(bool) & (table.rel_err_after.abs() <= rel_tol)
+    frame = ok & (table[f"nc2_{level}_after"] < frame_tol) & (table[f"nc3_{level}_after"] < frame_tol)
+    return [
+        count_check(f"{pre}polished runs at a certified critical point with f = f* (rel {rel_tol:g})", int(ok.sum()),
+                    n, n, id=check_id(f"{pre}polished certified")),
+        count_check(f"{pre}polished runs with NC2({level}) and NC3({level}) < {frame_tol:g}", int(frame.sum()), n, n,
+                    id=check_id(f"{pre}polished frame {level}")),
+    ]
 
 
 def product_alignment(gd: GDResult) -> np.ndarray:

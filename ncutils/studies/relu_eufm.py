@@ -46,6 +46,7 @@ NOTEBOOK = "03_relu_eufm"
 RULES: dict[str, Rule] = {
     **MULTILAYER_RULES,
     "studies": Rule(bool),
+    "polish": Rule(bool),
     "sweep_ratio_max": POSITIVE,
     "sweep_seeds": Rule(int, low=1),
     "sweep_reach_max": Rule(float, low=0.0, high=1.0, strict_low=True),

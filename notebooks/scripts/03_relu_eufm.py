@@ -48,6 +48,7 @@ sweep_steps: int = 50000  # GD steps at every point of the sweep
 sweep_seeds: int = 4  # seeds per sweep point (the best one is compared with the global optimum)
 sweep_reach_max: float = 0.8  # sweep points at or below this ratio must reach the global f* (checked)
 metastable_ratio: float = 1.1  # K q / 2^(-4/3) where GD starts next to the metastable collapsed branch (< 1.19)
+polish: bool = True  # Newton-polish the seeds at f* (class-mean problem) to certify the limit of their geometry
 seed: int = 0  # random seed of the initializations
 device: str = "auto"  # auto | cpu | cuda | cuda:N
 dtype: str = "float64"  # float64 (theory checks) or float32
@@ -131,6 +132,23 @@ nc.plot.save(fig, f"tb22_{tag}_relu_gram", run.figures_dir)
 print(cos.groupby("level").cosine.agg(["min", "max"]).to_string(float_format="{:.3f}".format))
 
 # %% [markdown]
+# ### Certifying the limit: the seeds at $f^*$, polished
+#
+# Most seeds reach $f^*$ to round-off while their $H_2$ is still $10^{-4}$–$10^{-2}$ from the orthogonal frame (the
+# seed table in the summary). Is the frame the limit GD is approaching, or do these seeds sit at other minimizers
+# with the same $f^*$? Each seed at $f^*$ is polished by a damped Newton iteration on the class-mean problem
+# (every sample at its class mean, which GD's NC1 at round-off allows; `nc.solve.newton_polish`): ReLU
+# pre-activations that GD drives to 0 are held on their kink and certified by the sign of their multipliers, and the
+# Hessian on that face counts the flat directions.
+
+# %%
+if polish:
+    polished = study.polished_geometry(gd_relu, opt, means=True)
+    print(polished[["run", "grad_norm_before", "grad_norm_after", "nc2_H2_before", "nc2_H2_after",
+                    "nc3_H2_before", "nc3_H2_after", "kinks", "kinks_certified", "flat", "gap", "iterations"]]
+          .to_string(index=False, float_format="{:.1e}".format))
+
+# %% [markdown]
 # ## 3. Initialization scale: stalls and partial solutions
 #
 # From a tiny initialization GD stays at $H=0$ ($f=1/2$), a strict local minimum for three factors (the data term
@@ -204,6 +222,8 @@ seeds_relu, seeds_lin = study.seed_table(gd_relu, opt), study.seed_table(gd_lin,
 checks += study.seed_geometry_checks(gd_relu, seeds_relu, label="ReLU")
 checks += study.seed_geometry_checks(gd_lin, seeds_lin, label="linear")
 checks += depth_checks
+if polish:
+    checks += study.polish_checks(polished, "H2", label="ReLU")
 extra = {}
 if studies:
     checks += study.dufm_sweep_checks(sweep)
@@ -215,6 +235,7 @@ if studies:
 summary = run.summary(checks, theory=opt.as_dict(), seeds=seeds_relu.to_dict("records"),
                       depth_ratios=depth.reset_index().to_dict("records"),
                       product_alignment={k: v.tolist() for k, v in align.items()},
+                      polished=polished.to_dict("records") if polish else None,
                       seeds_linear=seeds_lin.to_dict("records"),
                       gram_cosines=cos.to_dict("records"), **extra,
                       wall_time_s={"relu": gd_relu.wall_time_s, "linear": gd_lin.wall_time_s},
