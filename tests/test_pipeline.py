@@ -211,6 +211,16 @@ def test_source_hash_tracks_code_profile_and_ncutils(tmp_path, monkeypatch):
     h = runner.source_hash(NB, "paper")
     assert h == runner.source_hash(NB, "paper")
     assert h != runner.source_hash(NB, "small")
+    src = runner.notebook_path(NB)
+    nb = nbformat.read(src, as_version=4)  # a copy of the notebook: prose edits keep the hash, code edits change it
+    copy = tmp_path / src.name
+    nb.cells.append(nbformat.v4.new_markdown_cell("One more sentence of prose."))
+    nbformat.write(nb, copy)
+    monkeypatch.setattr(runner, "notebook_path", lambda _nb: copy)
+    assert runner.source_hash(copy, "paper") == h
+    nb.cells.append(nbformat.v4.new_code_cell("x = 1"))
+    nbformat.write(nb, copy)
+    assert runner.source_hash(copy, "paper") != h
 
 
 def test_figures_goes_on_when_a_run_cannot_start(monkeypatch, capsys, tmp_path):

@@ -425,14 +425,15 @@ def _provenance(started: float) -> dict[str, Any]:
 
 def source_hash(notebook: str | os.PathLike[str], profile: str) -> str:
     """Hash of what a notebook's outputs depend on: its code cells, the profile's
-    parameters, every ``ncutils`` source file and the dependency lock file."""
+    parameters, every ``ncutils`` source file and the dependency lock file (markdown is left out: editing the
+    prose does not make the outputs stale)."""
     path = notebook_path(notebook)
     h = hashlib.sha256()
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
-        if "injected-parameters" in cell.metadata.get("tags", []):
+        if cell.cell_type != "code" or "injected-parameters" in cell.metadata.get("tags", []):
             continue
-        h.update(cell.cell_type.encode() + b"\0" + cell.source.encode() + b"\0")
+        h.update(cell.source.encode() + b"\0")
     h.update(yaml.safe_dump(load_profile(path, profile), sort_keys=True).encode())
     root = repo_root()
     for src in sorted((root / "ncutils").rglob("*.py")):

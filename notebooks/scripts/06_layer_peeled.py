@@ -113,7 +113,8 @@ print(f"distance of theta/|theta| to the max-margin set at step {steps}: {dist.i
 # ## 2. The max-margin problem solved directly
 #
 # SciPy's SLSQP (exact gradients and constraint Jacobians) solves the non-convex minimum-norm separation
-# problem from several random starts. The landscape is benign, so every start should reach the global value.
+# problem from several random starts (the table below reports each start's value and SciPy's `success` flag, which
+# is False for start 0 at the paper settings although its value matches the others).
 
 # %%
 sol = nc.ulpm.min_norm_separation(K, n, d, starts=maxmargin_starts, seed=seed)
@@ -124,8 +125,8 @@ print(f"best value {sol.value:.8f} vs sqrt(n)(K-1) = {opt.value:.8f}")
 # ## 3. Contrast: a little weight decay
 #
 # The same model with $\lambda_W=\lambda_H=$ `wd_lambda` has a finite minimizer, the regularized simplex ETF
-# of Zhu et al. (2021) with closed-form norms (`nc.theory.ufm_ce_optimum`), and GD converges to it at a
-# linear rate — against the logarithmic crawl without regularization. With $\lambda_W=\lambda_H$ the
+# of Zhu et al. (2021) with closed-form norms (`nc.theory.ufm_ce_optimum`), and GD converges to it (the figure's
+# bottom row; its rate is not fitted here) — against the logarithmic crawl without regularization. With $\lambda_W=\lambda_H$ the
 # regularized ETF is balanced ($\|w_k\|^2=n\|\mu_k\|^2$), so its normalized margin is already the max-margin value.
 
 # %%
@@ -156,11 +157,12 @@ nc.plot.save(fig, "jlzds22_fig2_ulpm", run.figures_dir);
 #   equinorm of the means has slope $-2.59$ (observation, seeds $-3.66$ to $-2.06$).
 # * **Classifier** (Ji et al.'s Fig. 2, observations): the equinorm of $\|w_k\|$ falls with slope $-0.54$ (seeds
 #   $-0.98$ to $-0.23$), the equiangle of the $w_k$ with $-1.23$ ($-2.29$ to $-0.70$) and the max-angle with $-1.06$
-#   ($-2.26$ to $-0.66$): slower than the feature side and spread over seeds, consistent with $\bar w$ — which enters
-#   these metrics linearly — holding them near $(\log t)^{-1/2}$; a common classifier-side rate is not observed.
+#   ($-2.26$ to $-0.66$): slower than the feature side and spread over seeds. Only the equinorm is near the
+#   $(\log t)^{-1/2}$ rate that $\bar w$ (which enters these metrics linearly) allows; a common classifier-side rate
+#   is not observed.
 #
 # Bottom row, weight decay, against the GD step: the same quantities reach the regularized ETF (below 1e-6, the
-# *CE* checks; rounding level in the figure) within $2\cdot10^5$ steps and $\frac12\|\theta\|^2$ levels off.
+# *CE* checks) within $2\cdot10^5$ steps; $\frac12\|\theta\|^2$ stays bounded (the figure).
 # SLSQP confirms the limit independently: its minimizers are simplex ETFs with value $\sqrt n(K-1)$, at distance 0 from the closed form
 # after the best rotation (*SLSQP* checks).
 
