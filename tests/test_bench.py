@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import script_module
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "gd_step.py"
@@ -17,14 +17,8 @@ SCRIPT = ROOT / "bench" / "gd_step.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_gd_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the module by name
-    try:
-        spec.loader.exec_module(module)
+    with script_module(SCRIPT, "bench_gd_step") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def test_gemm_count_matches_the_models_step_flops(bench):

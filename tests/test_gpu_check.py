@@ -3,7 +3,6 @@ or says why not; the budget logic skips parts with a reason; no data means "skip
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import script_module
 
 from ncutils.data import write_fake_mnist
 
@@ -22,14 +22,8 @@ PART_KEYS = {"title", "status", "reason", "budget_s", "wall_s", "results"}
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("bench_gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the module by name
-    try:
-        spec.loader.exec_module(module)
+    with script_module(SCRIPT, "bench_gpu_check") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def _check_parts(report: dict, names: tuple[str, ...]) -> None:
