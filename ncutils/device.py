@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
+from collections.abc import Iterator
 
 import torch
 
@@ -12,6 +15,7 @@ __all__ = [
     "DTYPES",
     "GD_THREAD_FLOPS",
     "PROGRESS_FILE_ENV",
+    "forward_ad_quietly",
     "is_quiet",
     "progress_bar",
     "relay_status",
@@ -52,6 +56,17 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     return DTYPES[check_choice("dtype", dtype, tuple(DTYPES))]
+
+
+@contextlib.contextmanager
+def forward_ad_quietly() -> Iterator[None]:
+    """Silence the one warning of torch's first forward-mode AD call (``torch.func.jvp``/``jacfwd``/``hessian``):
+    torch then loads its forward-AD decompositions, which still call the deprecated ``torch.jit.script`` (a
+    FutureWarning about torch internals, not about this code). Public API only (``warnings``); nothing else is
+    filtered."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
+        yield
 
 
 def is_quiet() -> bool:

@@ -19,10 +19,7 @@ Hessian-vector products, the Jacobian by implicit differentiation with
 
 from __future__ import annotations
 
-import contextlib
 import math
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,20 +30,11 @@ from torch import Tensor
 
 from ._extras import need
 from ._validate import check_float, check_integer, check_integers
+from .device import forward_ad_quietly
 from .metrics import class_means_t, nc1_t, nc1_trace_t, nc2_from_means_t
 from .theory import perturbation_to_ufm, ufm_mse_optimum
 
 pd = need("pandas")  # the [data] extra: tables
-
-
-@contextlib.contextmanager
-def _forward_ad() -> Iterator[None]:
-    """Silence the one warning of torch's first forward-mode AD call (``torch.func.jvp``/``jacfwd``): torch then
-    loads its forward-AD decompositions, which still call the deprecated ``torch.jit.script`` (a FutureWarning
-    about torch internals, not about this code). Public API only (``warnings``); nothing else is filtered."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
-        yield
 
 
 __all__ = ["FlowResult", "Minimizer", "PerturbationModel", "jacobian_blocks", "layerwise_chain", "monotonicity_checks"]
@@ -197,7 +185,7 @@ class PerturbationModel:
         def hessp(x: np.ndarray, v: np.ndarray) -> np.ndarray:
             return torch.func.jvp(grad, (torch.from_numpy(x),), (torch.from_numpy(v),))[1].numpy()
 
-        with _forward_ad():
+        with forward_ad_quietly():
             res = scipy.optimize.minimize(fun, H0.reshape(-1).numpy().copy(), jac=True, hessp=hessp,
                                           method="trust-ncg", options={"gtol": gtol, "maxiter": maxiter})
             x = res.x if res.success else _newton_polish(res.x, grad, hessp)
@@ -225,7 +213,7 @@ class PerturbationModel:
             return self.perturbed_objective(h.reshape(H0.shape), h0.reshape(H0.shape))
 
         x, x0 = H.reshape(-1), H0.reshape(-1)
-        with _forward_ad():
+        with forward_ad_quietly():
             hess = torch.func.hessian(phi, argnums=0)(x, x0).reshape(m, m)
             mixed = torch.func.jacfwd(torch.func.grad(phi, argnums=0), argnums=1)(x, x0).reshape(m, m)
         return -torch.linalg.solve(hess, mixed)

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ._extras import need
 from ._validate import check_float, check_int
-from .device import is_quiet, progress_bar, resolve_device, resolve_dtype, threads_for
+from .device import forward_ad_quietly, is_quiet, progress_bar, resolve_device, resolve_dtype, threads_for
 from .metrics import nc_metrics_t
 from .models import FeatureModel, Params
 from .paths import atomic_path, load_checkpoint, tensor_digest
@@ -488,7 +488,8 @@ def _kink_certificate(J: Tensor, g: Tensor, G: Tensor) -> tuple[float, np.ndarra
 def _lagrangian_hessian(face: _Face, x: Tensor, nu: Tensor) -> Tensor:
     from torch.func import hessian as func_hessian
 
-    return func_hessian(lambda z: face.f(z) - face.c(z) @ nu)(x)
+    with forward_ad_quietly():  # hessian = jacfwd(jacrev): torch's first forward-AD call warns about its internals
+        return func_hessian(lambda z: face.f(z) - face.c(z) @ nu)(x)
 
 
 def _polish_one(face: _Face, objective: Any, x: Tensor, *, max_iter: int, tol: float, flat_tol: float,

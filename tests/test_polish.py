@@ -120,3 +120,18 @@ def test_plain_ufm_without_kinks():
     opt = theory.ufm_mse_optimum(3, 4, LAM, LAM)
     assert bool(res.table.converged[0]) and res.table.kinks_certified[0] is None
     assert float(res.table.objective_after[0]) == pytest.approx(opt.objective, rel=1e-10)
+
+
+def test_polishing_prints_no_torch_internal_warning():
+    """torch's first forward-AD call (the Hessian) warns about its own torch.jit.script; a notebook's output
+    must not carry that warning (with the site-packages path of the machine that ran it)."""
+    import subprocess
+    import sys
+
+    code = ("import warnings; warnings.simplefilter('error', FutureWarning)\n"
+            "from ncutils.models import extended_ufm\nfrom ncutils.solve import gradient_descent, newton_polish\n"
+            "m = extended_ufm(3, 2, 4, 'linear', 0.01, 0.01, 0.01)\n"
+            "gd = gradient_descent(m, lr=0.5, steps=200, runs=1, init_std=0.3, device='cpu', progress=False)\n"
+            "newton_polish(m, gd.params, max_iter=5, spectrum=False)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "FutureWarning" not in out.stderr, out.stderr[-2000:]
