@@ -223,6 +223,45 @@ def test_source_hash_tracks_code_profile_and_ncutils(tmp_path, monkeypatch):
     assert runner.source_hash(copy, "paper") != h
 
 
+def test_source_hash_leaves_out_only_other_notebooks_studies_that_nothing_imports(tmp_path, monkeypatch):
+    """A new or edited study of another notebook keeps a notebook's stamp current; its own study, a shared module, a
+    study its own study imports, or a study its code cells import make it stale."""
+    import shutil
+
+    root = repo_root()
+    for name in ("ncutils", "notebooks", "profiles"):
+        shutil.copytree(root / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "scripts"))
+    monkeypatch.setattr(runner, "repo_root", lambda: tmp_path)
+    studies = tmp_path / "ncutils" / "studies"
+    nb06, nb03 = tmp_path / "notebooks" / "06_layer_peeled.ipynb", tmp_path / "notebooks" / "03_relu_eufm.ipynb"
+    names = {p.stem for p in runner.notebook_sources(nb06)}
+    assert {"layer_peeled", "ufm_mse", "_common", "metrics", "runner"} <= names  # 06's study imports ufm_mse's
+    assert not names & {"relu_eufm", "deep_ufm", "resnet", "your_network"}
+    h06, h03 = runner.source_hash(nb06, "paper"), runner.source_hash(nb03, "paper")
+
+    def edit(path, text="\n# edited\n"):
+        path.write_text(path.read_text() + text)
+
+    edit(studies / "resnet.py")  # another notebook's study
+    (studies / "new_study.py").write_text("NOTEBOOK = '99_new_study'\n")  # a study of a notebook not there yet
+    assert (runner.source_hash(nb06, "paper"), runner.source_hash(nb03, "paper")) != (h06, h03)  # new file: kept
+    (tmp_path / "notebooks" / "99_new_study.ipynb").write_bytes(nb03.read_bytes())  # now it is a notebook's study
+    assert (runner.source_hash(nb06, "paper"), runner.source_hash(nb03, "paper")) == (h06, h03)
+    edit(studies / "ufm_mse.py")  # imported by 06's study, not by 03's
+    assert runner.source_hash(nb06, "paper") != h06 and runner.source_hash(nb03, "paper") == h03
+    h06 = runner.source_hash(nb06, "paper")
+    edit(studies / "relu_eufm.py")  # 03's own study
+    assert runner.source_hash(nb06, "paper") == h06 and runner.source_hash(nb03, "paper") != h03
+    h03 = runner.source_hash(nb03, "paper")
+    edit(tmp_path / "ncutils" / "metrics.py")  # shared
+    assert runner.source_hash(nb06, "paper") != h06 and runner.source_hash(nb03, "paper") != h03
+    h03 = runner.source_hash(nb03, "paper")
+    nb = nbformat.read(nb03, as_version=4)  # a code cell of 03 importing 09's study
+    nb.cells.append(nbformat.v4.new_code_cell("from ncutils.studies import (your_network as yn,\n    resnet)"))
+    nbformat.write(nb, nb03)
+    assert {"your_network", "resnet"} <= {p.stem for p in runner.notebook_sources(nb03)}
+
+
 def test_figures_goes_on_when_a_run_cannot_start(monkeypatch, capsys, tmp_path):
     """A notebook refused before any kernel (e.g. its dataset is missing) is reported, the others still run,
     and the command exits non-zero listing why."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -45,6 +46,7 @@ __all__ = [
     "list_notebooks",
     "load_profile",
     "notebook_path",
+    "notebook_sources",
     "run_notebook",
     "source_hash",
 ]
@@ -423,10 +425,66 @@ def _provenance(started: float) -> dict[str, Any]:
             "commit": _git_commit(repo_root()), "ncutils_version": _ncutils_version()}
 
 
+#: Imports of study modules: ``import ncutils.studies.x``, ``from .studies.x import``,
+#: ``import_module("ncutils.studies.x")``; ``from <package>studies import a, b``; inside ``ncutils/studies/``:
+#: ``from .x import`` and ``from . import a, b``.
+_STUDY_DOTTED = re.compile(r"^[ \t]*(?:from|import)[ \t]+(?:\.+|ncutils\.)studies\.(\w+)"
+                           r"|import_module\(\W*ncutils\.studies\.(\w+)", re.M)
+_NAMES = r"(\([^)]*\)|[\w \t,]+)"
+_STUDY_FROM = re.compile(r"^[ \t]*from[ \t]+(?:\.+|ncutils\.)studies[ \t]+import[ \t]+" + _NAMES, re.M)
+_SIBLING = re.compile(r"^[ \t]*from[ \t]+\.(\w*)[ \t]+import[ \t]+" + _NAMES, re.M)
+
+
+def _study_slug(stem: str) -> str:
+    return stem.split("_", 1)[1] if "_" in stem and stem[:2].isdigit() else stem
+
+
+def _names(group: str) -> list[str]:
+    """``"(a as b,\n c)"`` → ``["a", "c"]``."""
+    return [n.split()[0] for n in group.strip("()").replace("\n", ",").split(",") if n.strip()]
+
+
+def _imported_studies(text: str, sibling: bool) -> set[str]:
+    """Names of study modules that ``text`` (Python source) imports; ``sibling``: ``text`` is itself in
+    ``ncutils/studies/`` (relative imports name other studies)."""
+    names = {a or b for a, b in _STUDY_DOTTED.findall(text)}
+    for group in _STUDY_FROM.findall(text):
+        names.update(_names(group))
+    if sibling:
+        for module, group in _SIBLING.findall(text):
+            names.update([module] if module else _names(group))
+    return names
+
+
+def notebook_sources(notebook: str | os.PathLike[str]) -> list[Path]:
+    """The ``ncutils`` source files a notebook's outputs depend on (what :func:`source_hash` hashes): every
+    ``ncutils/**/*.py`` except the study modules of *other* notebooks (``ncutils/studies/<slug>.py``) that
+    neither this notebook's code cells nor any kept source imports (transitively). So a new or edited study of
+    notebook 10 leaves the stamps of 01–09 current, while an edit of a shared module (``metrics``, ``solve``,
+    ``train``, ``studies/_common``, …) or of a study that this notebook's study imports makes them stale."""
+    path = notebook_path(notebook)
+    root = repo_root()
+    sources = sorted((root / "ncutils").rglob("*.py"))
+    studies = root / "ncutils" / "studies"
+    other = {_study_slug(p.stem) for p in list_notebooks()} - {_study_slug(path.stem)}
+    optional = {src.stem: src for src in sources if src.parent == studies and src.stem in other}
+    kept = [src for src in sources if src.stem not in optional or src.parent != studies]
+    nb = nbformat.read(path, as_version=4)
+    wanted = set().union(*(_imported_studies(c.source, False) for c in nb.cells if c.cell_type == "code"))
+    todo = list(kept)
+    while todo:
+        src = todo.pop()
+        wanted |= _imported_studies(src.read_text(encoding="utf-8"), src.parent == studies)
+        for slug in sorted(wanted & set(optional)):
+            todo.append(optional.pop(slug))
+            kept.append(todo[-1])
+    return sorted(kept)
+
+
 def source_hash(notebook: str | os.PathLike[str], profile: str) -> str:
-    """Hash of what a notebook's outputs depend on: its code cells, the profile's
-    parameters, every ``ncutils`` source file and the dependency lock file (markdown is left out: editing the
-    prose does not make the outputs stale)."""
+    """Hash of what a notebook's outputs depend on: its code cells, the profile's parameters, the ``ncutils``
+    sources it depends on (:func:`notebook_sources`: all of them but other notebooks' study modules) and the
+    dependency lock file (markdown is left out: editing the prose does not make the outputs stale)."""
     path = notebook_path(notebook)
     h = hashlib.sha256()
     nb = nbformat.read(path, as_version=4)
@@ -436,7 +494,7 @@ def source_hash(notebook: str | os.PathLike[str], profile: str) -> str:
         h.update(cell.source.encode() + b"\0")
     h.update(yaml.safe_dump(load_profile(path, profile), sort_keys=True).encode())
     root = repo_root()
-    for src in sorted((root / "ncutils").rglob("*.py")):
+    for src in notebook_sources(path):
         h.update(src.relative_to(root).as_posix().encode() + src.read_bytes())
     lock = root / "requirements.lock"
     if lock.exists():

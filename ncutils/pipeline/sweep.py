@@ -102,7 +102,8 @@ def notebook_code_hash(path: Path) -> str:
 
 def source_files() -> list[Path]:
     """Every ``ncutils`` source file and the dependency lock file: what a run depends on besides its notebook and
-    parameters (the files :func:`ncutils.pipeline.runner.source_hash` hashes for ``make figures``)."""
+    parameters (a superset of what :func:`ncutils.pipeline.runner.source_hash` hashes for ``make figures``, which
+    leaves out other notebooks' study modules)."""
     root = repo_root()
     files = sorted((root / "ncutils").rglob("*.py"))
     if not files:  # an installed (non-editable) ncutils: hash the package itself
