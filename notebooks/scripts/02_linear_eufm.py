@@ -98,8 +98,8 @@ nc.plot.save(fig, f"tb22_{tag}_linear_eufm", run.figures_dir);
 # Since $H_2=W_1H_1$ is a linear image of $H_1$, the paper expects NC1($H_2$) ≈ NC1($H_1$) along the GD path. That is
 # **not observed** here: the ratio NC1($H_2$)/NC1($H_1$) (median over seeds, printed below over the recorded steps
 # where both are above round-off) starts near 2, falls during the first steps, and settles near 0.0079 at the paper
-# settings (profile `fig8`: 0.024, `check`: 0.0038) — 1.6 to 2.4 decades below 1 — so $H_2$ ends more collapsed
-# than $H_1$, not equally.
+# settings, about two decades below 1 (the profiles `fig8` and `check` print their own values; the README quotes
+# them) — so $H_2$ ends more collapsed than $H_1$, not equally.
 
 # %%
 ratio = study.level_ratio(gd, "nc1", "H2", "H1")

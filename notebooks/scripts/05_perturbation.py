@@ -151,7 +151,7 @@ nc.plot.save(fig, "thn23_thm41_first_order", run.figures_dir);
 # %% [markdown]
 # For both $H_0$ the implicit-differentiation $F$ equals $(I+A/\beta)^{-1}$ to rounding (largest entry deviation
 # about 2e-15, checked below 1e-10), so the closed-form $A$ is the Hessian that autograd differentiates. The error
-# of Eq. 5 falls as predicted: the fitted slopes are 1.9957 (collapsed $H_0$) and 1.9980 (random $H_0$), within
+# of Eq. 5 falls as predicted: the fitted slopes are 1.996 (collapsed $H_0$) and 1.998 (random $H_0$), within
 # 0.0043 and 0.0020 of 2 (tolerances 0.038 and 0.027), and $\beta^2$ times the error tends to $\|A^2\|_2/\|F\|_2$
 # (0.1414 and 0.0695 at β = 1e4), the leading term of $(A/\beta)^2(I+A/\beta)^{-1}$. At β = 100 Eq. 5 is off by
 # 1.4e-5 (collapsed) in spectral norm — the size of the gap between the exact $\sigma_{\min}(F_{kk})$ and

@@ -139,7 +139,7 @@ fig = study.ulpm_figure(gd, wd, opt.normalized_margin, wd_label=f"weight decay {
 nc.plot.save(fig, "jlzds22_fig2_ulpm", run.figures_dir);
 
 # %% [markdown]
-# Top row, no regularization, against $\log\log t$ (fits over the last 1.3 decades, steps $\ge 10^5$, checks named
+# Top row, no regularization, against $\log\log t$ (fits over the late steps, $t \ge 10^5$, checks named
 # in the summary):
 #
 # * **Direction.** The distance of $\theta/\|\theta\|$ to the max-margin set falls from 0.236 (step 107) to 0.094
