@@ -96,7 +96,7 @@ def checks_table(checks: list[dict[str, Any]], digits: int = 4) -> pd.DataFrame:
         else:
             err = c.get("rel_err", c.get("abs_err"))
             error = f"{c['kind']} {_value(err)}"
-        used = abs(err) / c["tol"] if c["tol"] > 0 and math.isfinite(err) else math.inf
+        used = 0.0 if err == 0 else abs(err) / c["tol"] if c["tol"] > 0 and math.isfinite(err) else math.inf
         rows.append({"quantity": c["name"], "GD": sig(c["gd"]), "theory": sig(c["theory"]),
                      "error": error, "tol": f"{c['tol']:g}",
                      "used": "-" if c["kind"] == "below" else ("<0.01" if used < 0.01 else f"{used:.2f}"),

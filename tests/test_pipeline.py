@@ -198,6 +198,10 @@ def test_the_checks_table_shows_measured_errors_and_their_tolerance_not_buckets(
     assert table.loc["fit", "error"] == "rel 1.9e-02" and table.loc["fit", "tol"] == "0.1"
     assert table.loc["fit", "used"] == "0.19" and table.loc["fit", "ok"] == "PASS"
     assert table.loc["nc1", "error"] == "abs <1e-08" and table.loc["nc1", "used"] == "<0.01"
+    exact = report.checks_table([report.check("layers above", 0, 0, 0, kind="abs")])  # tolerance 0, met exactly
+    assert exact.loc["layers above", "used"] == "<0.01" and exact.loc["layers above", "ok"] == "PASS"
+    missed = report.checks_table([report.check("layers above", 1, 0, 0, kind="abs")])
+    assert missed.loc["layers above", "used"] == "inf" and missed.loc["layers above", "ok"] == "FAIL"
     row = table.loc["seeds at f* with NC2 < 1e-3"]
     assert row["GD"] == "7/10" and row["error"] == "need >= 1" and row["ok"] == "PASS"
     assert not report.count_check("all seeds", 7, 10, 10)["passed"]

@@ -37,11 +37,8 @@ def level_ratio(
     Steps where either value is below ``floor`` are dropped: there both are round-off (NC1 of a
     collapsed float64 run is ~1e-30) and their ratio means nothing.
     """
-    h = gd.history
-    sel = h[h.metric == metric]
-    wide = sel.pivot_table(index=["step", "run"], columns="level", values="value", observed=True)
-    wide = wide[(wide[upper] >= floor) & (wide[lower] >= floor)]
-    ratio = (wide[upper] / wide[lower]).rename(f"{metric}({upper})/{metric}({lower})")
+    ratios = _multilayer.depth_ratios({"": gd}, metric, upper, lower, floor)  # one pivot and floor for both
+    name = f"{metric}({upper})/{metric}({lower})"
     if run is not None:
-        return ratio.xs(run, level="run")
-    return ratio.groupby(level="step").median()
+        return ratios[ratios.run == run].set_index("step").ratio.rename(name)
+    return ratios.groupby("step").ratio.median().rename(name)
