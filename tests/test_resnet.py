@@ -307,3 +307,42 @@ def test_resnet_checks_and_tables_order_layers_by_depth():
     worse.loc[(worse.layer == "layer4") & (worse.epoch == 10), "value"] = 2.5  # grew, and above layer1
     checks = resnet_study.resnet_checks(SimpleNamespace(history=worse))
     assert [c["passed"] for c in checks] == [False, False]
+
+
+def test_terminal_phase_rates_and_the_no_weight_decay_check():
+    """Ji et al.'s claim is checked only without weight decay; it fails when NC1 stops falling after zero error."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pandas as pd
+
+    from ncutils.train import TrainConfig
+
+    epochs = [1, 5, 10, 20, 40]
+    acc = [0.6, 1.0, 1.0, 1.0, 1.0]
+    nc1 = [5.0, 1.0, 0.5, 0.25, 0.125]  # halves per doubling of the epoch: slope -1 from epoch 5 on
+    rows = [{"epoch": e, "layer": "model", "metric": "train_accuracy", "value": a}
+            for e, a in zip(epochs, acc, strict=True)]
+    rows += [{"epoch": e, "layer": layer, "metric": "nc1", "value": v * (1 if layer == "layer4" else 3)}
+             for layer in ("stem", "layer4") for e, v in zip(epochs, nc1, strict=True)]
+    no_wd = TrainConfig(wd_features=0.0, wd_classifier=0.0)
+    run = SimpleNamespace(history=pd.DataFrame(rows), config=no_wd)
+    assert resnet_study.terminal_phase(run) == 5
+    rates = resnet_study.collapse_rates(run, metrics=("nc1",))
+    assert rates.loc["nc1", "points"] == 4 and rates.loc["nc1", "from_epoch"] == 5
+    assert np.isclose(rates.loc["nc1", "slope_vs_log_epoch"], -1.0)
+    checks = {c["id"]: c for c in resnet_study.resnet_checks(run)}
+    assert checks["training_error_at_the_last_epoch"]["passed"]
+    assert checks["no_weight_decay_terminal_nc1_falls"]["passed"]
+    assert np.isclose(checks["no_weight_decay_terminal_nc1_falls"]["gd"], 0.125)
+    flat = pd.DataFrame(rows)
+    flat.loc[(flat.layer == "layer4") & (flat.epoch > 5), "value"] = 1.2  # grows after zero error
+    bad = {c["id"]: c for c in resnet_study.resnet_checks(SimpleNamespace(history=flat, config=no_wd))}
+    assert not bad["no_weight_decay_terminal_nc1_falls"]["passed"]
+    with_wd = {c["id"] for c in resnet_study.resnet_checks(SimpleNamespace(history=flat, config=TrainConfig()))}
+    assert "no_weight_decay_terminal_nc1_falls" not in with_wd  # the claim is Ji et al.'s, without weight decay
+    never = pd.DataFrame(rows).assign(value=lambda d: d.value.where(d.metric != "train_accuracy", 0.9))
+    assert resnet_study.terminal_phase(SimpleNamespace(history=never)) is None
+    assert resnet_study.collapse_rates(SimpleNamespace(history=never)).empty
+    assert not {c["id"]: c for c in resnet_study.resnet_checks(SimpleNamespace(history=never, config=no_wd))}[
+        "no_weight_decay_terminal_nc1_falls"]["passed"]

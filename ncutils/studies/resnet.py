@@ -5,10 +5,12 @@ Tirer & Bruna 2022, Figs. 5, 10; Papyan, Han & Donoho 2020.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
@@ -30,8 +32,8 @@ def resnet_cpu_hours(p: Mapping[str, Any]) -> float:
     return 3 * 1.11e9 * p["width_multiplier"] ** 2 * images / 50e9 / 3600
 
 
-__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "resnet_checks", "resnet_cpu_hours", "resnet_data",
-           "resnet_final", "resnet_metric_table", "training_figure"]
+__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "collapse_rates", "resnet_checks", "resnet_cpu_hours",
+           "resnet_data", "resnet_final", "resnet_metric_table", "terminal_phase", "training_figure"]
 
 NOTEBOOK = "07_resnet"
 
@@ -103,25 +105,70 @@ def resnet_metric_table(result: Any, metric: str = "nc1") -> pd.DataFrame:
     return t.loc[_by_depth(t.index)].iloc[:, [0, -1]]
 
 
+def terminal_phase(result: Any) -> int | None:
+    """The first measured epoch with zero training error (training accuracy 1): where Papyan, Han & Donoho's
+    terminal phase of training starts; None if the run never reaches it."""
+    h = result.history
+    acc = h[(h.layer == "model") & (h.metric == "train_accuracy")].sort_values("epoch")
+    done = acc[acc.value >= 1.0]
+    return None if done.empty else int(done.epoch.iloc[0])
+
+
+def collapse_rates(result: Any, layer: str = "layer4",
+                   metrics: tuple[str, ...] = ("nc1", "nc2_etf", "nc2_orthogonal", "nc3_etf", "nc3_orthogonal"),
+                   start: int | None = None) -> pd.DataFrame:
+    """How fast collapse goes on in the terminal phase (Ji et al. 2022, Fig. 1: without weight decay the metrics
+    still fall, slowly): per metric of ``layer``, the least-squares slope of log(metric) against log(epoch) over
+    the measured epochs from ``start`` (default :func:`terminal_phase`) on, with the number of points and the
+    first and last values. Empty when fewer than 2 measured epochs are in the terminal phase."""
+    start = terminal_phase(result) if start is None else int(start)
+    h = result.history
+    rows = []
+    for metric in metrics:
+        c = h[(h.layer == layer) & (h.metric == metric)].sort_values("epoch")
+        c = c[(c.epoch >= start) & (c.value > 0)] if start is not None else c.iloc[:0]
+        if len(c) < 2:
+            continue
+        slope = float(np.polyfit(np.log(c.epoch.to_numpy(float)), np.log(c.value.to_numpy(float)), 1)[0])
+        rows.append({"metric": metric, "from_epoch": int(c.epoch.iloc[0]), "to_epoch": int(c.epoch.iloc[-1]),
+                     "points": len(c), "first": float(c.value.iloc[0]), "last": float(c.value.iloc[-1]),
+                     "slope_vs_log_epoch": slope})
+    return pd.DataFrame(rows, columns=["metric", "from_epoch", "to_epoch", "points", "first", "last",
+                                       "slope_vs_log_epoch"]).set_index("metric")
+
+
 def resnet_checks(result: Any) -> list[dict[str, Any]]:
-    """The real-network claims (Papyan, Han & Donoho 2020; Tirer & Bruna 2022, Fig. 5) on this
-    run: NC1 of the penultimate features (GAP of ``layer4``)
-    falls from the first to the last measured epoch, and at the last epoch the penultimate features are the
-    most collapsed of all tapped (pooled) layers (earlier layers with an NC1 as small: 0 expected). How NC1
-    orders the earlier layers is printed, not checked: stem and layer1 can swap in small runs."""
+    """The real-network claims (Papyan, Han & Donoho 2020; Tirer & Bruna 2022, Fig. 5; Ji et al. 2022, Fig. 1)
+    on this run: training reaches zero error (when the run measures the training accuracy); NC1 of the
+    penultimate features (GAP of ``layer4``) falls from the first to the last measured epoch, and at the last
+    epoch the penultimate features are the most collapsed of all tapped (pooled) layers (earlier layers with an
+    NC1 as small: 0 expected); without any weight decay (``result.config``), Ji et al.'s claim that collapse goes
+    on in the terminal phase: penultimate NC1 at the last epoch below its value where training error first
+    reached 0. How NC1 orders the earlier layers, NC2 and NC3 are printed, not checked."""
     h = result.history
     nc1 = h[h.metric == "nc1"].pivot(index="epoch", columns="layer", values="value")
     if "layer4" not in nc1:
         return []
     earlier = [name for name in RESNET_LAYERS[:-1] if name in nc1.columns]
     last = nc1.iloc[-1]
-    return [
+    out = []
+    acc = h[(h.layer == "model") & (h.metric == "train_accuracy")].sort_values("epoch")
+    if not acc.empty:
+        out.append(check("training error at the last epoch", 1.0 - float(acc.value.iloc[-1]), 0.0, 0.0, kind="abs"))
+    out += [
         check("penultimate NC1: last / first measured epoch (< 1)", nc1.layer4.iloc[-1] / nc1.layer4.iloc[0], 0.0, 1.0,
               kind="abs"),
         check(f"earlier layers ({', '.join(earlier)}) with NC1 <= the penultimate's at the last epoch",
               int((last[earlier] <= last["layer4"]).sum()), 0, 0, kind="abs",
               id="earlier_layers_nc1_not_above_penultimate"),
     ]
+    cfg = getattr(result, "config", None)
+    if cfg is not None and cfg.wd_features == 0 and cfg.wd_classifier == 0:
+        start = terminal_phase(result)
+        ratio = math.inf if start is None else float(nc1.layer4.iloc[-1] / nc1.layer4.loc[start])
+        out.append(check("no weight decay: penultimate NC1 last / at zero training error (< 1)", ratio, 0.0, 1.0,
+                         kind="abs", id="no_weight_decay_terminal_nc1_falls"))
+    return out
 
 
 def training_figure(history: pd.DataFrame, frame: str = "etf", title: str | None = None) -> Figure:
