@@ -178,7 +178,7 @@ def test_config_from_params_and_fingerprint():
     params = {"dataset": "mnist", "depth": 4, "width": 64, "lr": 0.1, "seed": 2, "device": "cpu", "profile": "x",
               "min_train_accuracy": 0.5}
     cfg = LayerwiseConfig.from_params(params)
-    assert (cfg.depth, cfg.width, cfg.lr, cfg.seed, cfg.epochs) == (4, 64, 0.1, 2, 20)
+    assert (cfg.depth, cfg.width, cfg.lr, cfg.seed, cfg.epochs) == (4, 64, 0.1, 2, 60)
     assert cfg.fingerprint() == LayerwiseConfig.from_params(params).fingerprint()
     assert cfg.fingerprint() != LayerwiseConfig.from_params({**params, "width": 65}).fingerprint()
 

@@ -51,7 +51,8 @@ NOTEBOOK = "10_layerwise_mlp"
 LOSSES: tuple[str, ...] = ("mse", "ce")
 
 #: Floating-point operations per second assumed for a CPU run (one core, fp32 matrix products of an MLP
-#: stage, batch 128): measured on the 2-core development machine; used only to refuse runs that would take hours.
+#: stage, batch 128): 23–25 GFLOP/s were measured for the ``cpu`` profile's training on one core of the 2-core
+#: development machine (load average 2.4–3.4); used only to refuse runs that would take hours.
 CPU_FLOPS = 20e9
 
 
@@ -73,7 +74,7 @@ class LayerwiseConfig:
     loss: str = "mse"
     fc_bias: bool = False
     lr: float = 0.05
-    epochs: int = 20
+    epochs: int = 60
     batch_size: int = 128
     momentum: float = 0.9
     weight_decay: float = 5e-4

@@ -39,7 +39,7 @@ width: int = 256  # width of every hidden layer
 loss: str = "mse"  # mse (one-hot targets, 1/2 squared error: the perturbation model's loss) or ce (cross-entropy)
 fc_bias: bool = False  # bias of each stage's linear classifier (never decayed)
 lr: float = 0.05  # SGD learning rate of each stage (divided by 10 at 1/3 and 2/3 of its epochs)
-epochs: int = 20  # training epochs per layer
+epochs: int = 60  # training epochs per layer
 batch_size: int = 128  # mini-batch size
 momentum: float = 0.9  # SGD momentum
 weight_decay: float = 0.0005  # weight decay of the new layer (weight and bias) and of the classifier's weight
@@ -90,7 +90,26 @@ name = f"{'thn23_fig2_' if paper_scale else 'illustration_thn23_fig2_'}layerwise
 nc.plot.save(fig, name, run.figures_dir);
 
 # %% [markdown]
-# What this run shows is written after its numbers (see the summary below).
+# What this CPU-scale run shows (real MNIST digits, 5 000 for training and the 1 996 test digits at hand, 10 layers
+# of width 256, MSE, 60 epochs per layer), read from the table above and the summary below:
+#
+# - **Reproduced at this scale:** NC1 and NC1~ of the deepest features fall at every one of the 9 added layers
+#   (checked: 9/9 for each). NC1 falls from 0.152 after layer 1 to 0.00406 after layer 10 (ratio 0.027, checked
+#   < 1), NC1~ from 1.27 to 0.00475 (ratio 0.0037, checked < 1). The first layer already lowers both below the
+#   input's (NC1 1.48, NC1~ 3.80; printed, not checked).
+# - The fall slows with depth (observation): NC1~ drops by a factor of about 67 from layer 1 to layer 4
+#   (1.27 → 0.0191) and by a factor of about 4 from layer 4 to layer 10 (0.0191 → 0.00475).
+# - Every stage fits its training digits (training accuracy 0.9982–0.9986; the last stage's 0.9986 ≥ 0.99 is
+#   checked). Test accuracy does not improve with depth (observation): 0.945 after layer 1, 0.944 after layer 10;
+#   the nearest-class-mean rule on the deepest features rises from 0.922 to 0.945 on the test digits and then
+#   matches the classifier.
+# - Not monotone, not checked: NC2 to the simplex ETF falls from 0.477 (layer 1) to 0.0257 (layer 8) and then
+#   rises a little (0.0285 at layer 10); NC3 falls from 0.935 to 0.319 (layer 8), then 0.328.
+#
+# This is consistent with Corollary 3.2, read layer by layer (each trained layer moves its input features to ones
+# with less within-class variability); the run does not measure how far each layer moves its input, so it does not
+# test the corollary's "β large enough" condition. The paper's dataset and scale (CIFAR-10, width 1024) are the
+# `cifar10` profile, a GPU run that has not been run.
 
 # %% [markdown]
 # ## Summary
