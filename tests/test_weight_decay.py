@@ -19,8 +19,8 @@ TIMES = ("train_time_s", "measure_time_s", "resumed_from")
 
 def _params(**kw) -> dict:
     p = {"dataset": "mnist", "losses": ["mse", "ce"], "variants": list(study.VARIANTS), "wd": 5e-4, "seeds": 2,
-         "baseline_seeds": 2, "lr": 0.05, "schedule": "thirds", "epochs": 3, "batch_size": 16, "momentum": 0.9, "per_class": 6,
-         "test_per_class": 2, "width_multiplier": 0.0625, "fake_data": True, "data_root": "", "seed": 0}
+         "baseline_seeds": 2, "lr": 0.05, "schedule": "thirds", "epochs": 3, "batch_size": 16, "momentum": 0.9,
+         "per_class": 6, "test_per_class": 2, "width_multiplier": 0.0625, "fake_data": True, "data_root": "", "seed": 0}
     return p | kw
 
 
