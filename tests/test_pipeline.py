@@ -50,6 +50,8 @@ def test_setup_folders_and_assumption_note(tmp_path, capsys):
     assert "NOTE: d < K" in capsys.readouterr().out
     path = run.write_json("summary.json", {"x": 1.0})
     assert json.loads(path.read_text()) == {"x": 1.0}
+    env = run.environment()  # the closing cell records the hardware the run used
+    assert env["cpu"] and env["cpu"] == params.cpu_model() and int(env["cores"]) >= 1 and int(env["torch_threads"]) >= 1
     # relative folders resolve against the repository root, not the cwd
     run2 = params.setup(NB, results_dir="outputs/test-setup")
     assert run2.results_dir == repo_root() / "outputs" / "test-setup"

@@ -346,3 +346,23 @@ def test_terminal_phase_rates_and_the_no_weight_decay_check():
     assert resnet_study.collapse_rates(SimpleNamespace(history=never)).empty
     assert not {c["id"]: c for c in resnet_study.resnet_checks(SimpleNamespace(history=never, config=no_wd))}[
         "no_weight_decay_terminal_nc1_falls"]["passed"]
+
+
+@pytest.mark.parametrize("profile", ["cifar10_mse", "mnist_nowd", "cpu_ce"])
+def test_every_profile_of_07_trains_on_fake_files_of_its_dataset(profile, tmp_path):
+    """The GPU profiles (Fig. 10 on CIFAR-10, Ji et al. at paper scale) and the CPU arms run their own configuration —
+    dataset, loss, bias, weight decays, schedule — on tiny synthetic files in the dataset's real format, shrunk only
+    in size (subset, width, epochs), and name their figure after the paper figure they follow."""
+    prof = runner.load_profile("07_resnet", profile)
+    small = {"per_class": 3, "test_per_class": 2, "width_multiplier": 0.0625, "epochs": 2, "batch_size": 10,
+             "measure_every": 1}
+    cfg = TrainConfig.from_params({**prof, **small})
+    assert {k: getattr(cfg, k) for k in prof if hasattr(cfg, k) and k not in small} == \
+        {k: v for k, v in prof.items() if hasattr(cfg, k) and k not in small}
+    data = resnet_study.resnet_data(cfg.dataset, str(tmp_path), cfg.per_class, cfg.test_per_class, fake=True)
+    assert data[0].shape[1:] == ((3, 32, 32) if cfg.dataset == "cifar10" else (1, 32, 32))
+    res = train_resnet(cfg, data, progress=False)
+    assert res.history.query("metric == 'nc1' and layer == 'layer4'").value.notna().all()
+    name = resnet_study.figure_name(cfg, profile)
+    assert name.startswith("jlzds22_fig1_" if "nowd" in profile else
+                           "tb22_fig10_" if cfg.dataset == "cifar10" else "tb22_fig5_") and name.endswith(profile)

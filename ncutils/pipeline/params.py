@@ -280,14 +280,27 @@ class Run:
         return write_json(self.results_dir / name, obj, default=float)
 
     def environment(self) -> dict[str, str]:
-        """Versions of python, torch, ncutils and the device (for the closing cell)."""
+        """Versions of python, torch, ncutils, the device and the hardware the run used (for the closing cell): the
+        CPU model, its logical cores and torch's intra-op threads, and on CUDA the GPU's name."""
         from .. import __version__
 
         dev = str(self.device)
         if self.device.type == "cuda":
             dev += f" ({torch.cuda.get_device_name(self.device)})"
         return {"python": platform.python_version(), "torch": torch.__version__,
-                "numpy": np.__version__, "ncutils": __version__, "device": dev}
+                "numpy": np.__version__, "ncutils": __version__, "device": dev, "cpu": cpu_model(),
+                "cores": str(os.cpu_count()), "torch_threads": str(torch.get_num_threads())}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`), or ``"unknown"``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def setup(notebook: str, namespace: Mapping[str, Any] | None = None, /, **params: Any) -> Run:

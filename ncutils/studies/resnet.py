@@ -32,8 +32,9 @@ def resnet_cpu_hours(p: Mapping[str, Any]) -> float:
     return 3 * 1.11e9 * p["width_multiplier"] ** 2 * images / 50e9 / 3600
 
 
-__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "collapse_rates", "resnet_checks", "resnet_cpu_hours",
-           "resnet_data", "resnet_final", "resnet_metric_table", "terminal_phase", "training_figure"]
+__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "collapse_rates", "figure_name", "resnet_checks",
+           "resnet_cpu_hours", "resnet_data", "resnet_final", "resnet_metric_table", "terminal_phase",
+           "training_figure"]
 
 NOTEBOOK = "07_resnet"
 
@@ -103,6 +104,16 @@ def resnet_metric_table(result: Any, metric: str = "nc1") -> pd.DataFrame:
     """``metric`` per layer (rows, by depth) at the first and the last measured epoch (columns)."""
     t = result.history[result.history.metric == metric].pivot(index="layer", columns="epoch", values="value")
     return t.loc[_by_depth(t.index)].iloc[:, [0, -1]]
+
+
+def figure_name(cfg: TrainConfig, profile: str) -> str:
+    """File name of a run's figure, after the paper figure its protocol follows: Ji et al. 2022 Fig. 1
+    (``jlzds22_fig1_``) without any weight decay, else Tirer & Bruna 2022 Fig. 5 (MNIST) / Fig. 10 (CIFAR-10)
+    (``tb22_fig5_`` / ``tb22_fig10_``); then network, dataset, loss, ``_bias`` and the profile (``cpu`` profiles
+    are the CPU-scale runs, paper profiles width 1)."""
+    no_wd = cfg.wd_features == 0 and cfg.wd_classifier == 0
+    paper = "jlzds22_fig1" if no_wd else {"mnist": "tb22_fig5", "cifar10": "tb22_fig10"}[cfg.dataset]
+    return f"{paper}_resnet18_{cfg.dataset}_{cfg.loss}{'_bias' if cfg.fc_bias else ''}_{profile}"
 
 
 def terminal_phase(result: Any) -> int | None:
