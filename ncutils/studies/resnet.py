@@ -208,8 +208,9 @@ def training_figure(history: pd.DataFrame, frame: str = "etf", title: str | None
     feats = history[history.layer != "model"]
     layers = [name for name in dict.fromkeys(feats.layer) if not name.endswith("_flat")]
     colors = dict(zip(layers, sns.color_palette("rocket_r", len(layers) + 1)[1:], strict=True))
+    frame_name = "simplex ETF" if frame == "etf" else "orthogonal frame"
     for ax, (panel, metric) in zip(
-        axes[1:3], [("NC1 (dashed: flattened maps)", "nc1"), (f"NC2 to the {frame} frame", f"nc2_{frame}")], strict=True
+        axes[1:3], [("NC1 (dashed: flattened maps)", "nc1"), (f"NC2 to the {frame_name}", f"nc2_{frame}")], strict=True
     ):
         for layer in layers:
             for suffix, dashes in (("", ""), ("_flat", (4, 2))):
