@@ -170,6 +170,9 @@ def test_training_records_every_level_and_the_figures_draw(digits):
     s = study.spectra_table(res.history)
     assert (s[1] == 1).all() and (s.diff(axis=1).iloc[:, 1:].fillna(0) <= 1e-12).all().all()  # σ_k/σ_1, descending
     assert s.loc["H1"].notna().sum() == 8 and s.loc["H2"].notna().sum() == 10  # min(K, d) values: H1 has d = 8
+    small = study.smallest_sv_table(res.history)
+    assert list(small.columns) == ["H1", "H2", "H3", "H4"] and list(small.index) == [1, 2, 4]
+    assert small.loc[4, "H1"] == pytest.approx(s.loc["H1", 8]) and small.loc[4, "H2"] == pytest.approx(s.loc["H2", 10])
     fig = study.training_figure(res.history, title="t")
     assert len(fig.axes) == 5  # four panels and the accuracy twin axis
     fig2 = study.spectra_figure(res.history, 0.01, 5)

@@ -40,15 +40,16 @@ from .resnet import resnet_cpu_hours
 
 __all__ = ["ASSUMPTIONS", "BACKBONES", "NOTEBOOK", "REQUIREMENTS", "RULES", "TRAIN_KEYS", "DeepHeadNet",
            "HeadResult", "checkpoint_path", "checks", "final_table", "head_cpu_hours", "head_data", "make_model",
-           "measure_head", "small_cnn", "spectra_figure", "spectra_table", "srg_reference", "train_deep_head",
-           "training_figure"]
+           "measure_head", "small_cnn", "smallest_sv_table", "spectra_figure", "spectra_table", "srg_reference",
+           "train_deep_head", "training_figure"]
 
 NOTEBOOK = "12_deep_head"
 K_CLASSES = 10  # MNIST and CIFAR-10
 BACKBONES: tuple[str, ...] = ("cnn", "resnet18")
-#: Assumed sustained training throughput of one CPU core on the small CNN's 3×3 convolutions (measured on the
-#: 2-core development machine, one thread, other jobs running: see profiles/12_deep_head.yaml).
-CNN_CPU_FLOPS = 2.5e9
+#: Assumed sustained throughput of one CPU thread on the small CNN (forward FLOPs counted by :func:`head_cpu_hours`):
+#: measured 1.6e10 on the 2-core development machine (width 16, 5 000 MNIST digits, 40 epochs in 160 s, one
+#: thread, load average 3), rounded down.
+CNN_CPU_FLOPS = 1.2e10
 
 
 def _rank_tol(value: float) -> None:
@@ -206,7 +207,7 @@ def _mse(out: Tensor, y: Tensor, K: int) -> Tensor:
 
 # --------------------------------------------------------------------------- measurement
 @torch.no_grad()
-def _features(model: DeepHeadNet, X: Tensor, batch: int = 1000) -> tuple[list[Tensor], Tensor]:
+def _features(model: DeepHeadNet, X: Tensor, batch: int = 128) -> tuple[list[Tensor], Tensor]:
     """Every level's features of ``X`` in eval mode, float32 on the model's device, then float64 for the metrics."""
     dev = next(model.parameters()).device
     parts: list[list[Tensor]] = []
@@ -435,6 +436,16 @@ def spectra_table(history: pd.DataFrame, epoch: int | None = None) -> pd.DataFra
     return t.div(t[1], axis=0)
 
 
+def smallest_sv_table(history: pd.DataFrame) -> pd.DataFrame:
+    """σ_K/σ_1 (the smallest over the largest singular value of the uncentred class means; K = min(K, d_l)) per
+    measured epoch (rows) and level (columns): how far each level is from rank K − 1 along training."""
+    levels = _levels(history)
+    h = history[history.metric.str.startswith("sv_") & history.layer.isin(levels)].dropna(subset=["value"])
+    k = h.metric.str[3:].astype(int)
+    last = h[k == k.groupby(h.layer).transform("max")].pivot(index="epoch", columns="layer", values="value")
+    return (last / _pivot(history, "sv_1"))[levels]
+
+
 def srg_reference(K: int, L: int) -> dict[str, Any]:
     """What the low-rank SRG construction of Súkeník et al. 2024 (:func:`ncutils.theory.srg_construction`) has
     at K = r(r−1)/2 classes and L layers: the rank of the class means at H₁ … H_L (r below the top, K at H_L).
@@ -489,9 +500,10 @@ def _colors(levels: list[str]) -> dict[str, Any]:
 
 
 def training_figure(history: pd.DataFrame, title: str | None = None) -> Figure:
-    """The panels of Súkeník et al. 2023 (Fig. 2) for the real network, against epochs: objective and
-    accuracy; DNC1 (NC1, rank-aware dashed) per level; DNC2 (to the orthogonal frame) per level; DNC3 of every
-    head layer W_l (``nc3_gram`` of W_l and the class means of H_l; W_L: ``nc3_orthogonal``). Deeper is darker."""
+    """The panels of Súkeník et al. 2023 (DNC1, DNC2, DNC3 per layer against training time) for the real network,
+    against epochs: objective and accuracy; DNC1 (NC1, rank-aware dashed) per level; DNC2 (to the orthogonal
+    frame, ETF dashed) per level; DNC3 of every head layer W_l (``nc3_gram`` of W_l and the class means of H_l;
+    W_L: ``nc3_orthogonal``). Deeper is darker."""
     style()
     fig, axes = plt.subplots(1, 4, figsize=(14.4, 3.9), constrained_layout=True)
     m = history[history.layer == "model"].pivot(index="epoch", columns="metric", values="value").dropna(
@@ -509,8 +521,8 @@ def training_figure(history: pd.DataFrame, title: str | None = None) -> Figure:
     legend_below(ax, ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0])
     levels = _levels(history)
     colors = _colors(levels)
-    panels = [("DNC1: NC1 (dashed: rank-aware)", ["nc1", "nc1_rank"]), ("DNC2: NC2 to the orthogonal frame",
-                                                                        ["nc2_orthogonal"])]
+    panels = [("DNC1: NC1 (dashed: rank-aware)", ["nc1", "nc1_rank"]),
+              ("DNC2: NC2 to the orth. frame (dashed: ETF)", ["nc2_orthogonal", "nc2_etf"])]
     for ax, (panel, metrics) in zip(axes[1:3], panels, strict=True):
         for lv in levels:
             for metric, dashes in zip(metrics, ("", (4, 2)), strict=False):
@@ -553,7 +565,7 @@ def spectra_figure(history: pd.DataFrame, rank_tol: float, srg_r: int | None = N
         ax.set_yscale("log")
         ax.set_title(f"{lv}: σ_k / σ_1")
         ax.set_xlabel("k")
-    axes[0][-1].legend(fontsize="x-small", loc="lower left")
+    axes[0][-1].legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     if title:
         fig.suptitle(title)
     return fig
