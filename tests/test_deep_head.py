@@ -67,7 +67,7 @@ def test_train_validates_its_parameters_before_any_compute(digits, monkeypatch):
 
 
 def test_gpu_profiles_are_refused_on_a_cpu_and_the_cpu_profile_fits():
-    for prof in ("paper", "cifar10"):
+    for prof in ("paper", "cifar10"):  # refused for the CPU time, before the (absent) CIFAR-10 files are looked for
         p = {**runner.declared_parameters(runner.notebook_path(NB)), **runner.load_profile(NB, prof), "device": "cpu"}
         assert study.head_cpu_hours(p) > 100, prof
         with pytest.raises(ValueError, match=r"this run needs about .* CPU hours .*run it on a GPU"):

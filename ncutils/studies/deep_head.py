@@ -102,19 +102,21 @@ def head_cpu_hours(p: Mapping[str, Any]) -> float:
     return fwd * (3 * n_train * p["epochs"] + measurements * (n_train + n_test)) / CNN_CPU_FLOPS / 3600
 
 
-#: Hard requirements: the dataset files must be there, and a CPU run must fit ``max_cpu_hours``.
+#: Hard requirements: a CPU run must fit ``max_cpu_hours`` (checked first: a GPU profile on a CPU machine is refused
+#: for that, whatever data the machine has), and the dataset files must be there.
 REQUIREMENTS: list[Requirement] = [
-    Requirement(("dataset", "data_root", "fake_data"),
-                lambda p: p["fake_data"] or missing_files(p["dataset"], p["data_root"]) is None,
-                lambda p: f"parameter data_root: {missing_files(p['dataset'], p['data_root'])}", machine=True),
     Requirement(
-        ("device", "backbone", "width", "per_class", "epochs", "max_cpu_hours"),
+        ("device", "dataset", "backbone", "width", "per_class", "test_per_class", "epochs", "measure_every",
+         "max_cpu_hours"),
         lambda p: resolve_device(p["device"]).type != "cpu" or head_cpu_hours(p) <= p["max_cpu_hours"],
         lambda p: (f"this run needs about {head_cpu_hours(p):.3g} CPU hours (more than max_cpu_hours = "
                    f"{p['max_cpu_hours']:g}): run it on a GPU (device cuda), lower width/per_class/epochs "
                    "(profile cpu), or raise max_cpu_hours"),
         machine=True,
     ),
+    Requirement(("dataset", "data_root", "fake_data"),
+                lambda p: p["fake_data"] or missing_files(p["dataset"], p["data_root"]) is None,
+                lambda p: f"parameter data_root: {missing_files(p['dataset'], p['data_root'])}", machine=True),
 ]
 #: Assumptions of the theory: runs go on, but say so.
 ASSUMPTIONS: list[Assumption] = [
@@ -232,7 +234,8 @@ def measure_head(model: DeepHeadNet, X: Tensor, y: Tensor, Xte: Tensor | None = 
     which the classifier W_L reads, also ``nc3_orthogonal``, ``nc3_etf`` and ``nc4`` (``nc4_test``: test features
     against the training means); ``sv_1 … sv_K`` (uncentred class means) with ``rank`` (#σ_k > rank_tol·σ₁,
     uncentred, as Súkeník et al. 2024 count it) and ``rank_centred``. The levels are small (d ≤ a few hundred),
-    so they are held in memory (N·d floats each); no d×d matrix is formed.
+    so they are held in memory (N·d floats each); the only d×d matrices are the Grams of ``nc3_gram`` when
+    d ≤ d_out + K (:func:`ncutils.metrics.nc3_gram`).
     """
     was_training = model.training
     model.eval()
