@@ -203,7 +203,9 @@ def training_figure(history: pd.DataFrame, frame: str = "etf", title: str | None
     if "test_accuracy" in m:
         ax2.plot(m.index, m.test_accuracy, color="C2", ls=":", label="test acc.")
     ax2.set_ylim(0, 1.02)
+    ax2.set_ylabel("accuracy")
     _finish(ax, "objective and accuracy", "epoch")
+    ax.set_ylabel("objective, loss")
     legend_below(ax, ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0])
     feats = history[history.layer != "model"]
     layers = [name for name in dict.fromkeys(feats.layer) if not name.endswith("_flat")]
@@ -218,7 +220,7 @@ def training_figure(history: pd.DataFrame, frame: str = "etf", title: str | None
                 if not c.empty:
                     ax.plot(c.epoch, c.value, color=colors[layer], marker=".", dashes=dashes,
                             label=layer if not suffix else None)
-        _finish(ax, panel, "epoch", ylog=True)
+        _finish(ax, panel, "epoch", ylog=metric == "nc1")  # NC2 spans well under a decade: a linear axis
         legend_below(ax, ncol=3)
     ax = axes[3]
     for metric, label in (("nc3_etf", "NC3 (ETF)"), ("nc3_orthogonal", "NC3 (orth.)")):

@@ -120,8 +120,9 @@ nc.plot.save(fig, study.figure_name(cfg, profile), run.figures_dir);
 # - In the terminal phase the penultimate NC1 still falls, slowly (0.03194 → 0.02213 from epoch 12 to 36, a slope of
 #   −0.3291 in log NC1 against log epoch), while NC2 and NC3 barely move (slopes −0.06307 to −0.0061).
 # - The frame Tirer & Bruna's UFM predicts for MSE without bias is **not observed**: NC2 to the orthogonal frame at
-#   `layer4` is 1.001 (about its value when the global mean dominates the class means) and NC3 to it 0.9253. The
-#   centred means are nearer a simplex ETF (NC2 0.2988, NC3 0.5809) but not at one either. NC4 on the test set is
+#   `layer4` is 1.001 and NC3 to it 0.9253. That is below the value of means dominated by their global mean (what the
+#   stem to `layer3` show, 1.165–1.168) but far from 0: the global mean is still large. The centred means are nearer a
+#   simplex ETF (NC2 0.2988, NC3 0.5809) but not at one either. NC4 on the test set is
 #   0.012: the classifier and the nearest-class-mean rule disagree on 1.2% of the test digits.
 #
 # Whether NC2/NC3 form at full width, on 5 000 digits per class and over 200 epochs is the question of the `paper`
