@@ -74,7 +74,7 @@ def test_no_committed_file_points_into_the_development_machines_shared_folder():
     """``../shared`` exists only on development machines: no committed notebook, profile, default, or doc names it."""
     files = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=repo_root(), check=True).stdout
     hits = [f for f in files.split() if not f.startswith("tests/") and (repo_root() / f).is_file()
-            and "../shared" in (repo_root() / f).read_text(errors="ignore")]
+            and any(path in (repo_root() / f).read_text(errors="ignore") for path in ("../shared", "/work/shared"))]
     assert hits == []
 
 
