@@ -520,11 +520,13 @@ def training_figure(history: pd.DataFrame, title: str | None = None) -> Figure:
     if "test_accuracy" in m:
         ax2.plot(m.index, m.test_accuracy, color="C2", ls=":", label="test acc.")
     ax2.set_ylim(0, 1.02)
+    ax2.set_ylabel("accuracy")
     _finish(ax, "objective and accuracy", "epoch")
+    ax.set_ylabel("objective, MSE")
     legend_below(ax, ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0])
     levels = _levels(history)
     colors = _colors(levels)
-    panels = [("DNC1: NC1 (dashed: rank-aware)", ["nc1", "nc1_rank"]),
+    panels = [("DNC1: NC1 (dashed: rank-aware, on it when equal)", ["nc1", "nc1_rank"]),
               ("DNC2: NC2 to the orth. frame (dashed: ETF)", ["nc2_orthogonal", "nc2_etf"])]
     for ax, (panel, metrics) in zip(axes[1:3], panels, strict=True):
         for lv in levels:
@@ -532,14 +534,14 @@ def training_figure(history: pd.DataFrame, title: str | None = None) -> Figure:
                 t = _pivot(history, metric)[lv]
                 ax.plot(t.index, t.values, color=colors[lv], marker=".", dashes=dashes,
                         label=lv if metric == metrics[0] else None)
-        _finish(ax, panel, "epoch", ylog=True)
+        _finish(ax, panel, "epoch", ylog=metrics[0] == "nc1")  # NC2 spans about a decade or less: linear
         legend_below(ax, ncol=3)
     ax = axes[3]
     for i, lv in enumerate(levels, start=1):
         metric = "nc3_orthogonal" if lv == levels[-1] else "nc3_gram"
         t = _pivot(history, metric)[lv]
         ax.plot(t.index, t.values, color=colors[lv], marker=".", label=f"W{i} vs {lv}")
-    _finish(ax, "DNC3: W_l vs class means of H_l", "epoch", ylog=True)
+    _finish(ax, f"DNC3: W_l vs means of H_l (Gram; W{len(levels)}: NC3 orth.)", "epoch")
     legend_below(ax, ncol=3)
     if title:
         fig.suptitle(title)
@@ -563,12 +565,15 @@ def spectra_figure(history: pd.DataFrame, rank_tol: float, srg_r: int | None = N
             ax.plot(s.index, np.maximum(s.values, 1e-12), color=color, marker="o", ms=3, lw=0.9,
                     label=f"epoch {ep}")
         ax.axhline(rank_tol, color="0.3", ls=":", lw=1)
-        if srg_r is not None:
-            ax.axvline(srg_r, color="0.6", ls="--", lw=1)
+        if srg_r is not None and lv != levels[-1]:  # the construction has rank r below the top level, K at it
+            ax.axvline(srg_r, color="0.6", ls="--", lw=1, label=f"SRG rank r = {srg_r}")
         ax.set_yscale("log")
         ax.set_title(f"{lv}: σ_k / σ_1")
         ax.set_xlabel("k")
-    axes[0][-1].legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    axes[0][0].plot([], [], color="0.3", ls=":", lw=1, label=f"rank_tol {rank_tol:g}")
+    handles = {lab: h for ax in axes[0] for h, lab in zip(*ax.get_legend_handles_labels(), strict=True)}
+    axes[0][-1].legend(handles.values(), handles.keys(), fontsize="x-small", loc="upper left",
+                       bbox_to_anchor=(1.02, 1.0))
     if title:
         fig.suptitle(title)
     return fig

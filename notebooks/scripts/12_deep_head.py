@@ -21,11 +21,12 @@
 #
 # The deep unconstrained features model (notebook 04, SPEC §4) treats the features H₁ that enter an L-layer
 # bias-free ReLU head as free variables. For K = 2 its global optimum is deep neural collapse at every layer:
-# within-class collapse (DNC1), class means forming an orthogonal frame (DNC2), each weight W_l aligned with the
-# class means it reads (DNC3). For K > 2 and L ≥ 3 the 2024 paper shows that DNC is *not* optimal: the low-rank
-# bias of multi-layer weight decay gives solutions of lower loss whose intermediate class means have rank < K
-# (DNC1 still holds, DNC2/DNC3 fail); their strongly-regular-graph construction has rank r with r(r−1)/2 = K, so
-# r = 5 for K = 10 (`ncutils.theory.srg_construction`).
+# within-class collapse (DNC1), post-ReLU class means (H₂ … H_L) forming an orthogonal frame (DNC2), each weight
+# W_l aligned with the class means it reads (DNC3). For K > 2 and L ≥ 3 the 2024 paper shows that DNC is *not*
+# optimal: the low-rank bias of multi-layer weight decay gives solutions of lower loss whose intermediate class
+# means have rank < K (DNC1 still holds, DNC2/DNC3 fail). Their strongly-regular-graph construction, as ncutils
+# derives it from the paper's description (`ncutils.theory.srg_construction`; the paper's §4 text was not available
+# here), has rank r with r(r−1)/2 = K below the top level, so r = 5 for K = 10.
 #
 # Here H₁ is not free: it is the pooled output of a convolutional backbone (a small CNN of three 3×3 conv blocks
 # by default, or `ncutils.nets.resnet18` with the CIFAR stem), trained end to end with the head on real MNIST
@@ -131,15 +132,20 @@ nc.plot.save(fig, f"{tag}deep_head_spectra_{backbone}_{dataset}_L{head_layers}_{
 #   0.179 (H₂), 0.0694 (H₃), 0.0416 (H₄): H₄/H₁ = 0.117 (checked < 1). It does not reach 0 (the theory's
 #   collapsed and low-rank optima both have NC1 = 0). With `rank_tol` 0.01 nothing is cut: the rank-aware NC1
 #   equals NC1 at every level.
-# - **The low-rank bias of Súkeník et al. 2024 is not observed**: the class means have full rank 10 at every level
-#   (the check on the hidden levels H₂, H₃ fails: 0/2 below K), where the SRG construction has rank 5 at
-#   H₁ … H₃. The smallest normalized singular value σ₁₀/σ₁ at the last epoch is 0.037 (H₁), 0.03 (H₂), 0.11 (H₃)
-#   and 0.3 (H₄), and it *rose* during training at every level (epoch 1: 0.0068, 0.011, 0.018, 0.02): the
-#   spectra flatten as the network trains, the opposite of a rank collapse at this scale.
-# - **DNC2 is not observed**: NC2 to the orthogonal frame (0 for DNC) is 1.05, 1.01, 0.944, 0.77 from H₁ to H₄;
-#   to the simplex ETF 0.713, 0.751, 0.705, 0.414. Only the top level moves towards either frame.
-# - **DNC3 is not observed**: the Gram alignment of W₁, W₂, W₃ with the class means they read stays at 1.12–1.14
-#   (0 for DNC); the classifier W₄ is closer to the class means of H₄ (NC3 to the orthogonal frame 0.642).
+# - **The low-rank bias of Súkeník et al. 2024 is not observed at this scale**: at the last epoch the class means
+#   have full rank 10 at every level with `rank_tol` 0.01 (the check on the hidden levels H₂, H₃ fails: 0/2 below
+#   K), where the SRG construction has rank 5 at H₁ … H₃ (and 10 at H₄). The smallest normalized singular value
+#   σ₁₀/σ₁ at the last epoch is 0.037 (H₁), 0.03 (H₂), 0.11 (H₃) and 0.3 (H₄), higher than at epoch 1 at every
+#   level (0.0068, 0.011, 0.018, 0.02): the spectra flatten as the network trains, the opposite of a rank collapse.
+#   This run is not near any optimum of the deep UFM (NC1 is still 0.0416–0.357), so it is no evidence against
+#   the theory, whose SRG advantage is proven only in a regime of (K, L, λ).
+# - **DNC2 is not observed**: at the last epoch NC2 to the orthogonal frame (0 for DNC, a property of the post-ReLU
+#   levels H₂ … H₄) is 1.01, 0.944, 0.77 from H₂ to H₄ (1.05 at H₁); to the simplex ETF 0.713, 0.751, 0.705, 0.414
+#   from H₁ to H₄. Every level moves towards the ETF during training (figure), and only the top level ends clearly
+#   closer to either frame.
+# - **DNC3 is not observed**: at the last epoch the Gram alignment of W₁, W₂, W₃ with the class means they read
+#   (`nc3_gram`, 0 for DNC) is 1.14, 1.12, 1.13; the classifier W₄, measured against the uncentred class means of
+#   H₄ by another quantity (`nc3_orthogonal`), is at 0.642.
 #
 # So SGD at this scale ends in neither of the deep UFM's structured solutions: within-class variability shrinks
 # layer by layer, but the class means are full-rank and not a frame. Whether more epochs, a larger width or the
