@@ -36,7 +36,7 @@ from ..plot import finish_axes as _finish
 from ..plot import legend_below, style
 from ..report import check, count_check
 from ._common import NONNEG, POSITIVE, Assumption, Requirement, Rule
-from .resnet import resnet_cpu_hours
+from .resnet import objective_accuracy_panel, resnet_cpu_hours
 
 __all__ = ["ASSUMPTIONS", "BACKBONES", "NOTEBOOK", "REQUIREMENTS", "RULES", "TRAIN_KEYS", "DeepHeadNet",
            "HeadResult", "checkpoint_path", "checks", "final_table", "head_cpu_hours", "head_data", "make_model",
@@ -509,21 +509,7 @@ def training_figure(history: pd.DataFrame, title: str | None = None) -> Figure:
     W_L: ``nc3_orthogonal``). Deeper is darker."""
     style()
     fig, axes = plt.subplots(1, 4, figsize=(14.4, 3.9), constrained_layout=True)
-    m = history[history.layer == "model"].pivot(index="epoch", columns="metric", values="value").dropna(
-        subset=["objective"])
-    ax = axes[0]
-    ax.plot(m.index, m.objective, color="C0", label="objective (MSE + decay)")
-    ax.plot(m.index, m.train_loss, color="C0", ls="--", label="train MSE")
-    ax.set_yscale("log")
-    ax2 = ax.twinx()
-    ax2.plot(m.index, m.train_accuracy, color="C2", label="train acc.")
-    if "test_accuracy" in m:
-        ax2.plot(m.index, m.test_accuracy, color="C2", ls=":", label="test acc.")
-    ax2.set_ylim(0, 1.02)
-    ax2.set_ylabel("accuracy")
-    _finish(ax, "objective and accuracy", "epoch")
-    ax.set_ylabel("objective, MSE")
-    legend_below(ax, ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0])
+    objective_accuracy_panel(axes[0], history, loss="MSE")
     levels = _levels(history)
     colors = _colors(levels)
     panels = [("DNC1: NC1 (dashed: rank-aware, on it when equal)", ["nc1", "nc1_rank"]),

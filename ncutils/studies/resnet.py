@@ -32,9 +32,9 @@ def resnet_cpu_hours(p: Mapping[str, Any]) -> float:
     return 3 * 1.11e9 * p["width_multiplier"] ** 2 * images / 50e9 / 3600
 
 
-__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "collapse_rates", "figure_name", "resnet_checks",
-           "resnet_cpu_hours", "resnet_data", "resnet_final", "resnet_metric_table", "terminal_phase",
-           "training_figure"]
+__all__ = ["ASSUMPTIONS", "NOTEBOOK", "REQUIREMENTS", "RULES", "collapse_rates", "figure_name",
+           "objective_accuracy_panel", "resnet_checks", "resnet_cpu_hours", "resnet_data", "resnet_final",
+           "resnet_metric_table", "terminal_phase", "training_figure"]
 
 NOTEBOOK = "07_resnet"
 
@@ -182,21 +182,19 @@ def resnet_checks(result: Any) -> list[dict[str, Any]]:
     return out
 
 
-def training_figure(history: pd.DataFrame, frame: str = "etf", title: str | None = None) -> Figure:
-    """Tirer & Bruna Fig. 5 layout for a network run (``history`` of :func:`ncutils.train.train_resnet`):
-    objective and train/test accuracy, then NC1 and NC2 (to ``frame``: ``"orthogonal"`` for MSE without
-    bias, ``"etf"`` otherwise) per layer, and NC3 / NC4 (test) of the classifier's input, against epochs.
-    One colour per layer, deeper is darker; flattened feature maps dashed."""
-    style()
-    fig, axes = plt.subplots(1, 4, figsize=(14.4, 3.9), constrained_layout=True)
+def objective_accuracy_panel(ax: Any, history: pd.DataFrame, loss: str = "loss") -> pd.DataFrame:
+    """The first panel of a network run's training figure (Tirer & Bruna Fig. 5; notebooks 07, 12): the objective
+    (loss + weight decay) and the training ``loss`` (log scale, left axis) and train/test accuracy (right axis)
+    against the measured epochs of ``history`` (long form, layer ``"model"``). Returns the model-level metrics
+    (epoch × metric) it plotted from."""
     m = (
         history[history.layer == "model"]
         .pivot(index="epoch", columns="metric", values="value")
         .dropna(subset=["objective"])
     )
-    ax = axes[0]
-    ax.plot(m.index, m.objective, color="C0", label="objective (loss + decay)")
-    ax.plot(m.index, m.train_loss, color="C0", ls="--", label="train loss")
+    ax.plot(m.index, m.objective, color="C0", label="objective (loss + decay)" if loss == "loss" else
+            f"objective ({loss} + decay)")
+    ax.plot(m.index, m.train_loss, color="C0", ls="--", label=f"train {loss}")
     ax.set_yscale("log")
     ax2 = ax.twinx()
     ax2.plot(m.index, m.train_accuracy, color="C2", label="train acc.")
@@ -205,8 +203,19 @@ def training_figure(history: pd.DataFrame, frame: str = "etf", title: str | None
     ax2.set_ylim(0, 1.02)
     ax2.set_ylabel("accuracy")
     _finish(ax, "objective and accuracy", "epoch")
-    ax.set_ylabel("objective, loss")
+    ax.set_ylabel(f"objective, {loss}")
     legend_below(ax, ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0])
+    return m
+
+
+def training_figure(history: pd.DataFrame, frame: str = "etf", title: str | None = None) -> Figure:
+    """Tirer & Bruna Fig. 5 layout for a network run (``history`` of :func:`ncutils.train.train_resnet`):
+    objective and train/test accuracy, then NC1 and NC2 (to ``frame``: ``"orthogonal"`` for MSE without
+    bias, ``"etf"`` otherwise) per layer, and NC3 / NC4 (test) of the classifier's input, against epochs.
+    One colour per layer, deeper is darker; flattened feature maps dashed."""
+    style()
+    fig, axes = plt.subplots(1, 4, figsize=(14.4, 3.9), constrained_layout=True)
+    m = objective_accuracy_panel(axes[0], history)
     feats = history[history.layer != "model"]
     layers = [name for name in dict.fromkeys(feats.layer) if not name.endswith("_flat")]
     colors = dict(zip(layers, sns.color_palette("rocket_r", len(layers) + 1)[1:], strict=True))
