@@ -44,7 +44,7 @@ dataset: str = "mnist"  # mnist or cifar10
 losses: list = ["mse", "ce"]  # the arms: mse (one-hot targets, no classifier bias) and/or ce (with bias)
 variants: list = ["baseline", "features_x2", "classifier_x2", "features_0"]  # weight-decay variants (baseline needed)
 wd: float = 0.0005  # the baseline weight decay of the feature layers and of the classifier weight (paper: 5e-4)
-baseline_seeds: int = 3  # trainings of the baseline per arm (seeds seed, seed+1, ...: init and batch order), >= 2
+baseline_seeds: int = 3  # trainings of the baseline per arm, at least 2 (seeds seed, seed+1 and so on set init and batch order)
 seeds: int = 1  # trainings of every other variant per arm (seeds seed, seed+1, ...)
 lr: float = 0.05  # SGD learning rate
 schedule: str = "thirds"  # step40 (divide by 10 every 40 epochs), thirds (at 1/3 and 2/3), constant
