@@ -10,6 +10,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
+
+@pytest.fixture
+def no_kernel(monkeypatch):
+    """Fail the test if a notebook kernel starts: bad parameters must be refused before papermill is called."""
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("kernel started"))
+
 
 @contextmanager
 def script_module(path: Path, name: str) -> Iterator[ModuleType]:

@@ -215,18 +215,12 @@ def test_layerwise_chain_reduces_nc1():
         ({"h0_file": "no/such/file.npy"}, r"parameter h0_file: file .* does not exist"),
     ],
 )
-def test_bad_parameters_of_notebook_05(bad, match, monkeypatch):
-    import papermill
-
-    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("kernel started"))
+def test_bad_parameters_of_notebook_05(no_kernel, bad, match, monkeypatch):
     with pytest.raises(ValueError, match=match):
         runner.run_notebook("05", params=bad)
 
 
-def test_bad_H0_file_of_notebook_05(tmp_path, monkeypatch):
-    import papermill
-
-    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("kernel started"))
+def test_bad_H0_file_of_notebook_05(no_kernel, tmp_path, monkeypatch):
     nan = np.ones((40, 10))
     nan[3, 3] = np.inf
     np.save(tmp_path / "nan.npy", nan)
@@ -246,10 +240,7 @@ def test_bad_H0_file_of_notebook_05(tmp_path, monkeypatch):
         ({"maxmargin_starts": 0}, r"parameter maxmargin_starts must be an integer in \[1, inf\)"),
     ],
 )
-def test_bad_parameters_of_notebook_06(bad, match, monkeypatch):
-    import papermill
-
-    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("kernel started"))
+def test_bad_parameters_of_notebook_06(no_kernel, bad, match, monkeypatch):
     with pytest.raises(ValueError, match=match):
         runner.run_notebook("06", params=bad)
 
@@ -410,10 +401,7 @@ def test_train_mlp_learns_fake_digits_deterministically(tmp_path):
         train_mlp(X, y, 16, epochs=1)
 
 
-def test_notebook_05_without_mnist_stops_before_any_compute(tmp_path, monkeypatch):
-    import papermill
-
-    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("kernel started"))
+def test_notebook_05_without_mnist_stops_before_any_compute(no_kernel, tmp_path, monkeypatch):
     monkeypatch.delenv("NCUTILS_DATA_ROOT", raising=False)
     with pytest.raises(ValueError, match=r"parameter data_root: mnist not found: looked for train-images-idx3-ubyte"
                                          r".* in .*/empty/MNIST/raw; .*make figures DATA_ROOT="):

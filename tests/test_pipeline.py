@@ -31,11 +31,8 @@ NB = "01_ufm_mse"
         ({"bogus": 1}, r"unknown parameter\(s\) \['bogus'\] for 01_ufm_mse; valid parameters are"),
     ],
 )
-def test_bad_parameters_fail_before_any_compute(bad, match, monkeypatch):
+def test_bad_parameters_fail_before_any_compute(no_kernel, bad, match, monkeypatch):
     # the runner validates before a kernel starts: papermill must never be called
-    import papermill
-
-    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("kernel started"))
     with pytest.raises(ValueError, match=match):
         runner.run_notebook(NB, params=bad)
     if "bogus" not in bad:
@@ -134,10 +131,7 @@ def test_figure_profiles():
         ("03", {"tag": "a/b"}, r"parameter tag: must be a non-empty name"),
     ],
 )
-def test_bad_parameters_of_the_multilayer_notebooks(nb, bad, match, monkeypatch):
-    import papermill
-
-    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("kernel started"))
+def test_bad_parameters_of_the_multilayer_notebooks(no_kernel, nb, bad, match, monkeypatch):
     with pytest.raises(ValueError, match=match):
         runner.run_notebook(nb, params=bad)
 

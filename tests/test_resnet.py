@@ -282,10 +282,7 @@ def test_nets_module_and_old_names():
          r"needs about 185 CPU hours .* run it on a GPU \(device cuda\)"),
     ],
 )
-def test_bad_parameters_of_notebook_07(bad, match, monkeypatch):
-    import papermill
-
-    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("kernel started"))
+def test_bad_parameters_of_notebook_07(no_kernel, bad, match, monkeypatch):
     monkeypatch.delenv("NCUTILS_DATA_ROOT", raising=False)
     with pytest.raises(ValueError, match=match):
         runner.run_notebook("07", params=bad)

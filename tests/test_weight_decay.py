@@ -59,13 +59,10 @@ def test_decay_horizon_by_hand():
     assert study.decay_horizon(study.PAPER_SETTINGS) == pytest.approx(5e-4 * 391 * 40 * 0.055555 / 0.1, rel=1e-12)
 
 
-def test_cifar10_profile_is_the_papers_setting_and_refused_on_a_cpu(monkeypatch):
-    import papermill
-
+def test_cifar10_profile_is_the_papers_setting_and_refused_on_a_cpu(no_kernel, monkeypatch):
     prof = runner.load_profile("11", "cifar10")
     assert {k: prof.get(k, v) for k, v in study.PAPER_SETTINGS.items()} == study.PAPER_SETTINGS
     assert prof["width_multiplier"] == 1.0 and runner.figure_profiles("11") == ["cpu", "cifar10"]
-    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("kernel started"))
     with pytest.raises(ValueError, match=r"these 18 trainings need about 3\.33e\+03 CPU hours .*run them on a GPU"):
         runner.run_notebook("11", profile="cifar10", params={"device": "cpu"})
 
@@ -88,10 +85,7 @@ def test_cifar10_profile_is_the_papers_setting_and_refused_on_a_cpu(monkeypatch)
         ({"fake_data": True, "per_class": 1000, "epochs": 100}, r"trainings need about .* CPU hours"),
     ],
 )
-def test_bad_parameters_are_refused_before_any_compute(bad, match, monkeypatch):
-    import papermill
-
-    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("kernel started"))
+def test_bad_parameters_are_refused_before_any_compute(no_kernel, bad, match, monkeypatch):
     monkeypatch.delenv("NCUTILS_DATA_ROOT", raising=False)
     with pytest.raises(ValueError, match=match):
         runner.run_notebook("11", params=bad)
