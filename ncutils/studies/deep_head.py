@@ -35,6 +35,7 @@ from ..paths import atomic_path, load_checkpoint, tensor_digest
 from ..plot import finish_axes as _finish
 from ..plot import legend_below, style
 from ..report import check, count_check
+from ..train import _loss_fn
 from ._common import NONNEG, POSITIVE, Assumption, Requirement, Rule
 from .resnet import objective_accuracy_panel, resnet_cpu_hours
 
@@ -203,8 +204,9 @@ def make_model(p: Mapping[str, Any], in_channels: int, K: int = K_CLASSES) -> De
 
 
 def _mse(out: Tensor, y: Tensor, K: int) -> Tensor:
-    """½‖out − e_y‖² averaged over the batch: the deep UFM's 1/(2N)‖W_L σ(…) − Y‖²_F per sample."""
-    return 0.5 * (out - nn.functional.one_hot(y, K).to(out.dtype)).square().sum(1).mean()
+    """½‖out − e_y‖² averaged over the batch: the deep UFM's 1/(2N)‖W_L σ(…) − Y‖²_F per sample (the MSE of
+    :func:`ncutils.train.train_resnet`)."""
+    return _loss_fn("mse", K)(out, y)
 
 
 # --------------------------------------------------------------------------- measurement

@@ -40,6 +40,7 @@ from ..plot import finish_axes as _finish
 from ..plot import legend_below, style
 from ..report import check, count_check
 from ..stream import StreamingNC
+from ..train import _loss_fn  # ½‖out − e_y‖² (mean over the batch) or cross-entropy
 from ._common import POSITIVE, Assumption, Requirement, Rule
 
 __all__ = ["ASSUMPTIONS", "CPU_FLOPS", "LOSSES", "NOTEBOOK", "REQUIREMENTS", "RULES", "LayerwiseConfig",
@@ -207,12 +208,6 @@ def _stage_seed(seed: int, layer: int) -> int:
     """The seed of stage ``layer`` (its initialization and batch order): independent of earlier stages' RNG
     use, so that a resumed run draws exactly what the uninterrupted run drew."""
     return seed * 1_000_003 + layer
-
-
-def _loss_fn(loss: str, K: int) -> Callable[[Tensor, Tensor], Tensor]:
-    if loss == "mse":
-        return lambda out, y: 0.5 * (out - nn.functional.one_hot(y, K).to(out.dtype)).square().sum(1).mean()
-    return lambda out, y: nn.functional.cross_entropy(out, y)
 
 
 @torch.no_grad()
