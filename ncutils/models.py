@@ -27,7 +27,7 @@ from ._validate import bad_value, check_choice, check_hyperparameter, check_inte
 from .metrics import class_means_t, margin_t, max_margin_distance_t
 from .nets import RESNET_LAYERS, resnet18  # moved to ncutils.nets; re-exported here for one release
 
-__all__ = ["RESNET_LAYERS", "UFM", "DeepUFM", "FeatureModel", "Level", "check_hyperparameter", "check_integer",
+__all__ = ["RESNET_LAYERS", "UFM", "ClassReduced", "DeepUFM", "FeatureModel", "Level", "class_reduce", "class_reducible", "check_hyperparameter", "check_integer",
            "check_integers", "extended_ufm", "resnet18"]
 
 Params = dict[str, Tensor]
@@ -90,7 +90,7 @@ def _step_buffers(model: FeatureModel, S: int, dims: tuple[int, ...], like: Tens
     key = (S, like.device, like.dtype)
     cache = model.__dict__.get("_step_cache")  # not a dataclass field: no effect on eq/repr
     if cache is None or cache[0] != key:
-        cache = (key, _StepBuffers(S, model.N, dims, like))
+        cache = (key, _StepBuffers(S, like.shape[-2], dims, like))  # rows of H₁: N, or K + r class-reduced
         model.__dict__["_step_cache"] = cache
     return cache[1]
 
@@ -483,6 +483,114 @@ class DeepUFM(FeatureModel):
         for layer in range(1, self.L + 1):
             ex[f"norm_W{layer}_sq"] = p[f"W{layer}"].square().sum((-1, -2))
         return ex
+
+
+class ClassReduced(FeatureModel):
+    """A linear MSE model (:class:`UFM` without bias, linear :class:`DeepUFM`) in exact class-reduced coordinates.
+
+    Write the free features as class means plus within-class deviations, ``H₁ = E M + R`` (``E (N, K)`` one-hot,
+    ``M (S, K, d₁)``, ``Eᵀ R = 0``). A GD step moves every row h_i of H₁ by the same affine map of h_i, shifted by
+    its class's target; so ``R`` evolves as ``R_t = R₀ B_t`` (``B_t`` d₁ × d₁) and, with ``R₀ = V C₀`` (``V (S, N, r)``
+    orthonormal columns orthogonal to ``E``, from a QR of ``R₀``), ``R_t = V C_t``. The data term and ‖H₁‖² split
+    the same way (cross terms vanish as ``Eᵀ V = 0``), so GD on the ``K + r`` rows ``[√n M; C]`` with targets
+    ``[√n I; 0]`` and the full problem's 1/N is GD on ``H₁`` iterate by iterate (equal to float round-off, tested):
+    ``K + d₁`` rows instead of ``N = Kn``. Exact for linear models only (a ReLU acts per sample).
+
+    Metrics (:meth:`levels`, :meth:`extras`) are read from the full features rebuilt by :meth:`expand`.
+    Build one with :func:`class_reduce`.
+    """
+
+    def __init__(self, base: UFM | DeepUFM, basis: Tensor) -> None:
+        self.base, self.basis = base, basis  # basis: V (S, N, r)
+        self.K, self.n = base.K, base.n
+        self._key = "H" if isinstance(base, UFM) else "H1"
+        self._targets: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def __repr__(self) -> str:
+        return f"ClassReduced({self.base!r}, r={self.basis.shape[-1]})"
+
+    @property
+    def rows(self) -> int:
+        """Rows of the reduced features: K class means plus r deviation directions."""
+        return self.K + self.basis.shape[-1]
+
+    def runs(self) -> int | None:
+        return self.base.runs()
+
+    def targets(self, like: Tensor) -> Tensor:
+        """Targets of the reduced rows ``(K + r, K)``: ``[√n I; 0]``."""
+        key = (like.device, like.dtype)
+        if key not in self._targets:  # built once per device and dtype (the GD loop's hot path)
+            T = torch.zeros(self.rows, self.K, device=like.device, dtype=like.dtype)
+            T[: self.K].fill_diagonal_(self.n**0.5)
+            self._targets[key] = T
+        return self._targets[key]
+
+    def init(self, S: int, init_std: float, generator: torch.Generator, dtype: torch.dtype) -> Params:
+        raise TypeError("a ClassReduced model starts from full parameters: use ncutils.models.class_reduce")
+
+    def _outputs(self, p: Params) -> Tensor:
+        if isinstance(self.base, UFM):
+            return p["H"] @ p["W"].transpose(-1, -2)
+        return self.base.forward(p)[2]
+
+    def objective(self, p: Params) -> Tensor:
+        """The full problem's objective, from the reduced rows (``(S,)``)."""
+        out = self._outputs(p)
+        return (out - self.targets(out)).square().sum((-1, -2)) / (2 * self.N) + self.base._regularizer(p)
+
+    def step(self, p: Params, lr: float) -> None:
+        """The base model's fused GD step on the reduced rows (same arithmetic, K + r rows instead of N)."""
+        b = self.base
+        if isinstance(b, UFM):
+            _fused_step(self, p["H"], [p["W"]], (b.lambda_W,), b.lambda_H, lr)
+        else:
+            Ws = [p[f"W{layer}"] for layer in range(1, b.L + 1)]
+            _fused_step(self, p["H1"], Ws, b.layer_lambdas(), b.lambda_H, lr)
+
+    def step_flops(self, S: int) -> float:
+        return self.base.step_flops(S) * self.rows / self.N
+
+    def expand(self, p: Params) -> Params:
+        """The full parameters: ``H₁ = E M + V C`` rebuilt from the reduced rows ``[√n M; C]`` ``(S, N, d₁)``."""
+        H = p[self._key]
+        M = H[:, : self.K] / self.n**0.5
+        full = dict(p)
+        full[self._key] = M.repeat_interleave(self.n, dim=1) + self.basis @ H[:, self.K:]
+        return full
+
+    def levels(self, p: Params) -> dict[str, Level]:
+        return self.base.levels(self.expand(p))
+
+    def extras(self, p: Params) -> dict[str, Tensor]:
+        return self.base.extras(self.expand(p))
+
+
+def class_reducible(model: FeatureModel) -> bool:
+    """Whether :func:`class_reduce` applies to ``model``: a linear MSE model (UFM without bias, linear deep UFM)
+    with ``K + d₁ < N`` (so the reduced rows are fewer)."""
+    if type(model) is UFM:  # exactly these classes: a subclass may change the objective or the step
+        ok, d1 = model.loss == "mse" and not model.bias, model.d
+    elif type(model) is DeepUFM:
+        ok, d1 = model.activation == "linear" or model.L == 1, model.widths[0]
+    else:
+        return False
+    return ok and model.K + d1 < model.N
+
+
+def class_reduce(model: FeatureModel, p: Params) -> tuple[ClassReduced, Params] | None:
+    """``(ClassReduced model, reduced parameters)`` for GD that equals GD on ``model`` from ``p`` (see
+    :class:`ClassReduced`), or None where :func:`class_reducible` is false (the reduction is not exact: ReLU,
+    cross-entropy, a bias; or it saves nothing)."""
+    if not class_reducible(model):
+        return None
+    key = "H" if isinstance(model, UFM) else "H1"
+    H = p[key]
+    M = class_means_t(H, model.labels(H.device), model.K)  # (S, K, d₁)
+    V, C = torch.linalg.qr(H - M.repeat_interleave(model.n, dim=1))  # R = V C: V (S, N, d₁), C (S, d₁, d₁)
+    reduced = {k: v.clone() for k, v in p.items()}
+    reduced[key] = torch.cat([M * model.n**0.5, C], dim=1)
+    return ClassReduced(model, V), reduced  # type: ignore[arg-type]
 
 
 def extended_ufm(K: int, n: int, d: int, activation: Activation = "relu", lambda_W1: Hyper = 5e-3,

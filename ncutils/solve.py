@@ -26,7 +26,7 @@ from ._extras import need
 from ._validate import check_float, check_int
 from .device import forward_ad_quietly, is_quiet, progress_bar, resolve_device, resolve_dtype, threads_for
 from .metrics import nc_metrics_t
-from .models import FeatureModel, Params
+from .models import UFM, ClassReduced, FeatureModel, Params, class_reduce, class_reducible
 from .paths import atomic_path, load_checkpoint, tensor_digest
 
 if TYPE_CHECKING:  # pandas is imported where a history table is built, not with the module
@@ -166,6 +166,7 @@ def gradient_descent(
     progress: bool | None = None,
     desc: str = "GD",
     threads: int | None = None,
+    reduce: bool | None = None,
 ) -> GDResult:
     """Plain full-batch gradient descent θ ← θ − lr ∇f(θ) on ``model``.
 
@@ -189,6 +190,10 @@ def gradient_descent(
     threads : torch intra-op threads while the loop runs on a CPU (the caller's count is restored after);
         default: 1 for steps below :data:`ncutils.device.GD_THREAD_FLOPS` FLOPs (the notebooks' UFMs:
         tiny operations on several threads wait on each other, worst on a busy machine), else unchanged.
+    reduce : run a linear MSE model (UFM without bias, linear deep UFM) in its exact class-reduced coordinates
+        (:class:`ncutils.models.ClassReduced`: K + d₁ rows instead of N, the same iterates to float round-off);
+        default (None): wherever it is exact and smaller; False: never; True: required (an error otherwise).
+        ``params`` and every recorded metric are those of the full features.
 
     Raises
     ------
@@ -205,16 +210,27 @@ def gradient_descent(
     if implied is not None and S != implied:
         raise ValueError(f"parameter runs must match the {implied} values of the per-run hyperparameters, got {S}")
     dev, dt = resolve_device(device), resolve_dtype(dtype)
+    if reduce not in (None, True, False):
+        raise ValueError(f"parameter reduce must be None, True or False, got {reduce!r}")
+    reducible = class_reducible(model)
+    if reduce and not reducible:
+        raise ValueError("parameter reduce=True needs a linear MSE model without bias (UFM, linear deep UFM) "
+                         f"with K + d_1 < N; {model!r} is not one")
+    reduced = reducible and reduce is not False
     if threads is not None:
         check_int("threads", threads, 1)
     elif dev.type == "cpu":
-        threads = threads_for(model.step_flops(S))
+        flops = model.step_flops(S)
+        if reduced and flops is not None:  # K + d₁ rows instead of N
+            flops *= (model.K + (model.d if isinstance(model, UFM) else model.widths[0])) / model.N  # type: ignore[attr-defined]
+        threads = threads_for(flops)
     with _thread_count(threads if dev.type == "cpu" else None):
         grid = record_steps(int(steps), record_every, num_records, geometric)
 
         fingerprint = _fingerprint(model, lr=lr, steps=int(steps), runs=S, seed=seed, init_std=init_std,
                                    dtype=str(dt), grid=grid.tobytes().hex(),
-                                   init=None if init is None else tensor_digest(*(init[k] for k in sorted(init))))
+                                   init=None if init is None else tensor_digest(*(init[k] for k in sorted(init))),
+                                   **({"reduced": True} if reduced else {}))
         ckpt = Path(checkpoint) if checkpoint is not None else None
         chunks: list[pd.DataFrame] = []
         start, elapsed = 0, 0.0
@@ -224,11 +240,16 @@ def gradient_descent(
             pd = need("pandas")
             start, elapsed = state["step"], state["elapsed"]
             chunks = [pd.DataFrame(c) for c in state["history"]]
-        elif init is not None:
-            p = {k: v.detach().to(dev, dt).clone() for k, v in init.items()}
+            run_model: FeatureModel = ClassReduced(model, state["basis"].to(dev)) if reduced else model  # type: ignore[arg-type]
         else:
-            gen = torch.Generator().manual_seed(int(seed))
-            p = {k: v.to(dev) for k, v in model.init(S, float(init_std), gen, dt).items()}
+            if init is not None:
+                p = {k: v.detach().to(dev, dt).clone() for k, v in init.items()}
+            else:
+                gen = torch.Generator().manual_seed(int(seed))
+                p = {k: v.to(dev) for k, v in model.init(S, float(init_std), gen, dt).items()}
+            run_model = model
+            if reduced:
+                run_model, p = class_reduce(model, p)  # type: ignore[misc]
 
         y = model.labels(dev)
         last_saved = start
@@ -238,6 +259,7 @@ def gradient_descent(
                 with atomic_path(ckpt) as tmp:
                     torch.save({"fingerprint": fingerprint, "step": step, "elapsed": elapsed + time.perf_counter() - t0,
                                 "params": {k: v.cpu() for k, v in p.items()},
+                                **({"basis": run_model.basis.cpu()} if isinstance(run_model, ClassReduced) else {}),
                                 "history": [_plain(c.to_dict("list")) for c in chunks]}, tmp)
 
         def check(f: Tensor, step: int) -> None:
@@ -252,9 +274,9 @@ def gradient_descent(
         t0 = time.perf_counter()
         bar = progress_bar(total=int(steps), initial=start, desc=desc, disable=not show, mininterval=1.0)
         if start == 0:
-            f0 = model.objective(p)
+            f0 = run_model.objective(p)
             check(f0, 0)
-            chunks += _record(model, p, y, 0, f0)
+            chunks += _record(run_model, p, y, 0, f0)
         step = start
         with torch.no_grad():
             for target in grid[grid > start]:
@@ -262,14 +284,14 @@ def gradient_descent(
                 while step < target:
                     todo = min(check_every, target - step)
                     for _ in range(todo):
-                        model.step(p, lr)
+                        run_model.step(p, lr)
                     step += todo
                     bar.update(todo)
                     if step < target:
-                        check(model.objective(p), step)
-                f = model.objective(p)
+                        check(run_model.objective(p), step)
+                f = run_model.objective(p)
                 check(f, step)
-                chunks += _record(model, p, y, step, f)
+                chunks += _record(run_model, p, y, step, f)
                 if ckpt is not None and checkpoint_every is not None and step - last_saved >= checkpoint_every:
                     save(step)
                     last_saved = step
@@ -284,6 +306,8 @@ def gradient_descent(
         history = pd.concat(chunks, ignore_index=True)
         history["level"] = history["level"].astype("category")
         history["metric"] = history["metric"].astype("category")
+        if isinstance(run_model, ClassReduced):
+            p = run_model.expand(p)
         return GDResult(model=model, params=p, history=history, steps=int(steps), lr=float(lr),
                         wall_time_s=wall, device=str(dev))
 

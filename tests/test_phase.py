@@ -62,13 +62,17 @@ def test_ufm_phase_diagram_matches_theory_and_does_not_depend_on_chunks():
 
 
 def test_auto_chunk_is_cache_sized_on_cpu_and_everything_on_gpu():
-    ufm = UFM(4, 50, 20)
-    assert phase.auto_chunk(ufm, 10_000, torch.device("cpu"), torch.float64) == 64  # the measured optimum
-    assert phase.auto_chunk(ufm, 10_000, torch.device("cpu"), torch.float32) == 128
+    full = UFM(4, 50, 20, loss="ce")  # not class-reducible: GD runs on all N = 200 rows
+    assert phase.auto_chunk(full, 10_000, torch.device("cpu"), torch.float64) == 64  # the measured optimum
+    assert phase.auto_chunk(full, 10_000, torch.device("cpu"), torch.float32) == 128
+    ufm = UFM(4, 50, 20)  # MSE without bias: GD runs on K + d = 24 class-reduced rows, so 8x more runs fit
+    assert phase.auto_chunk(ufm, 10_000, torch.device("cpu"), torch.float64) == 476
     assert phase.auto_chunk(ufm, 10, torch.device("cpu"), torch.float64) == 10
     assert phase.auto_chunk(ufm, 10_000, torch.device("cuda"), torch.float64) == 10_000
-    deep = phase.phase_model("dufm", 4, 50, 20, 0.01, 0.01, L=3)
+    deep = phase.phase_model("dufm", 4, 50, 20, 0.01, 0.01, L=3, activation="relu")
     assert 1 <= phase.auto_chunk(deep, 10_000, torch.device("cpu"), torch.float64) < 64
+    linear = phase.phase_model("dufm", 4, 50, 20, 0.01, 0.01, L=3)
+    assert phase.auto_chunk(linear, 10_000, torch.device("cpu"), torch.float64) == 193
     r = phase.phase_diagram("ufm", 3, 4, 5, [0.01, 0.1], [0.01], lr=0.1, steps=2, init_std=0.1, device="cpu",
                             progress=False)
     assert r.chunk == 2 and r.chunks == 1
