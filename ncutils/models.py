@@ -27,8 +27,8 @@ from ._validate import bad_value, check_choice, check_hyperparameter, check_inte
 from .metrics import class_means_t, margin_t, max_margin_distance_t
 from .nets import RESNET_LAYERS, resnet18  # moved to ncutils.nets; re-exported here for one release
 
-__all__ = ["RESNET_LAYERS", "UFM", "ClassReduced", "DeepUFM", "FeatureModel", "Level", "class_reduce", "class_reducible", "check_hyperparameter", "check_integer",
-           "check_integers", "extended_ufm", "resnet18"]
+__all__ = ["RESNET_LAYERS", "UFM", "ClassReduced", "DeepUFM", "FeatureModel", "Level", "check_hyperparameter",
+           "check_integer", "check_integers", "class_reduce", "class_reducible", "extended_ufm", "resnet18"]
 
 Params = dict[str, Tensor]
 Hyper = float | Sequence[float]
