@@ -7,7 +7,10 @@ For every model the theory notebooks run, at their paper sizes and batch sizes (
   tensors per step, weight decay and 1/N as separate passes);
 * **fused**: the model's own ``step`` (in place, preallocated buffers, decay and 1/N folded into ``baddbmm_``);
 * **floor**: ``torch.bmm`` of exactly the step's matrix products (same shapes, same batch, preallocated outputs):
-  the float64 batched-GEMM rate of this machine for the step's FLOPs.
+  the float64 batched-GEMM rate of this machine for the step's FLOPs;
+* **reduced**: for the linear MSE models (:func:`ncutils.models.class_reducible`), the fused step in the exact
+  class-reduced coordinates that :func:`ncutils.solve.gradient_descent` runs by default (``K + d₁`` rows instead
+  of ``N``; :class:`ncutils.models.ClassReduced`), and the floor of *its* products.
 
 Notebook 05 runs no GD: its row is the right-hand side dH/dt of the perturbation model's gradient flow
 (``PerturbationModel.flow_velocity`` as ``PerturbationModel.flow`` hands it to SciPy's DOP853), which has one
@@ -19,7 +22,8 @@ processes run, on one thread and on two (torch's default here); target: ≤ 3× 
 
 Second table: for each theory notebook (01–06, 08) and each profile ``make figures`` runs (every profile of
 ``profiles/<notebook>.yaml`` but ``small``), the GD work Σ over its runs of FLOPs per step (the ``gemms`` count
-below) × runs per batched program × steps, from an explicit per-notebook table of the runs (``runs_01`` …
+below, with the rows GD really runs on: ``K + d₁`` for class-reducible models) × runs per batched program × steps,
+from an explicit per-notebook table of the runs (``runs_01`` …
 ``runs_08``, reading the notebook's parameters cell and the profile), the floor time at the batched-GEMM rate
 measured here for each run's shapes (1 and 2 threads), and the wall time of the notebook's last recorded run
 (``metadata.ncutils.stamps`` of the committed notebook).
@@ -50,7 +54,7 @@ import numpy as np
 import torch
 
 from ncutils.device import threads_for
-from ncutils.models import UFM, DeepUFM, FeatureModel, extended_ufm
+from ncutils.models import UFM, DeepUFM, FeatureModel, class_reduce, class_reducible, extended_ufm
 from ncutils.perturbation import PerturbationModel
 from ncutils.phase import auto_chunk, phase_model
 from ncutils.pipeline.runner import declared_parameters, figure_profiles, load_profile, notebook_path, stamps
@@ -74,6 +78,9 @@ CASES: list[tuple[str, str, FeatureModel, int]] = [
     ("EUFM ReLU", "03", extended_ufm(4, 50, 20, "relu"), 10),
     *((f"DUFM L={L}", "04", DeepUFM(K=2, n=50, d=20, L=L, lambda_W=4e-3, lambda_H=4e-3), 10) for L in (2, 3, 4, 5)),
     ("DUFM L=4, K=10, d=30", "04", DeepUFM(K=10, n=5, d=30, L=4, lambda_W=4e-3, lambda_H=4e-3), 10),
+    ("UFM MSE grid", "08", UFM(K=4, n=50, d=20), 98),
+    ("EUFM linear grid", "08", extended_ufm(4, 50, 20, "linear"), 98),
+    ("DUFM L=3 linear grid", "08", DeepUFM(K=4, n=50, d=20, L=3, activation="linear"), 98),
 ]
 LOADED_CASE = "EUFM ReLU"
 #: Notebook 05's gradient flow at its paper settings (K=4, n=10, d=10, λ_W=√2, λ_H=0.2): one dH/dt per evaluation.
@@ -82,14 +89,22 @@ FLOW = ("perturbation flow dH/dt", "05", PerturbationModel(K=4, n=10, d=10, lamb
 Model = FeatureModel | PerturbationModel
 
 
-def gemms(model: Model, S: int = 1) -> list[tuple[int, int, int]]:
-    """(m, k, n) of every matrix product of one GD step (each batched over S runs); for the perturbation
+def run_rows(model: FeatureModel, reduced: bool = True) -> int:
+    """Rows of the features GD runs on: ``K + d₁`` for a class-reducible model (``reduced``), else ``N``."""
+    if reduced and class_reducible(model):
+        return model.K + (model.d if isinstance(model, UFM) else model.widths[0])  # type: ignore[attr-defined]
+    return model.N
+
+
+def gemms(model: Model, S: int = 1, rows: int | None = None) -> list[tuple[int, int, int]]:
+    """(m, k, n) of every matrix product of one GD step on ``rows`` feature rows (default N; each batched over S
+    runs); for the perturbation
     model, of one evaluation of dH/dt = −(H W*ᵀ − Y) W* − λ_H H with W* = (Hᵀ H + nλ_W I)⁻¹ Hᵀ Y (its d×d
     solve is not a matrix product: not counted)."""
     if isinstance(model, PerturbationModel):
         N, d, K = model.N, model.d, model.K
         return [(d, N, d), (d, N, K), (N, d, K), (N, K, d)]  # HᵀH, HᵀY, H W*ᵀ, (·) W*
-    N = model.N
+    N = model.N if rows is None else rows
     dims = (model.d, model.K) if isinstance(model, UFM) else (*model.widths, model.K)
     out = []
     for a, b in pairwise(dims):
@@ -97,9 +112,10 @@ def gemms(model: Model, S: int = 1) -> list[tuple[int, int, int]]:
     return out
 
 
-def step_flops(model: Model, S: int = 1) -> float:
-    """FLOPs of one step of ``S`` runs: 2mkn per matrix product of :func:`gemms` (= ``model.step_flops(S)``)."""
-    return float(S * sum(2 * m * k * n for m, k, n in gemms(model, S)))
+def step_flops(model: Model, S: int = 1, rows: int | None = None) -> float:
+    """FLOPs of one step of ``S`` runs on ``rows`` rows: 2mkn per matrix product of :func:`gemms`
+    (= ``model.step_flops(S)`` for N rows)."""
+    return float(S * sum(2 * m * k * n for m, k, n in gemms(model, S, rows)))
 
 
 def per_call(fn: Callable[[], Any], budget: float | None = None, blocks: int | None = None) -> float:
@@ -119,10 +135,12 @@ def per_call(fn: Callable[[], Any], budget: float | None = None, blocks: int | N
     return best
 
 
-def floor_time(model: Model, S: int, budget: float | None = None, blocks: int | None = None) -> float:
-    """Seconds of ``torch.bmm`` of the step's matrix products (preallocated operands and outputs, float64)."""
+def floor_time(model: Model, S: int, budget: float | None = None, blocks: int | None = None,
+               rows: int | None = None) -> float:
+    """Seconds of ``torch.bmm`` of the step's matrix products on ``rows`` rows (default N; preallocated operands
+    and outputs, float64)."""
     ops = []
-    for m, k, n in gemms(model, S):
+    for m, k, n in gemms(model, S, rows):
         A, B, C = (torch.randn(S, *shape, dtype=torch.float64) for shape in ((m, k), (k, n), (m, n)))
         ops.append((A, B, C))
 
@@ -133,11 +151,16 @@ def floor_time(model: Model, S: int, budget: float | None = None, blocks: int | 
     return per_call(run, budget, blocks)
 
 
-def step_times(model: FeatureModel, S: int, lr: float = 1e-3) -> tuple[float, float]:
+def step_times(model: FeatureModel, S: int, lr: float = 1e-3) -> tuple[float, float, float | None]:
+    """Seconds per step: eager, fused, and the fused step in class-reduced coordinates (None if not reducible)."""
     p = model.init(S, 0.3, torch.Generator().manual_seed(0), torch.float64)
     eager = per_call(lambda: FeatureModel.step(model, p, lr))
     fused = per_call(lambda: model.step(p, lr))
-    return eager, fused
+    red = class_reduce(model, p)
+    if red is None:
+        return eager, fused, None
+    rmodel, rp = red
+    return eager, fused, per_call(lambda: rmodel.step(rp, lr))
 
 
 def flow_times(model: PerturbationModel) -> dict[str, float]:
@@ -191,6 +214,12 @@ class GDRun:
 
     @property
     def flops(self) -> float:
+        """FLOPs of the products GD runs (class-reduced rows where :func:`run_rows` says so)."""
+        return step_flops(self.model, self.S, run_rows(self.model)) * self.steps * self.programs
+
+    @property
+    def full_flops(self) -> float:
+        """FLOPs of the same steps on all N rows (no class reduction)."""
         return step_flops(self.model, self.S) * self.steps * self.programs
 
 
@@ -336,10 +365,11 @@ def work_table(measure: bool = True) -> list[dict[str, Any]]:
     cache: dict[tuple, float] = {}
 
     def floor_s(run: GDRun, n: int) -> float:
-        key = (tuple(gemms(run.model)), run.S, n)
+        rows = run_rows(run.model)
+        key = (tuple(gemms(run.model, 1, rows)), run.S, n)
         if key not in cache:
             with threads(n):
-                cache[key] = floor_time(run.model, run.S, TIMING["floor_budget"], TIMING["floor_blocks"])
+                cache[key] = floor_time(run.model, run.S, TIMING["floor_budget"], TIMING["floor_blocks"], rows)
         return cache[key]
 
     rows = []
@@ -349,10 +379,12 @@ def work_table(measure: bool = True) -> list[dict[str, Any]]:
             runs = gd_runs(stem, profile)
             row: dict[str, Any] = {
                 "notebook": stem, "profile": profile, "flops": sum(r.flops for r in runs),
+                "full_flops": sum(r.full_flops for r in runs),
                 "run_steps": sum(r.S * r.steps * r.programs for r in runs),
                 "wall_time_s": recorded.get(profile, {}).get("wall_time_s"),
                 "runs": [{"what": r.what, "model": describe(r.model), "S": r.S, "steps": r.steps,
-                          "programs": r.programs, "mflop_per_step": step_flops(r.model, r.S) / 1e6,
+                          "programs": r.programs, "rows": run_rows(r.model),
+                          "mflop_per_step": step_flops(r.model, r.S, run_rows(r.model)) / 1e6,
                           "tflop": r.flops / 1e12} for r in runs],
             }
             for n in (1, 2):
@@ -387,19 +419,26 @@ def markdown(rows: list[dict], load: dict, meta: dict, work: list[dict] | None =
              f"load average {meta['load']} at the start: other jobs shared the cores). µs per GD step per problem "
              "(step time / S); **eager**: `FeatureModel.step` from the closed-form `gradient`; **fused**: the model's "
              "`step`; **floor**: `torch.bmm` of the same matrix products (preallocated), i.e. the measured "
-             f"batched-GEMM rate for the step's FLOPs. JSON: `{meta.get('json', 'docs/bench_gd_step.json')}`.", "",
+             "batched-GEMM rate for the step's FLOPs; **class-reduced**: the fused step of a linear MSE model in the "
+             "exact class-reduced coordinates (`ncutils.models.ClassReduced`: K + d₁ rows instead of N = Kn, the "
+             "same GD iterates to round-off) that `gradient_descent` runs by default, and the floor of its own "
+             "(smaller) products; MFLOP/step and fused / floor are those of the full N rows. "
+             f"JSON: `{meta.get('json', 'docs/bench_gd_step.json')}`.", "",
              "| model (notebook) | S | MFLOP/step | eager µs | fused µs | floor µs | eager / fused | fused / floor "
-             "| fused GFLOP/s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| fused GFLOP/s | class-reduced µs (rows) | its floor µs | fused / reduced |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r.get("fused_us") is None:  # one implementation: its time in the eager column, ratios against it
             lines.append(f"| {r['model']} ({r['notebook']}) | {r['S']} | {r['flops'] / 1e6:.4f} | {r['eager_us']:.1f} "
                          f"| — (one implementation) | {r['floor_us']:.1f} | — | {r['eager_us'] / r['floor_us']:.2f}× "
-                         f"(eager) | {r['eager_gflops']:.2f} (eager) |")
+                         f"(eager) | {r['eager_gflops']:.2f} (eager) | — | — | — |")
             continue
+        red = ("— (not exact: ReLU or CE) | — | —" if r.get("reduced_us") is None else
+               f"{r['reduced_us']:.1f} ({r['reduced_rows']}) | {r['reduced_floor_us']:.1f} | "
+               f"{r['fused_us'] / r['reduced_us']:.1f}×")
         lines.append(f"| {r['model']} ({r['notebook']}) | {r['S']} | {r['flops'] / 1e6:.2f} | {r['eager_us']:.1f} | "
                      f"{r['fused_us']:.1f} | {r['floor_us']:.1f} | {r['eager_us'] / r['fused_us']:.2f}× | "
-                     f"{r['fused_us'] / r['floor_us']:.2f}× | {r['fused_gflops']:.1f} |")
+                     f"{r['fused_us'] / r['floor_us']:.2f}× | {r['fused_gflops']:.1f} | {red} |")
     flow = next((r for r in rows if r.get("fused_us") is None), None)
     if flow is not None:
         lines += ["", f"The {flow['model']} row (notebook 05, K=4, n=10, d=10): one evaluation of "
@@ -429,16 +468,19 @@ def work_markdown(work: list[dict]) -> list[str]:
              "the per-notebook run tables `runs_01` … `runs_08` of `bench/gd_step.py` (they read the parameters and "
              "the profile, so a changed profile changes the count). **floor**: the same steps at the `torch.bmm` "
              "rate measured in this run for each run's shapes and batch (1 and 2 intra-op threads); **GFLOP/s**: "
-             "TFLOP / floor (1 thread); **wall**: the notebook's last recorded run (`metadata.ncutils.stamps` of "
+             "TFLOP / floor (1 thread); **TFLOP on N rows**: the same steps without the class reduction (what the "
+             "notebooks ran before it); **TFLOP run** and the floors: on the rows GD runs on (K + d₁ for the linear "
+             "MSE models); **wall**: the notebook's last recorded run (`metadata.ncutils.stamps` of "
              "the committed notebook, a whole notebook with setup, metrics, figures and non-GD work).", "",
-             "| notebook | profile | GD runs × steps | TFLOP | floor GFLOP/s (1 thread) | floor s (1 thread) "
-             "| floor s (2 threads) | recorded wall s | wall / floor (1 thread) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| notebook | profile | GD runs × steps | TFLOP on N rows | TFLOP run | floor GFLOP/s (1 thread) "
+             "| floor s (1 thread) | floor s (2 threads) | recorded wall s | wall / floor (1 thread) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for w in work:
         f1, f2, wall = w["floor_s_1"], w["floor_s_2"], w["wall_time_s"]
         rate = f"{w['flops'] / f1 / 1e9:.1f}" if f1 else "—"
         ratio = f"{wall / f1:.1f}×" if f1 and wall else "—"
-        lines.append(f"| {w['notebook']} | {w['profile']} | {w['run_steps']:.3g} | {w['flops'] / 1e12:.4g} | {rate} "
+        lines.append(f"| {w['notebook']} | {w['profile']} | {w['run_steps']:.3g} | {w['full_flops'] / 1e12:.4g} "
+                     f"| {w['flops'] / 1e12:.4g} | {rate} "
                      f"| {_secs(f1) if w['flops'] else '0 (no GD)'} | {_secs(f2) if w['flops'] else '0 (no GD)'} "
                      f"| {_secs(wall)} | {ratio} |")
     lines += ["", f"Not counted: {NOT_COUNTED_GD}; and per notebook:", ""]
@@ -493,14 +535,19 @@ def main(argv: list[str] | None = None) -> None:
         n = threads_for(flops)
         meta["threads"] = n
         with threads(n):
-            eager, fused = step_times(model, S)
+            eager, fused, red = step_times(model, S)
             floor = floor_time(model, S)
+            red_floor = None if red is None else floor_time(model, S, rows=run_rows(model))
         rows.append({"model": label, "notebook": nb, "S": S, "flops": flops, "threads": n,
                      "eager_us": eager / S * 1e6, "fused_us": fused / S * 1e6, "floor_us": floor / S * 1e6,
-                     "fused_gflops": flops / fused / 1e9, "floor_gflops": flops / floor / 1e9})
+                     "fused_gflops": flops / fused / 1e9, "floor_gflops": flops / floor / 1e9,
+                     "reduced_rows": run_rows(model) if red is not None else None,
+                     "reduced_us": None if red is None else red / S * 1e6,
+                     "reduced_floor_us": None if red_floor is None else red_floor / S * 1e6})
         r = rows[-1]
         print(f"{label:24s} S={S:3d} eager {r['eager_us']:8.1f}  fused {r['fused_us']:8.1f}  floor "
-              f"{r['floor_us']:8.1f} µs/step/problem", flush=True)
+              f"{r['floor_us']:8.1f}" + ("" if red is None else f"  reduced {r['reduced_us']:8.1f}") +
+              " µs/step/problem", flush=True)
     label, nb, pm = FLOW
     flops = step_flops(pm)
     n = threads_for(flops)

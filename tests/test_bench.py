@@ -33,14 +33,18 @@ def test_notebook_01_paper_by_hand(bench):
     # each) and the threshold sweep (15 runs × 40 000 steps) = 18 × 40 000 run-steps.
     runs = bench.gd_runs("01_ufm_mse", "paper")
     assert [(r.S, r.steps, r.programs) for r in runs] == [(1, 40000, 1)] * 3 + [(15, 40000, 1)]
-    assert sum(r.flops for r in runs) == pytest.approx(96_000 * 18 * 40_000)  # 6.912e10
+    assert sum(r.full_flops for r in runs) == pytest.approx(96_000 * 18 * 40_000)  # 6.912e10
+    # run: the MSE runs without bias (1 + 15) on K + d = 24 class-reduced rows, 6·24·4·20 = 11 520 per run-step
+    assert [bench.run_rows(r.model) for r in runs] == [24, 200, 200, 24]
+    assert sum(r.flops for r in runs) == pytest.approx((11_520 * 16 + 96_000 * 2) * 40_000)
 
 
 def test_profiles_change_the_count(bench):
     # 02, fig8: K=5, n=100 (N=500), d=20, EUFM dims (20, 20, 5): 6 N (400 + 100) = 1.5e6 FLOP per run-step;
     # 5 seeds + 4 init scales × 5 seeds, 60 000 steps each.
-    fig8 = sum(r.flops for r in bench.gd_runs("02_linear_eufm", "fig8"))
-    assert fig8 == pytest.approx(1.5e6 * 25 * 60_000)
+    fig8 = bench.gd_runs("02_linear_eufm", "fig8")
+    assert sum(r.full_flops for r in fig8) == pytest.approx(1.5e6 * 25 * 60_000)
+    assert sum(r.flops for r in fig8) == pytest.approx(1.5e6 * 25 / 500 * 25 * 60_000)  # on K + d = 25 rows
     # 06, paper: K=4, n=10, d=10: 6·40·4·10 = 9600 per run-step; 5 seeds × (2e6 + 2e5) steps.
     assert sum(r.flops for r in bench.gd_runs("06_layer_peeled", "paper")) == pytest.approx(9600 * 5 * 2.2e6)
     # 03 without its studies: only the two EUFMs
@@ -69,7 +73,7 @@ def test_work_table_and_markdown_without_timing(bench):
     meta = {"date": "today", "machine": "m", "torch": "t", "threads": 1, "load": "0.0"}
     md = bench.markdown(rows, load, meta, work)
     assert md.startswith(bench.SECTION) and "one implementation" in md and "### Total GD work" in md
-    assert "| 01_ufm_mse | paper |" in md and "0.06912" in md
+    assert "| 01_ufm_mse | paper |" in md and "0.06912 | 0.01505 |" in md
 
 
 def test_quick_run_writes_only_where_told(tmp_path):
@@ -84,6 +88,9 @@ def test_quick_run_writes_only_where_told(tmp_path):
     data = json.loads((tmp_path / "gd.json").read_text())
     assert data["meta"]["quick"] and {"rows", "loaded", "work"} <= data.keys()
     assert any(r["notebook"] == "05" and r["fused_us"] is None for r in data["rows"])
+    reduced = {r["model"]: r["reduced_rows"] for r in data["rows"] if r.get("reduced_us")}
+    assert reduced == {"UFM MSE": 24, "EUFM linear": 24, "UFM MSE grid": 24, "EUFM linear grid": 24,
+                       "DUFM L=3 linear grid": 24}
     assert all(w["floor_s_1"] > 0 for w in data["work"] if w["flops"])
     text = md.read_text()
     assert "## Other\n\nkept" in text and bench_section(text).count("\n| ") > 20

@@ -116,3 +116,26 @@ def test_notebook_ufm_sizes_run_on_one_thread():
     assert seen[3:] == [before, before]
     with pytest.raises(ValueError, match="parameter threads"):
         gradient_descent(model, lr=0.1, steps=2, device="cpu", threads=0)
+
+
+def test_gd_flushes_subnormals_on_the_cpu_only_while_it_runs():
+    """Subnormal floats (below 2.2e-308) slow x86 arithmetic many times; GD toward collapse meets them. The loop
+    flushes them to zero and restores the default (off) after."""
+    from ncutils.solve import flush_subnormals
+
+    x = torch.tensor(1e-300, dtype=torch.float64)
+    assert float(x * 1e-10) > 0  # torch's default: subnormals kept
+    with flush_subnormals():
+        assert float(x * 1e-10) == 0.0
+    assert float(x * 1e-10) > 0
+    with flush_subnormals(False):
+        assert float(x * 1e-10) > 0
+
+    seen = []
+
+    class Spy(DeepUFM):
+        def step(self, p, lr):
+            seen.append(float(x * 1e-10))
+
+    gradient_descent(Spy(K=2, n=5, d=4, L=2), lr=0.1, steps=2, device="cpu", progress=False)
+    assert seen == [0.0, 0.0] and float(x * 1e-10) > 0
