@@ -1,4 +1,4 @@
-"""Phase diagrams: thousands of small UFM problems (a λ_W × λ_H grid × seeds) as one batched program.
+"""Phase diagrams: many small UFM problems (a λ_W × λ_H grid × seeds) as one batched program.
 
 A grid point is one model of the core (:class:`ncutils.models.UFM` or :class:`ncutils.models.DeepUFM`)
 with per-run hyperparameters; :func:`phase_diagram` runs all points × seeds through the one GD loop
