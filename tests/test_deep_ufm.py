@@ -338,3 +338,24 @@ def test_sweep_branches_rank_aware_nc1_and_depth_ratios():
     t = ml.depth_ratio_table(r)
     assert t.loc["lin"]["seeds"].max() <= 2
     assert ml.product_alignment(gd).shape == (2,) and ml.product_alignment(gd).max() < 1e-3
+
+
+def test_small_k_table_and_checks_can_fail():
+    """The appendix setting (K = 3, 4, 5 at L = 4): one row per K; the checks pass only when the best loss is at
+    f_DNC and all seeds but one reach it with full-rank class means."""
+    study = deep_ufm_study
+    m = DeepUFM(K=3, n=3, d=6, L=4, activation="relu", lambda_W=0.004, lambda_H=0.004)
+    short = gradient_descent(m, lr=0.5, runs=3, steps=10, record_every=10, init_std=0.3, device="cpu",
+                                progress=False)
+    table = study.small_k_table({3: short}, 3, 0.004, 0.004)
+    assert list(table.index) == [3] and table.loc[3, "seeds"] == 3 and table.loc[3, "L"] == 4
+    assert table.loc[3, "f_DNC"] == pytest.approx(theory.dufm_optimum(3, 3, [0.004] * 4, 0.004).objective)
+    assert table.loc[3, "at_f_DNC"] == 0
+    assert table.loc[3, "L_SRG"] == pytest.approx(theory.srg_loss(3, 3, [0.004] * 4, 0.004))
+    checks = study.small_k_checks(table)
+    assert [c["passed"] for c in checks] == [False, False]  # 10 steps: nowhere near f_DNC
+    good = table.copy()
+    good.loc[3, ["best", "at_full_rank"]] = [good.loc[3, "f_DNC"], 2]
+    assert [c["passed"] for c in study.small_k_checks(good)] == [True, True]
+    good.loc[3, "best"] = good.loc[3, "f_DNC"] * 0.9  # a lower (low-rank) solution: not "= f_DNC"
+    assert not study.small_k_checks(good)[0]["passed"]

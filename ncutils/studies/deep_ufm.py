@@ -28,6 +28,8 @@ __all__ = [
     "class_mean_spectra_figure",
     "rank_aware_checks",
     "rank_studies_figure",
+    "small_k_checks",
+    "small_k_table",
     "srg_checks",
     "srg_ratio_figure",
     "srg_ratio_table",
@@ -49,12 +51,17 @@ RULES: dict[str, Rule] = {
     "multi_init_std": POSITIVE,
     "width_study": Rule(list, check=int_list(1, "widths")),
     "lambda_study": Rule(list, check=positive_list("weight decays")),
+    "appendix_K": Rule(list, check=int_list(2, "classes K")),
+    "appendix_steps": Rule(int, low=1),
 }
 #: Hard requirements of the theory: a run whose parameters break one fails before any compute.
 REQUIREMENTS: list[Requirement] = [
     width_at_least("width", "K"),
     width_at_least("multi_width", "multi_K"),
     width_at_least("width_study", "multi_K"),
+    Requirement(("multi_width", "appendix_K"), lambda p: p["multi_width"] >= max(p["appendix_K"]),
+                "parameter multi_width must be >= every class count in appendix_K (every level must hold an "
+                "orthogonal frame of K class means for the collapsed optimum to exist)"),
 ]
 #: Assumptions of the theorem: runs go on, but say so.
 ASSUMPTIONS: list[Assumption] = []
@@ -181,3 +188,47 @@ def srg_checks(gd: GDResult, n: int, lambda_W: float, lambda_H: float, *, tol: f
               check(f"{pre}L_SRG (theory, r={c.r}) below f_DNC", c.objective, f_dnc, 0.0, kind="below",
                     id="multi_srg_below_dnc")]
     return checks, numbers
+
+
+def small_k_table(results: dict[int, GDResult], n: int, lambda_W: float, lambda_H: float, *,
+                  reach_tol: float = 1e-4, rank_tol: float = 1e-3) -> pd.DataFrame:
+    """Súkeník et al. 2024's appendix setting (K = 3, 4, 5 at L = 4; ``results[K]``: one batched GD of the
+    ReLU deep UFM per K, all layers at ``lambda_W``): one row per K with f_DNC (theory), the best and worst GD
+    loss and the best one's relative difference to f_DNC, the seeds below f_DNC (relative < −``reach_tol``),
+    at it (|relative| ≤ ``reach_tol``), and at it with uncentred class means of rank K at every level
+    (:func:`class_mean_ranks`, σ_k > ``rank_tol``·σ₁), the smallest rank over levels and seeds, and L_SRG
+    where K = r(r−1)/2 (else NaN)."""
+    rows = []
+    for K, gd in results.items():
+        L = gd.model.L  # type: ignore[attr-defined]
+        f_dnc = dufm_optimum(K, n, [lambda_W] * L, lambda_H).objective
+        f = gd.final("objective")
+        rel = f / f_dnc - 1
+        at = np.abs(rel) <= reach_tol
+        ranks = _multilayer.class_mean_ranks(gd, rank_tol).groupby("run")["rank"].min().reindex(range(len(f)))
+        try:
+            srg_r(K)
+            f_srg = srg_loss(K, n, [lambda_W] * L, lambda_H)
+        except ValueError:
+            f_srg = float("nan")
+        rows.append({"K": K, "L": L, "seeds": len(f), "f_DNC": f_dnc, "best": f.min(), "worst": f.max(),
+                     "best_rel": rel.min(), "below": int((rel < -reach_tol).sum()), "at_f_DNC": int(at.sum()),
+                     "at_full_rank": int((at & (ranks.to_numpy() == K)).sum()), "min_rank": int(ranks.min()),
+                     "L_SRG": f_srg})
+    return pd.DataFrame(rows).set_index("K")
+
+
+def small_k_checks(table: pd.DataFrame, *, tol: float = 1e-4) -> list[dict[str, Any]]:
+    """What the appendix setting shows here, per K (``table`` from :func:`small_k_table`): the best GD loss equals
+    f_DNC (relative ``tol``: no lower, low-rank solution found) and all seeds but at most one reach f_DNC with class
+    means of rank K at every level (count checks)."""
+    from ..report import count_check
+
+    out = []
+    for K, row in table.iterrows():
+        L, seeds = int(row.L), int(row.seeds)
+        out.append(check(f"K={K}, L={L}: best GD loss = f_DNC", row.best, row.f_DNC, tol,
+                         id=f"appendix_k{K}_best_at_dnc"))
+        out.append(count_check(f"K={K}, L={L}: seeds at f_DNC with class means of rank K at every level",
+                               int(row.at_full_rank), seeds, max(seeds - 1, 1), id=f"appendix_k{K}_full_rank"))
+    return out

@@ -20,7 +20,9 @@
 # NeurIPS 2023 (the deep UFM).** At the paper settings the extended and deep UFMs are run **linear**
 # (`eufm_activation`, `dufm_activation`): their boundaries below are those of the linear models (for the ReLU
 # extended UFM the boundary is the same; the deep UFM's theory with ReLU is proven for K = 2). The grid is
-# 7 × 7 points × 2 seeds = 98 problems per model, 294 in all.
+# 7 × 7 points × 2 seeds = 98 problems per model, 294 in all. The profile `relu_k2` runs both with **ReLU** at
+# K = 2, where that theory applies, with 4 seeds per point (its figure `phase_diagrams_relu_k2`; its numbers are in
+# the README).
 #
 # Each theory has a sharp boundary in the $(\lambda_W,\lambda_H)$ plane between *collapse* (class means of the
 # last level form an orthogonal frame, output class means $s\,I$ with $s>0$) and the *trivial* minimizer $H=0$:
