@@ -415,7 +415,8 @@ def _secs(s: float | None) -> str:
 def markdown(rows: list[dict], load: dict, meta: dict, work: list[dict] | None = None) -> str:
     lines = [SECTION, "",
              f"Command: `{meta.get('command', 'python bench/gd_step.py')}` (run {meta['date']}, {meta['machine']}, "
-             f"torch {meta['torch']}, float64, {meta['threads']} intra-op thread(s) as `gradient_descent` picks them; "
+             f"torch {meta['torch']}, float64, intra-op threads as `gradient_descent` picks them (column thr: eager, "
+             "fused and floor / class-reduced); "
              f"load average {meta['load']} at the start: other jobs shared the cores). µs per GD step per problem "
              "(step time / S); **eager**: `FeatureModel.step` from the closed-form `gradient`; **fused**: the model's "
              "`step`; **floor**: `torch.bmm` of the same matrix products (preallocated), i.e. the measured "
@@ -424,20 +425,23 @@ def markdown(rows: list[dict], load: dict, meta: dict, work: list[dict] | None =
              "same GD iterates to round-off) that `gradient_descent` runs by default, and the floor of its own "
              "(smaller) products; MFLOP/step and fused / floor are those of the full N rows. "
              f"JSON: `{meta.get('json', 'docs/bench_gd_step.json')}`.", "",
-             "| model (notebook) | S | MFLOP/step | eager µs | fused µs | floor µs | eager / fused | fused / floor "
-             "| fused GFLOP/s | class-reduced µs (rows) | its floor µs | fused / reduced |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model (notebook) | S | thr | MFLOP/step | eager µs | fused µs | floor µs | eager / fused "
+             "| fused / floor | fused GFLOP/s | class-reduced µs (rows) | its floor µs | fused / reduced |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r.get("fused_us") is None:  # one implementation: its time in the eager column, ratios against it
-            lines.append(f"| {r['model']} ({r['notebook']}) | {r['S']} | {r['flops'] / 1e6:.4f} | {r['eager_us']:.1f} "
+            lines.append(f"| {r['model']} ({r['notebook']}) | {r['S']} | {r['threads']} | {r['flops'] / 1e6:.4f} "
+                         f"| {r['eager_us']:.1f} "
                          f"| — (one implementation) | {r['floor_us']:.1f} | — | {r['eager_us'] / r['floor_us']:.2f}× "
                          f"(eager) | {r['eager_gflops']:.2f} (eager) | — | — | — |")
             continue
         red = ("— (not exact: ReLU or CE) | — | —" if r.get("reduced_us") is None else
                f"{r['reduced_us']:.1f} ({r['reduced_rows']}) | {r['reduced_floor_us']:.1f} | "
                f"{r['fused_us'] / r['reduced_us']:.1f}×")
-        lines.append(f"| {r['model']} ({r['notebook']}) | {r['S']} | {r['flops'] / 1e6:.2f} | {r['eager_us']:.1f} | "
-                     f"{r['fused_us']:.1f} | {r['floor_us']:.1f} | {r['eager_us'] / r['fused_us']:.2f}× | "
+        thr = f"{r['threads']}" + (f" / {r['reduced_threads']}" if r.get("reduced_us") is not None else "")
+        lines.append(f"| {r['model']} ({r['notebook']}) | {r['S']} | {thr} | {r['flops'] / 1e6:.2f} | "
+                     f"{r['eager_us']:.1f} | {r['fused_us']:.1f} | {r['floor_us']:.1f} | "
+                     f"{r['eager_us'] / r['fused_us']:.2f}× | "
                      f"{r['fused_us'] / r['floor_us']:.2f}× | {r['fused_gflops']:.1f} | {red} |")
     flow = next((r for r in rows if r.get("fused_us") is None), None)
     if flow is not None:
@@ -533,12 +537,14 @@ def main(argv: list[str] | None = None) -> None:
         flops = model.step_flops(S)
         assert flops == step_flops(model, S), label
         n = threads_for(flops)
-        meta["threads"] = n
+        n_red = threads_for(step_flops(model, S, run_rows(model)))  # what gradient_descent picks for the reduced step
         with threads(n):
-            eager, fused, red = step_times(model, S)
+            eager, fused, _ = step_times(model, S)
             floor = floor_time(model, S)
+        with threads(n_red):
+            red = step_times(model, S)[2]
             red_floor = None if red is None else floor_time(model, S, rows=run_rows(model))
-        rows.append({"model": label, "notebook": nb, "S": S, "flops": flops, "threads": n,
+        rows.append({"model": label, "notebook": nb, "S": S, "flops": flops, "threads": n, "reduced_threads": n_red,
                      "eager_us": eager / S * 1e6, "fused_us": fused / S * 1e6, "floor_us": floor / S * 1e6,
                      "fused_gflops": flops / fused / 1e9, "floor_gflops": flops / floor / 1e9,
                      "reduced_rows": run_rows(model) if red is not None else None,

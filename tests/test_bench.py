@@ -65,15 +65,17 @@ def test_work_table_and_markdown_without_timing(bench):
     assert {("02_linear_eufm", "fig8"), ("03_relu_eufm", "check"), ("08_phase_diagrams", "paper")} <= keys
     assert not any(p == "small" for _, p in keys)
     assert not any(nb.startswith(("07", "09")) for nb, _ in keys)
-    rows = [{"model": "UFM MSE", "notebook": "01", "S": 1, "flops": 96000.0, "eager_us": 2.0, "fused_us": 1.0,
-             "floor_us": 0.5, "fused_gflops": 1.0},
-            {"model": "flow", "notebook": "05", "S": 1, "flops": 17600.0, "eager_us": 9.0, "fused_us": None,
-             "floor_us": 1.0, "solve_us": 3.0, "eager_gflops": 0.2}]
+    rows = [{"model": "UFM MSE", "notebook": "01", "S": 1, "threads": 1, "flops": 96000.0, "eager_us": 2.0,
+             "fused_us": 1.0, "floor_us": 0.5, "fused_gflops": 1.0, "reduced_us": 0.25, "reduced_rows": 24,
+             "reduced_floor_us": 0.1, "reduced_threads": 1},
+            {"model": "flow", "notebook": "05", "S": 1, "threads": 1, "flops": 17600.0, "eager_us": 9.0,
+             "fused_us": None, "floor_us": 1.0, "solve_us": 3.0, "eager_gflops": 0.2}]
     load = {"model": "EUFM ReLU", "S": 10, "idle_1": 1e-4, "idle_2": 1e-4, "busy_1": 2e-4, "busy_2": 3e-4}
     meta = {"date": "today", "machine": "m", "torch": "t", "threads": 1, "load": "0.0"}
     md = bench.markdown(rows, load, meta, work)
     assert md.startswith(bench.SECTION) and "one implementation" in md and "### Total GD work" in md
     assert "| 01_ufm_mse | paper |" in md and "0.06912 | 0.01505 |" in md
+    assert "| UFM MSE (01) | 1 | 1 / 1 | 0.10 | 2.0 | 1.0 | 0.5 | 2.00× | 2.00× | 1.0 | 0.2 (24) | 0.1 | 4.0× |" in md
 
 
 def test_quick_run_writes_only_where_told(tmp_path):
