@@ -262,7 +262,8 @@ def runs_03(p: dict[str, Any]) -> list[GDRun]:
 def runs_04(p: dict[str, Any]) -> list[GDRun]:
     """04_deep_ufm: binary part (one DUFM per depth in ``depths``, ``seeds`` runs of ``steps``); low-rank part
     (K = ``multi_K``, ``seeds`` runs of ``multi_steps``); width study (one DUFM per width in ``width_study``,
-    ``seeds`` runs of ``study_steps``); weight-decay study (``len(lambda_study) × seeds`` runs of ``study_steps``)."""
+    ``seeds`` runs of ``study_steps``); weight-decay study (``len(lambda_study) × seeds`` runs of ``study_steps``);
+    the appendix setting (one DUFM per K in ``appendix_K``, ``seeds`` runs of ``appendix_steps``)."""
     act = p["activation"]
     out = [GDRun(f"binary L={L}", DeepUFM(K=p["K"], n=p["n"], d=p["width"], L=L, activation=act), p["seeds"],
                  p["steps"]) for L in p["depths"]]
@@ -273,6 +274,8 @@ def runs_04(p: dict[str, Any]) -> list[GDRun]:
     out.append(GDRun("low-rank K>2", multi(p["multi_width"]), p["seeds"], p["multi_steps"]))
     out += [GDRun(f"width {w}", multi(w), p["seeds"], p["study_steps"]) for w in p["width_study"]]
     out.append(GDRun("weight decays", multi(p["multi_width"]), len(p["lambda_study"]) * p["seeds"], p["study_steps"]))
+    out += [GDRun(f"appendix K={K}", DeepUFM(K=K, n=p["multi_n"], d=p["multi_width"], L=p["multi_L"], activation=act),
+                  p["seeds"], p["appendix_steps"]) for K in p["appendix_K"]]
     return out
 
 

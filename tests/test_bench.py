@@ -102,3 +102,11 @@ def test_quick_run_writes_only_where_told(tmp_path):
 
 def bench_section(text: str) -> str:
     return text[text.index("## GD step"):]
+
+
+def test_notebook_04_counts_the_appendix_setting(bench):
+    # K = 3, 4, 5 at L = 4, n = 5 (N = 5K), width 30: 6 N (3·30·30 + 30 K) FLOP per run-step, 10 seeds × 150 000 steps
+    runs = [r for r in bench.gd_runs("04_deep_ufm", "paper") if r.what.startswith("appendix")]
+    assert [(r.what, r.S, r.steps) for r in runs] == [(f"appendix K={K}", 10, 150_000) for K in (3, 4, 5)]
+    per_step = sum(6 * 5 * K * (3 * 900 + 30 * K) for K in (3, 4, 5))  # 251 100 + 338 400 + 427 500
+    assert sum(r.flops for r in runs) == pytest.approx(per_step * 10 * 150_000)
