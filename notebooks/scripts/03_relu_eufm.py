@@ -114,7 +114,7 @@ depth_checks = study.depth_contrast_checks(ratios)
 # 1.6–2.2 (median 1.9) — the ReLU model's deeper level collapses first, for every seed (checked). By step 10 000
 # the linear ratio is 0.0076–0.0079 for every seed: NC1($H_2$) ≈ NC1($H_1$) is **not observed** for the linear model
 # here (checked at step 15 000, the last step where every linear seed is above round-off: all below 0.1). The linear
-# $W_2W_1$ is aligned with $M_1^\top$ to round-off (~2e-14, every seed; a count check in the summary); the ReLU
+# $W_2W_1$ is aligned with $M_1^\top$ to round-off (5e-14 to 7e-14, every seed; a count check in the summary); the ReLU
 # $W_2W_1$ is not (3e-5 to 8e-3).
 #
 # With ReLU, the seeds that reach $f^*$ (8/10 at the paper settings) have NC1 below $10^{-8}$ at both levels; after GD
