@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from ncutils.device import threads_for
-from ncutils.models import UFM, DeepUFM, FeatureModel, class_reduce, class_reducible, extended_ufm
+from ncutils.models import UFM, DeepUFM, FeatureModel, class_reduce, extended_ufm, gd_rows
 from ncutils.perturbation import PerturbationModel
 from ncutils.phase import auto_chunk, phase_model
 from ncutils.pipeline.runner import declared_parameters, figure_profiles, load_profile, notebook_path, stamps
@@ -89,11 +89,6 @@ FLOW = ("perturbation flow dH/dt", "05", PerturbationModel(K=4, n=10, d=10, lamb
 Model = FeatureModel | PerturbationModel
 
 
-def run_rows(model: FeatureModel, reduced: bool = True) -> int:
-    """Rows of the features GD runs on: ``K + d₁`` for a class-reducible model (``reduced``), else ``N``."""
-    if reduced and class_reducible(model):
-        return model.K + (model.d if isinstance(model, UFM) else model.widths[0])  # type: ignore[attr-defined]
-    return model.N
 
 
 def gemms(model: Model, S: int = 1, rows: int | None = None) -> list[tuple[int, int, int]]:
@@ -214,8 +209,8 @@ class GDRun:
 
     @property
     def flops(self) -> float:
-        """FLOPs of the products GD runs (class-reduced rows where :func:`run_rows` says so)."""
-        return step_flops(self.model, self.S, run_rows(self.model)) * self.steps * self.programs
+        """FLOPs of the products GD runs (class-reduced rows where :func:`ncutils.models.gd_rows` says so)."""
+        return step_flops(self.model, self.S, gd_rows(self.model)) * self.steps * self.programs
 
     @property
     def full_flops(self) -> float:
@@ -368,7 +363,7 @@ def work_table(measure: bool = True) -> list[dict[str, Any]]:
     cache: dict[tuple, float] = {}
 
     def floor_s(run: GDRun, n: int) -> float:
-        rows = run_rows(run.model)
+        rows = gd_rows(run.model)
         key = (tuple(gemms(run.model, 1, rows)), run.S, n)
         if key not in cache:
             with threads(n):
@@ -386,8 +381,8 @@ def work_table(measure: bool = True) -> list[dict[str, Any]]:
                 "run_steps": sum(r.S * r.steps * r.programs for r in runs),
                 "wall_time_s": recorded.get(profile, {}).get("wall_time_s"),
                 "runs": [{"what": r.what, "model": describe(r.model), "S": r.S, "steps": r.steps,
-                          "programs": r.programs, "rows": run_rows(r.model),
-                          "mflop_per_step": step_flops(r.model, r.S, run_rows(r.model)) / 1e6,
+                          "programs": r.programs, "rows": gd_rows(r.model),
+                          "mflop_per_step": step_flops(r.model, r.S, gd_rows(r.model)) / 1e6,
                           "tflop": r.flops / 1e12} for r in runs],
             }
             for n in (1, 2):
@@ -540,17 +535,17 @@ def main(argv: list[str] | None = None) -> None:
         flops = model.step_flops(S)
         assert flops == step_flops(model, S), label
         n = threads_for(flops)
-        n_red = threads_for(step_flops(model, S, run_rows(model)))  # what gradient_descent picks for the reduced step
+        n_red = threads_for(step_flops(model, S, gd_rows(model)))  # what gradient_descent picks for the reduced step
         with threads(n):
             eager, fused, _ = step_times(model, S)
             floor = floor_time(model, S)
         with threads(n_red):
             red = step_times(model, S)[2]
-            red_floor = None if red is None else floor_time(model, S, rows=run_rows(model))
+            red_floor = None if red is None else floor_time(model, S, rows=gd_rows(model))
         rows.append({"model": label, "notebook": nb, "S": S, "flops": flops, "threads": n, "reduced_threads": n_red,
                      "eager_us": eager / S * 1e6, "fused_us": fused / S * 1e6, "floor_us": floor / S * 1e6,
                      "fused_gflops": flops / fused / 1e9, "floor_gflops": flops / floor / 1e9,
-                     "reduced_rows": run_rows(model) if red is not None else None,
+                     "reduced_rows": gd_rows(model) if red is not None else None,
                      "reduced_us": None if red is None else red / S * 1e6,
                      "reduced_floor_us": None if red_floor is None else red_floor / S * 1e6})
         r = rows[-1]

@@ -28,7 +28,8 @@ from .metrics import class_means_t, margin_t, max_margin_distance_t
 from .nets import RESNET_LAYERS, resnet18  # moved to ncutils.nets; re-exported here for one release
 
 __all__ = ["RESNET_LAYERS", "UFM", "ClassReduced", "DeepUFM", "FeatureModel", "Level", "check_hyperparameter",
-           "check_integer", "check_integers", "class_reduce", "class_reducible", "extended_ufm", "resnet18"]
+           "check_integer", "check_integers", "class_reduce", "class_reducible", "extended_ufm", "gd_rows",
+           "resnet18"]
 
 Params = dict[str, Tensor]
 Hyper = float | Sequence[float]
@@ -570,12 +571,23 @@ def class_reducible(model: FeatureModel) -> bool:
     """Whether :func:`class_reduce` applies to ``model``: a linear MSE model (UFM without bias, linear deep UFM)
     with ``K + d₁ < N`` (so the reduced rows are fewer)."""
     if type(model) is UFM:  # exactly these classes: a subclass may change the objective or the step
-        ok, d1 = model.loss == "mse" and not model.bias, model.d
+        ok = model.loss == "mse" and not model.bias
     elif type(model) is DeepUFM:
-        ok, d1 = model.activation == "linear" or model.L == 1, model.widths[0]
+        ok = model.activation == "linear" or model.L == 1
     else:
         return False
-    return ok and model.K + d1 < model.N
+    return ok and model.K + _first_width(model) < model.N
+
+
+def _first_width(model: FeatureModel) -> int:
+    """d₁: the width of the free features (``d`` of a :class:`UFM`, ``widths[0]`` of a :class:`DeepUFM`)."""
+    return model.widths[0] if isinstance(model, DeepUFM) else model.d  # type: ignore[attr-defined]
+
+
+def gd_rows(model: FeatureModel, reduce: bool = True) -> int:
+    """Rows of the features that GD really runs on: ``K + d₁`` for a class-reducible model
+    (:func:`class_reducible`, unless ``reduce`` is false), else ``N`` — what its step costs scale with."""
+    return model.K + _first_width(model) if reduce and class_reducible(model) else model.N
 
 
 def class_reduce(model: FeatureModel, p: Params) -> tuple[ClassReduced, Params] | None:

@@ -30,7 +30,7 @@ from ._validate import bad_value, check_choice, check_float, check_integer
 from .device import resolve_device, resolve_dtype
 from .metrics import class_means_t
 from .models import UFM as _UFM
-from .models import DeepUFM, FeatureModel, class_reducible
+from .models import DeepUFM, FeatureModel, gd_rows
 from .report import check
 from .solve import gradient_descent
 
@@ -128,11 +128,11 @@ def auto_chunk(model: FeatureModel, S: int, device: torch.device, dtype: torch.d
     """Runs per batched program: all of them on a GPU; on a CPU as many as keep the parameters and the
     activations of one program within :data:`CPU_CHUNK_BYTES` (batches that spill out of the caches run
     several times slower per problem), counting the rows GD really runs on (K + d₁ for a class-reducible
-    model, :func:`ncutils.models.class_reducible`; else N)."""
+    model, :func:`ncutils.models.gd_rows`; else N)."""
     if device.type != "cpu":
         return S
     widths = model.widths if isinstance(model, DeepUFM) else (model.d,)  # type: ignore[attr-defined]
-    rows = model.K + widths[0] if class_reducible(model) else model.N  # GD runs on K + d₁ class-reduced rows
+    rows = gd_rows(model)  # GD runs on K + d₁ class-reduced rows where exact
     per_run = torch.finfo(dtype).bits // 8 * (rows * (sum(widths) + model.K) + model.K * widths[-1])
     return max(1, min(S, CPU_CHUNK_BYTES // per_run))
 

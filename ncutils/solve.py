@@ -26,7 +26,7 @@ from ._extras import need
 from ._validate import check_float, check_int
 from .device import forward_ad_quietly, is_quiet, progress_bar, resolve_device, resolve_dtype, threads_for
 from .metrics import nc_metrics_t
-from .models import UFM, ClassReduced, FeatureModel, Params, class_reduce, class_reducible
+from .models import ClassReduced, FeatureModel, Params, class_reduce, class_reducible, gd_rows
 from .paths import atomic_path, load_checkpoint, tensor_digest
 
 if TYPE_CHECKING:  # pandas is imported where a history table is built, not with the module
@@ -237,8 +237,8 @@ def gradient_descent(
         check_int("threads", threads, 1)
     elif dev.type == "cpu":
         flops = model.step_flops(S)
-        if reduced and flops is not None:  # K + d₁ rows instead of N
-            flops *= (model.K + (model.d if isinstance(model, UFM) else model.widths[0])) / model.N  # type: ignore[attr-defined]
+        if flops is not None:  # K + d₁ rows instead of N where class-reduced
+            flops *= gd_rows(model, reduced) / model.N
         threads = threads_for(flops)
     with _thread_count(threads if dev.type == "cpu" else None), flush_subnormals(dev.type == "cpu"):
         grid = record_steps(int(steps), record_every, num_records, geometric)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,7 +30,7 @@ from .paths import atomic_path, load_checkpoint, tensor_digest
 pd = need("pandas")  # the [data] extra: tables
 
 __all__ = ["LOSSES", "PRECISIONS", "SCHEDULES", "MLPResult", "TrainConfig", "TrainResult", "checkpoint_file",
-           "measure_network", "mlp_features", "run_fingerprint", "train_mlp", "train_resnet"]
+           "measure_network", "mlp_features", "run_fingerprint", "train_epoch", "train_mlp", "train_resnet"]
 
 
 @dataclass
@@ -237,6 +237,35 @@ def _loss_fn(loss: str, K: int):
     return lambda out, y: nn.functional.cross_entropy(out, y)
 
 
+def train_epoch(loss_of: Callable[[Tensor, Tensor], Tensor], batches: Iterable[tuple[Tensor, Tensor]],
+                opt: torch.optim.Optimizer, *, epoch: int, lr: float, device: torch.device, bf16: bool = False,
+                accumulate: torch.dtype = torch.float32) -> tuple[float, float]:
+    """One epoch of mini-batch training: for every ``(X, y)`` of ``batches``, ``loss_of(X, y)`` (under bf16
+    autocast when ``bf16``), backward and ``opt.step()``. Returns ``(mean loss over the samples, seconds)``; the
+    per-batch losses are summed on the device in ``accumulate`` (one host sync per epoch).
+    Raises :class:`ncutils.solve.DivergenceError` when the mean loss is not finite (``epoch`` and ``lr`` name it)."""
+    from .solve import DivergenceError
+
+    t0 = time.perf_counter()
+    total = torch.zeros((), dtype=accumulate, device=device)
+    count = 0
+    for X, y in batches:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_of(X, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.detach().to(accumulate) * len(y)
+        count += len(y)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    mean_loss = float(total) / max(count, 1)
+    if not math.isfinite(mean_loss):
+        raise DivergenceError(f"training diverged at epoch {epoch}: mean loss {mean_loss} with lr = {lr}; lower lr")
+    return mean_loss, seconds
+
+
 _Taps = FeatureTaps  # the old private name
 
 
@@ -323,7 +352,6 @@ def train_resnet(cfg: TrainConfig, data: tuple[Tensor, Tensor, Tensor | None, Te
     Raises :class:`ncutils.solve.DivergenceError` when the training loss stops being finite.
     """
     from .nets import resnet18
-    from .solve import DivergenceError
 
     dev = torch.device(device)
     cuda = dev.type == "cuda"
@@ -379,23 +407,9 @@ def train_resnet(cfg: TrainConfig, data: tuple[Tensor, Tensor, Tensor | None, Te
                        total=cfg.epochs)
     for epoch in bar:
         model.train()
-        t0 = time.perf_counter()
-        total = torch.zeros((), device=dev)
-        for X, y in train.epoch():
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = lf(step_model(X).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach() * len(y)
-        if cuda:
-            torch.cuda.synchronize(dev)
-        epoch_time = time.perf_counter() - t0
+        mean_loss, epoch_time = train_epoch(lambda X, y: lf(step_model(X).float(), y), train.epoch(), opt,
+                                            epoch=epoch, lr=sched.get_last_lr()[0], device=dev, bf16=bf16)
         t_train += epoch_time
-        mean_loss = float(total) / len(ytr)
-        if not math.isfinite(mean_loss):
-            raise DivergenceError(f"training diverged at epoch {epoch}: mean loss {mean_loss} with lr = "
-                                  f"{sched.get_last_lr()[0]}; lower lr")
         sched.step()
         rows += [{"epoch": epoch, "layer": "model", "metric": "epoch_time_s", "value": epoch_time},
                  {"epoch": epoch, "layer": "model", "metric": "running_loss", "value": mean_loss}]

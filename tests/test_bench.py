@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import script_module
 
+from ncutils.models import gd_rows
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "gd_step.py"
 
@@ -35,7 +37,7 @@ def test_notebook_01_paper_by_hand(bench):
     assert [(r.S, r.steps, r.programs) for r in runs] == [(1, 40000, 1)] * 3 + [(15, 40000, 1)]
     assert sum(r.full_flops for r in runs) == pytest.approx(96_000 * 18 * 40_000)  # 6.912e10
     # run: the MSE runs without bias (1 + 15) on K + d = 24 class-reduced rows, 6·24·4·20 = 11 520 per run-step
-    assert [bench.run_rows(r.model) for r in runs] == [24, 200, 200, 24]
+    assert [gd_rows(r.model) for r in runs] == [24, 200, 200, 24]
     assert sum(r.flops for r in runs) == pytest.approx((11_520 * 16 + 96_000 * 2) * 40_000)
 
 

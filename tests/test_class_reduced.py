@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ncutils.models import UFM, ClassReduced, DeepUFM, class_reduce, class_reducible, extended_ufm
+from ncutils.models import UFM, ClassReduced, DeepUFM, class_reduce, class_reducible, extended_ufm, gd_rows
 from ncutils.solve import gradient_descent
 
 MODELS = {
@@ -48,6 +48,7 @@ def test_reduced_objective_and_rows_equal_the_full_ones():
     torch.testing.assert_close(rm.expand(rp)["H1"], p["H1"], rtol=0, atol=1e-13)
     assert torch.equal(rp["W2"], p["W2"]) and rp["W2"] is not p["W2"]
     assert rm.step_flops(3) == pytest.approx(model.step_flops(3) * 12 / 36)
+    assert gd_rows(model) == rm.rows == 12 and gd_rows(model, reduce=False) == model.N == 36
     with pytest.raises(TypeError, match="class_reduce"):
         rm.init(1, 0.1, torch.Generator(), torch.float64)
 
@@ -56,7 +57,7 @@ def test_reduced_objective_and_rows_equal_the_full_ones():
                                    DeepUFM(K=3, n=20, d=6, L=2, activation="relu"),
                                    UFM(K=3, n=3, d=6)])  # ReLU, CE, bias: not exact; K + d ≥ N: nothing saved
 def test_reduction_is_refused_where_it_is_not_exact_or_saves_nothing(model):
-    assert not class_reducible(model)
+    assert not class_reducible(model) and gd_rows(model) == model.N
     assert class_reduce(model, model.init(2, 0.1, torch.Generator().manual_seed(0), torch.float64)) is None
     with pytest.raises(ValueError, match="parameter reduce=True needs a linear MSE model"):
         gradient_descent(model, lr=0.1, steps=2, runs=2, device="cpu", reduce=True)

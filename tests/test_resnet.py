@@ -15,9 +15,10 @@ from ncutils._validate import ParameterTypeError
 from ncutils.data import DatasetNotFoundError, DeviceBatches, load_dataset, write_fake_cifar10, write_fake_mnist
 from ncutils.nets import RESNET_LAYERS, FeatureTaps, resnet18
 from ncutils.pipeline import runner
+from ncutils.solve import DivergenceError
 from ncutils.stream import StreamingNC
 from ncutils.studies import resnet as resnet_study
-from ncutils.train import TrainConfig, measure_network, train_resnet
+from ncutils.train import TrainConfig, measure_network, train_epoch, train_resnet
 
 KEYS = ("nc1", "nc1_trace", "nc2_etf", "nc2_orthogonal", "nc2_equinorm", "nc2_equiangle", "nc2_maxangle",
         "mean_norm_sq")
@@ -61,6 +62,24 @@ def test_device_batches_shuffle_deterministically_and_cover_everything():
 
 
 # --------------------------------------------------------------------------- model
+def test_train_epoch_returns_the_sample_mean_loss_and_stops_on_divergence():
+    torch.manual_seed(0)
+    X, y = torch.randn(10, 3), torch.arange(10) % 2
+    w = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.SGD([w], lr=0.0)  # lr 0: every batch sees the same w, so the mean is checkable
+    batches = [(X[:4], y[:4]), (X[4:], y[4:])]  # unequal batches: weighted by their sizes
+
+    def loss_of(xb, yb):
+        return ((xb @ w + 1.0 - yb) ** 2).mean()
+
+    mean, seconds = train_epoch(loss_of, batches, opt, epoch=1, lr=0.0, device=torch.device("cpu"))
+    assert mean == pytest.approx(float(((1.0 - y) ** 2).float().mean())) and seconds >= 0
+    assert w.grad is not None and torch.count_nonzero(w.grad) > 0
+    with pytest.raises(DivergenceError, match=r"training diverged at epoch 7: mean loss nan with lr = 0.5; lower lr"):
+        train_epoch(lambda xb, yb: loss_of(xb, yb) * float("nan"), batches, opt, epoch=7, lr=0.5,
+                    device=torch.device("cpu"))
+
+
 def test_resnet18_cifar_stem_and_width():
     m = resnet18(10, 3, True, 1.0)
     assert sum(p.numel() for p in m.parameters()) == 11_173_962  # ResNet18 with the CIFAR stem, 10 classes

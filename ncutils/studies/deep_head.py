@@ -35,7 +35,7 @@ from ..paths import atomic_path, load_checkpoint, tensor_digest
 from ..plot import finish_axes as _finish
 from ..plot import legend_below, style
 from ..report import check, count_check
-from ..train import _loss_fn
+from ..train import _loss_fn, train_epoch
 from ._common import NONNEG, POSITIVE, Assumption, Requirement, Rule
 from .resnet import objective_accuracy_panel, resnet_cpu_hours
 
@@ -320,7 +320,6 @@ def train_deep_head(p: Mapping[str, Any], data: tuple[Tensor, Tensor, Tensor, Te
     resumes from it and reproduces the uninterrupted run; another configuration raises ``ValueError``.
     Raises :class:`ncutils.solve.DivergenceError` when the training loss stops being finite.
     """
-    from ..solve import DivergenceError
 
     cfg = _config(p)
     Xtr, ytr, Xte, yte = data
@@ -366,22 +365,9 @@ def train_deep_head(p: Mapping[str, Any], data: tuple[Tensor, Tensor, Tensor, Te
                        total=E)
     for epoch in bar:
         model.train()
-        t0 = time.perf_counter()
-        total = torch.zeros((), dtype=torch.float64, device=dev)
-        for xb, yb in train.epoch():
-            loss = _mse(model(xb), yb, K)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach().double() * len(yb)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        dt = time.perf_counter() - t0
+        mean_loss, dt = train_epoch(lambda X, y: _mse(model(X), y, K), train.epoch(), opt, epoch=epoch,
+                                    lr=sched.get_last_lr()[0], device=dev, accumulate=torch.float64)
         t_train += dt
-        mean_loss = float(total) / len(ytr)
-        if not math.isfinite(mean_loss):
-            raise DivergenceError(f"training diverged at epoch {epoch}: mean loss {mean_loss} with lr = "
-                                  f"{sched.get_last_lr()[0]}; lower lr")
         sched.step()
         rows += [{"epoch": epoch, "layer": "model", "metric": "epoch_time_s", "value": dt},
                  {"epoch": epoch, "layer": "model", "metric": "running_loss", "value": mean_loss}]
