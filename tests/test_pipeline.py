@@ -108,6 +108,13 @@ def test_profiles_use_declared_names():
             params.check_requirements(nb.stem, checked, machine=False)  # datasets are checked at run time
 
 
+def test_an_empty_polish_list_is_valid():
+    nb = runner.notebook_path("04")
+    checked = params.validate(nb, {**runner.declared_parameters(nb), "polish_depths": []})
+    params.check_requirements("04_deep_ufm", checked, machine=False)
+    assert checked["polish_depths"] == []
+
+
 def test_figure_profiles():
     assert runner.figure_profiles("01") == ["paper"]
     assert runner.figure_profiles("02") == ["paper", "fig8", "check"]
@@ -126,6 +133,9 @@ def test_figure_profiles():
         ("04", {"activation": "tanh"}, r"parameter activation must be one of \('relu', 'linear'\), got 'tanh'"),
         ("04", {"width": 1}, r"parameter width must be >= K .* got \{'width': 1, 'K': 2\}"),
         ("04", {"width_study": [30, 5]}, r"parameter width_study must be >= multi_K"),
+        ("04", {"polish_depths": [4, 7]}, r"parameter polish_depths must name depths that are run"),
+        ("04", {"polish_depths": [1]}, r"parameter polish_depths: must be a list of integers >= 2"),
+        ("04", {"polish_max_iter": 0}, r"parameter polish_max_iter must be an integer in \[1, inf\)"),
         ("02", {"d": 3}, r"parameter d must be >= K .* got \{'d': 3, 'K': 4\}"),
         ("03", {"init_scales": [0.1, -1]}, r"parameter init_scales: must be a non-empty list of finite numbers > 0"),
         ("03", {"tag": "a/b"}, r"parameter tag: must be a non-empty name"),

@@ -135,3 +135,58 @@ def test_polishing_prints_no_torch_internal_warning():
             "newton_polish(m, gd.params, max_iter=5, spectrum=False)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "FutureWarning" not in out.stderr, out.stderr[-2000:]
+
+
+def _limits_table():
+    """Five polished runs, one of each outcome of polish_limits (levels H2, H3)."""
+    import pandas as pd
+
+    good, off = 1e-12, 1e-4
+    return pd.DataFrame({
+        "run": [0, 1, 2, 3, 4],
+        "converged": [True, True, True, True, False],
+        "kinks_certified": [True, None, True, True, True],  # None: no kink pinned (smooth)
+        "objective_before": [1.0, 1.0, 1.0 + 1e-7, 1.0 + 1e-6, 1.0 + 1e-6],
+        "objective_after": [1.0, 1.0, 1.0 + 5e-8, 1.0 + 6e-6, 1.0 + 1e-7],
+        "rel_err_after": [0.0, 1e-12, 5e-8, 6e-6, 1e-7],
+        "nc2_H2_after": [good, off, good, good, off], "nc3_H2_after": [good, good, good, off, off],
+        "nc2_H3_after": [good, good, good, good, off], "nc3_H3_after": [good, good, good, good, off],
+    })
+
+
+def test_polish_limits_tell_every_outcome_apart():
+    from ncutils.studies._multilayer import polish_limits
+
+    lim = polish_limits(_limits_table(), ["H2", "H3"])
+    assert lim.tolist() == ["DNC frame", "f*, frame off", "between f* and GD", "above GD's objective",
+                            "not converged"]
+    # the frame is required at every level named, and only there
+    assert polish_limits(_limits_table(), ["H3"]).tolist()[1] == "DNC frame"
+
+
+def test_polish_summary_is_the_worst_level_per_run():
+    from ncutils.studies._multilayer import polish_summary
+
+    t = _limits_table()
+    for what in ("nc2", "nc3"):
+        for lv in ("H2", "H3"):
+            t[f"{what}_{lv}_before"] = 1e-3 if lv == "H2" else 2e-3
+    t["rel_err_before"] = t.objective_before - 1
+    s = polish_summary(t, ["H2", "H3"])
+    assert list(s.index) == [0, 1, 2, 3, 4] and (s.max_nc2_before == 2e-3).all()
+    assert s.max_nc2_after.tolist() == [1e-12, 1e-4, 1e-12, 1e-12, 1e-4]
+    assert s.limit.tolist()[:2] == ["DNC frame", "f*, frame off"]
+
+
+def test_polish_limit_checks_fail_on_another_limit_and_pass_without_one():
+    from ncutils.studies._multilayer import polish_limit_checks
+
+    t = _limits_table()
+    checks = {c["id"]: c for c in polish_limit_checks(t, ["H2", "H3"], label="L=3")}
+    frame, only, other = checks.values()
+    assert (frame["count"], frame["total"], frame["passed"]) == (1, 5, True)
+    assert (only["count"], only["total"], only["passed"]) == (1, 2, False)  # run 1: f* without the frame
+    assert (other["count"], other["total"], other["passed"]) == (4, 5, False)  # run 2: between f* and GD
+    clean = t.drop(index=[1, 2])  # the DNC frame, a point above GD's own objective, a run not converged
+    assert all(c["passed"] for c in polish_limit_checks(clean, ["H2", "H3"]))
+    assert not polish_limit_checks(clean, ["H2", "H3"], required=2)[0]["passed"]

@@ -20,14 +20,15 @@ __all__ = ["COMMON_RULES", "Assumption", "Requirement", "Rule", "best_run", "int
            "width_at_least"]
 
 
-def int_list(low: int, what: str) -> Callable[[Any], None]:
-    """A check for a non-empty list of integers ≥ ``low`` (``what`` names them in the message)."""
+def int_list(low: int, what: str, non_empty: bool = True) -> Callable[[Any], None]:
+    """A check for a (``non_empty``) list of integers ≥ ``low`` (``what`` names them in the message)."""
+    kind = "a non-empty list" if non_empty else "a list"
 
     def check(values: Any) -> None:
         try:
-            check_ints(what, values, low)
+            check_ints(what, values, low, non_empty=non_empty)
         except ValueError:
-            raise ValueError(f"must be a non-empty list of integers >= {low} ({what}), got {values!r}") from None
+            raise ValueError(f"must be {kind} of integers >= {low} ({what}), got {values!r}") from None
 
     return check
 

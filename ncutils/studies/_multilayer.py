@@ -35,6 +35,9 @@ __all__ = [
     "init_scale_study",
     "init_scales_figure",
     "polish_checks",
+    "polish_limit_checks",
+    "polish_limits",
+    "polish_summary",
     "polished_geometry",
     "product_alignment",
     "rank_aware_nc1",
@@ -230,7 +233,7 @@ def polished_geometry(gd: GDResult, opt: theory.DeepUFMOptimum, runs: list[int] 
     keyword arguments; ``max_iter`` 200 by default: on a face with nearly flat or negative directions the damped
     iteration can converge only linearly) and tabulate the geometry of GD's endpoint and of the polished critical point.
 
-    One row per polished run: ``run, objective_before/after, rel_err_after`` (to f*), ``grad_norm_before/after``
+    One row per polished run: ``run, objective_before/after, rel_err_before/after`` (to f*), ``grad_norm_before/after``
     (the model's closed-form gradient; at a ReLU kink it takes the one-sided derivative, so it stays O(|G|)
     there), ``residual_after`` (KKT residual on the face of pinned ReLU kinks), ``kinks, kinks_certified, converged,
     iterations, flat, negative, gap, seconds`` and per level ``nc1_H{l}_before/after``, ``nc2_H{l}_before/after``
@@ -270,6 +273,7 @@ def polished_geometry(gd: GDResult, opt: theory.DeepUFMOptimum, runs: list[int] 
     before, after = _level_geometry(m, p), _level_geometry(m, res.params)
     t = res.table.set_index("run").loc[runs]
     cols: dict[str, Any] = {"run": runs, "objective_before": f[runs], "objective_after": f_after[runs],
+                            "rel_err_before": f[runs] / opt.objective - 1,
                             "rel_err_after": f_after[runs] / opt.objective - 1,
                             "grad_norm_before": g0[runs], "grad_norm_after": g1[runs],
                             "residual_after": t.residual_after.to_numpy()}
@@ -346,6 +350,79 @@ def polish_checks(table: pd.DataFrame, level: str, *, label: str = "", frame_tol
                     n, n, id=check_id(f"{pre}polished certified")),
         count_check(f"{pre}polished runs with NC2({level}) and NC3({level}) < {frame_tol:g}", int(frame.sum()), n, n,
                     id=check_id(f"{pre}polished frame {level}")),
+    ]
+
+
+#: What :func:`polish_limits` calls the critical point a polished run converged to (or that it did not).
+POLISH_LIMITS = ("DNC frame", "f*, frame off", "between f* and GD", "above GD's objective", "not converged")
+
+
+def polish_limits(table: pd.DataFrame, levels: list[str], *, frame_tol: float = 1e-8,
+                  rel_tol: float = 1e-10) -> pd.Series:
+    """Per row of :func:`polished_geometry`, where the polish ended (one of :data:`POLISH_LIMITS`):
+
+    * ``"not converged"``: no certified critical point within the iteration budget (KKT residual above ``tol``,
+      an active-set change left, or kinks not certified);
+    * ``"DNC frame"``: a certified critical point at f* (relative ``rel_tol``) with NC2 and NC3 below
+      ``frame_tol`` at every level of ``levels`` — the collapsed optimum is the limit GD was approaching;
+    * ``"f*, frame off"``: at f* but without that geometry (another minimizer at the optimal value);
+    * ``"above GD's objective"``: a certified critical point whose objective is above that of GD's own endpoint
+      (``objective_after > objective_before``): not the limit of GD, whose objective does not rise at a stable
+      step size — the polish left GD's basin (e.g. the face of pinned kinks chosen from GD's endpoint is wrong);
+    * ``"between f* and GD"``: a certified critical point above f* and below GD's objective — another critical
+      point GD may be approaching. ``(runs,)`` of str, index as ``table``."""
+    ok = table.converged.astype(bool) & table.kinks_certified.fillna(True).astype(bool)
+    at = table.rel_err_after.abs() <= rel_tol
+    frame = pd.Series(True, index=table.index)
+    for lv in levels:
+        frame &= (table[f"nc2_{lv}_after"] < frame_tol) & (table[f"nc3_{lv}_after"] < frame_tol)
+    above = table.objective_after > table.objective_before
+    out = pd.Series("between f* and GD", index=table.index, dtype=object)
+    out[above] = "above GD's objective"
+    out[at] = "f*, frame off"
+    out[at & frame] = "DNC frame"
+    out[~ok] = "not converged"
+    return out.rename("limit")
+
+
+def polish_summary(table: pd.DataFrame, levels: list[str], *, frame_tol: float = 1e-8,
+                   rel_tol: float = 1e-10) -> pd.DataFrame:
+    """One compact row per polished run of :func:`polished_geometry`: the relative error to f* before and after,
+    the largest NC2 and NC3 over ``levels`` before and after (``max_nc2_before`` …), the iterations, the
+    negative-curvature directions on the final face and where the polish ended (``limit``,
+    :func:`polish_limits`). Index ``run``."""
+    out = pd.DataFrame({"rel_err_before": table.rel_err_before.to_numpy(),
+                        "rel_err_after": table.rel_err_after.to_numpy()}, index=pd.Index(table.run, name="run"))
+    for what in ("nc2", "nc3"):
+        for when in ("before", "after"):
+            out[f"max_{what}_{when}"] = table[[f"{what}_{lv}_{when}" for lv in levels]].max(axis=1).to_numpy()
+    for c in ("iterations", "negative"):
+        if c in table:
+            out[c] = table[c].to_numpy()
+    out["limit"] = polish_limits(table, levels, frame_tol=frame_tol, rel_tol=rel_tol).to_numpy()
+    return out
+
+
+def polish_limit_checks(table: pd.DataFrame, levels: list[str], *, label: str = "", frame_tol: float = 1e-8,
+                        rel_tol: float = 1e-10, required: int = 1) -> list[dict[str, Any]]:
+    """What polishing certifies where only some runs converge (:func:`polish_limits`): at least ``required``
+    polished runs end at the DNC frame; *every* polished run that converged to a critical point at f* has the
+    frame (the collapsed optimum is the only minimizer found at f*); and *no* polished run converged to a
+    critical point between f* and GD's objective (no other limit of GD was found). Count checks."""
+    from ..report import count_check
+
+    pre = f"{label}: " if label else ""
+    lim = polish_limits(table, levels, frame_tol=frame_tol, rel_tol=rel_tol)
+    n, span = len(lim), f"{levels[0]}-{levels[-1]}" if len(levels) > 1 else levels[0]
+    at = int(lim.isin(["DNC frame", "f*, frame off"]).sum())
+    frame = int((lim == "DNC frame").sum())
+    return [
+        count_check(f"{pre}polished runs at the DNC frame (f*, NC2 and NC3 < {frame_tol:g} at {span})", frame, n,
+                    min(required, n), id=check_id(f"{pre}polished dnc frame")),
+        count_check(f"{pre}polished critical points at f* that have the DNC frame", frame, at, at,
+                    id=check_id(f"{pre}polished f* is dnc")),
+        count_check(f"{pre}polished runs not at a critical point between f* and GD's objective",
+                    n - int((lim == "between f* and GD").sum()), n, n, id=check_id(f"{pre}polished no other limit")),
     ]
 
 

@@ -53,6 +53,8 @@ RULES: dict[str, Rule] = {
     "lambda_study": Rule(list, check=positive_list("weight decays")),
     "appendix_K": Rule(list, check=int_list(2, "classes K")),
     "appendix_steps": Rule(int, low=1),
+    "polish_depths": Rule(list, check=int_list(2, "polished depths L", non_empty=False)),
+    "polish_max_iter": Rule(int, low=1),
 }
 #: Hard requirements of the theory: a run whose parameters break one fails before any compute.
 REQUIREMENTS: list[Requirement] = [
@@ -62,6 +64,8 @@ REQUIREMENTS: list[Requirement] = [
     Requirement(("multi_width", "appendix_K"), lambda p: p["multi_width"] >= max(p["appendix_K"]),
                 "parameter multi_width must be >= every class count in appendix_K (every level must hold an "
                 "orthogonal frame of K class means for the collapsed optimum to exist)"),
+    Requirement(("polish_depths", "depths"), lambda p: set(p["polish_depths"]) <= set(p["depths"]),
+                "parameter polish_depths must name depths that are run (a subset of depths)"),
 ]
 #: Assumptions of the theorem: runs go on, but say so.
 ASSUMPTIONS: list[Assumption] = []

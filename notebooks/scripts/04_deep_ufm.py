@@ -52,6 +52,8 @@ steps: int = 150000  # GD steps of the binary part (NC2 converges slowly at dept
 record_every: int = 2500  # record objective and metrics every k steps (60 points of the 150k-step curves)
 seeds: int = 10  # independent initializations per setting, one batched tensor program
 init_std: float = 0.2236  # std of the N(0, std^2) initialization, binary part (1/sqrt(width))
+polish_depths: list = [4, 5]  # depths whose seeds at f_DNC are Newton-polished (class-mean problem); [] for none
+polish_max_iter: int = 200  # Newton iterations per polished seed
 multi_K: int = 10  # classes of the low-rank part (Sukenik et al. 2024, Fig. 2 top)
 multi_n: int = 5  # samples per class of the low-rank part (open in the paper; see section 2)
 multi_width: int = 30  # width of every level of the low-rank part, at least multi_K
@@ -111,8 +113,7 @@ print(per_depth.to_string(float_format="{:.7f}".format))
 # (worst relative error 2.2e-6) with NC1 below 1e-6 at every level; NC2/NC3 below 1e-3 hold for 10/10 seeds at
 # every level for $L=2,3$, for 8–10/10 at $L=4$, and at $L=5$ for 10/10 (NC2 at $H_2$) but only 3–6/10 at the other
 # levels, where the other seeds' frames are still 1e-3 to 1e-2 away after 150 000 steps although their objective
-# matches $f_{DNC}$ — GD has not converged in those directions (notebook 03 certifies such a limit by polishing; not
-# done here).
+# matches $f_{DNC}$. Whether the orthogonal frame is the limit GD approaches there is tested by polishing (below).
 
 # %%
 rows = []
@@ -125,6 +126,29 @@ for L, r in binary.items():
                      "unequal norms": r.final("nc2_equinorm_uncentred", lv)[b], "NC3": r.final(nc3, lv)[b]})
 layer_table = pd.DataFrame(rows).set_index(["L", "level"])
 print(layer_table.to_string(float_format="{:.1e}".format))
+
+# %% [markdown]
+# ### Certifying the limit: the seeds of the deepest models, polished
+#
+# As in notebook 03, every seed at $f_{DNC}$ of the depths in `polish_depths` is polished by a damped Newton
+# iteration on the class-mean problem (`nc.solve.newton_polish`; pre-activations that GD drives to 0 are held on their
+# ReLU kink and certified by the sign of their multipliers). Where it ends (`limit`): at the **DNC frame** (a
+# certified critical point at $f_{DNC}$, relative 1e-10, with NC2 and NC3 below $10^{-8}$ at $H_2,\dots,H_L$); at a
+# certified critical point **above GD's objective** (not GD's limit: GD's objective does not rise at this step size,
+# so the polish left GD's basin — the face of kinks pinned from GD's endpoint was not the limit's); **between $f^*$
+# and GD** (another critical point GD could be approaching); or **not converged** within `polish_max_iter`
+# iterations (`negative`: directions of negative curvature on its last face). The table gives the largest NC2/NC3
+# over $H_2,\dots,H_L$ before and after.
+
+# %%
+polished = {}
+for L in polish_depths:
+    levels = [f"H{lv}" for lv in range(2, L + 1)]
+    polished[L] = (study.polished_geometry(binary[L], optima[L], means=True, max_iter=polish_max_iter), levels)
+if polished:
+    polish_view = pd.concat({L: study.polish_summary(t, lv) for L, (t, lv) in polished.items()}, names=["L"])
+    print(polish_view.to_string(float_format="{:.1e}".format))
+    print(polish_view.groupby("L").limit.value_counts().unstack(fill_value=0).to_string())
 
 # %% [markdown]
 # ## 2. $K>2$: the low-rank bias
@@ -281,12 +305,15 @@ checks.append(nc.report.check(f"K={multi_K}: NC1~ = tr(S_W)/tr(S_B) (max over le
 checks += study.rank_aware_checks(rank_nc1, seeds_multi)
 checks += srg_multi_checks
 checks += study.small_k_checks(appendix_table)
+for L, (t, lv) in polished.items():
+    checks += study.polish_limit_checks(t, lv, label=f"L={L}")
 summary = run.summary(checks, per_depth=per_depth.reset_index().to_dict("records"),
                       layers=layer_table.reset_index().to_dict("records"),
                       seeds={f"L={L}": t.to_dict("records") for L, t in seeds_binary.items()},
                       multi=dict(f_dnc=opt_multi.objective, seeds=seeds_multi.to_dict("records"),
                                  nc1_three_ways=rank_nc1.to_dict("records"),
                                  ranks=ranks.to_dict("records"), srg=srg_numbers),
+                      polished={f"L={L}": t.to_dict("records") for L, (t, _) in polished.items()},
                       srg_ratio=srg_table.to_dict("records"), appendix=appendix_table.reset_index().to_dict("records"),
                       width_study=width_table.to_dict("records"), lambda_study=lam_f.to_dict("records"),
                       wall_time_s={**{f"L={L}": r.wall_time_s for L, r in binary.items()},
