@@ -29,8 +29,9 @@ from .paths import atomic_path, load_checkpoint, tensor_digest
 
 pd = need("pandas")  # the [data] extra: tables
 
-__all__ = ["LOSSES", "PRECISIONS", "SCHEDULES", "MLPResult", "TrainConfig", "TrainResult", "checkpoint_file",
-           "measure_network", "mlp_features", "run_fingerprint", "train_epoch", "train_mlp", "train_resnet"]
+__all__ = ["LOSSES", "PRECISIONS", "SCHEDULES", "MLPResult", "TrainConfig", "TrainResult", "TrainingCheckpoint",
+           "checkpoint_file", "measure_network", "mlp_features", "run_fingerprint", "train_epoch", "train_mlp",
+           "train_resnet"]
 
 
 @dataclass
@@ -237,6 +238,43 @@ def _loss_fn(loss: str, K: int):
     return lambda out, y: nn.functional.cross_entropy(out, y)
 
 
+@dataclass
+class TrainingCheckpoint:
+    """The resumable state of a mini-batch training run in one file (``path``; None: no checkpointing), written
+    atomically: model, optimizer, scheduler, the shuffling ``generator``, the caller's ``history`` and the
+    epoch and times. A file written for another ``fingerprint`` (configuration and data) is refused
+    (:func:`ncutils.paths.load_checkpoint`)."""
+
+    path: Path | None
+    fingerprint: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    generator: torch.Generator
+
+    def load(self) -> dict[str, Any] | None:
+        """Restore model, optimizer, scheduler and generator from the file and return its state (``epoch,
+        history, train_time, measure_time``), or None when there is no file."""
+        if self.path is None or not self.path.exists():
+            return None
+        state = load_checkpoint(self.path, self.fingerprint)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        return state
+
+    def save(self, epoch: int, history: Any, train_time: float, measure_time: float) -> None:
+        """Write the state after ``epoch`` (nothing without a path)."""
+        if self.path is None:
+            return
+        with atomic_path(self.path) as tmp:
+            torch.save({"fingerprint": self.fingerprint, "epoch": epoch, "model": self.model.state_dict(),
+                        "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "generator": self.generator.get_state(), "history": history,
+                        "train_time": train_time, "measure_time": measure_time}, tmp)
+
+
 def train_epoch(loss_of: Callable[[Tensor, Tensor], Tensor], batches: Iterable[tuple[Tensor, Tensor]],
                 opt: torch.optim.Optimizer, *, epoch: int, lr: float, device: torch.device, bf16: bool = False,
                 accumulate: torch.dtype = torch.float32) -> tuple[float, float]:
@@ -379,28 +417,16 @@ def train_resnet(cfg: TrainConfig, data: tuple[Tensor, Tensor, Tensor | None, Te
                                                  channels_last=nhwc)
     rows: list[dict] = []
     start, t_train, t_measure = 0, 0.0, 0.0
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    fingerprint = run_fingerprint(cfg, data)
-    if ckpt is not None and ckpt.exists():
-        state = load_checkpoint(ckpt, fingerprint)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        train.generator.set_state(state["generator"])
+    ckpt = TrainingCheckpoint(Path(checkpoint) if checkpoint is not None else None, run_fingerprint(cfg, data),
+                              model, opt, sched, train.generator)
+    state = ckpt.load()
+    if state is not None:
         rows, start, t_train, t_measure = state["history"], state["epoch"], state["train_time"], state["measure_time"]
     resumed_from = start
     step_model = torch.compile(model) if compile else model
     bf16 = precision == "bf16"
     lf = _loss_fn(cfg.loss, K)
     measured = set(cfg.measured_epochs())
-
-    def save(epoch: int) -> None:
-        if ckpt is not None:
-            with atomic_path(ckpt) as tmp:
-                torch.save({"fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
-                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                            "generator": train.generator.get_state(), "history": rows,
-                            "train_time": t_train, "measure_time": t_measure}, tmp)
 
     show = (not is_quiet()) if progress is None else progress
     bar = progress_bar(range(start + 1, cfg.epochs + 1), desc="ResNet18", disable=not show, initial=start,
@@ -428,7 +454,7 @@ def train_resnet(cfg: TrainConfig, data: tuple[Tensor, Tensor, Tensor | None, Te
                      for layer, vals in res.items() for k, v in vals.items()]
             bar.set_postfix(loss=f"{mean_loss:.3g}", acc=f"{res['model']['train_accuracy']:.3f}")
         if epoch % checkpoint_every == 0 or epoch == cfg.epochs:
-            save(epoch)
+            ckpt.save(epoch, rows, t_train, t_measure)
     bar.close()
     return TrainResult(model=model, history=pd.DataFrame(rows), config=cfg, train_time_s=t_train,
                        measure_time_s=t_measure, device=str(dev), resumed_from=resumed_from, precision=precision,

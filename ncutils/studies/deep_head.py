@@ -31,11 +31,11 @@ from torch import Tensor, nn
 from ..data import DeviceBatches, missing_files
 from ..device import is_quiet, progress_bar, resolve_device
 from ..metrics import class_mean_rank, nc1_t, nc4, nc_metrics_t
-from ..paths import atomic_path, load_checkpoint, tensor_digest
+from ..paths import tensor_digest
 from ..plot import finish_axes as _finish
 from ..plot import legend_below, style
 from ..report import check, count_check
-from ..train import _loss_fn, train_epoch
+from ..train import TrainingCheckpoint, _loss_fn, train_epoch
 from ._common import NONNEG, POSITIVE, Assumption, Requirement, Rule
 from .resnet import objective_accuracy_panel, resnet_cpu_hours
 
@@ -338,27 +338,13 @@ def train_deep_head(p: Mapping[str, Any], data: tuple[Tensor, Tensor, Tensor, Te
     measured = sorted({1, E, *range(cfg["measure_every"], E + 1, cfg["measure_every"])})
     rows: list[dict[str, Any]] = []
     start, t_train, t_measure = 0, 0.0, 0.0
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    fingerprint = _fingerprint(cfg, data)
-    if ckpt is not None and ckpt.exists():
-        state = load_checkpoint(ckpt, fingerprint)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        train.generator.set_state(state["generator"])
+    ckpt = TrainingCheckpoint(Path(checkpoint) if checkpoint is not None else None, _fingerprint(cfg, data), model,
+                              opt, sched, train.generator)
+    state = ckpt.load()
+    if state is not None:
         rows = [dict(zip(("epoch", "layer", "metric", "value"), r, strict=True)) for r in state["history"]]
         start, t_train, t_measure = int(state["epoch"]), float(state["train_time"]), float(state["measure_time"])
     resumed_from = start
-
-    def save(epoch: int) -> None:
-        if ckpt is None:
-            return
-        hist = [(r["epoch"], r["layer"], r["metric"], r["value"]) for r in rows]
-        with atomic_path(ckpt) as tmp:
-            torch.save({"fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(),
-                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "generator": train.generator.get_state(), "history": hist,
-                        "train_time": t_train, "measure_time": t_measure}, tmp)
 
     show = (not is_quiet()) if progress is None else progress
     bar = progress_bar(range(start + 1, E + 1), desc="backbone + deep head", disable=not show, initial=start,
@@ -384,7 +370,8 @@ def train_deep_head(p: Mapping[str, Any], data: tuple[Tensor, Tensor, Tensor, Te
                      for layer, vals in res.items() for k, v in vals.items()]
             bar.set_postfix(loss=f"{mean_loss:.3g}", acc=f"{res['model']['train_accuracy']:.3f}")
         if epoch % checkpoint_every == 0 or epoch == E:
-            save(epoch)
+            ckpt.save(epoch, [(r["epoch"], r["layer"], r["metric"], r["value"]) for r in rows], t_train,
+                      t_measure)
     bar.close()
     return HeadResult(model=model, history=pd.DataFrame(rows, columns=["epoch", "layer", "metric", "value"]),
                       train_time_s=t_train, measure_time_s=t_measure, resumed_from=resumed_from, L=L)
