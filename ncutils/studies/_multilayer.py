@@ -27,6 +27,8 @@ from ._common import POSITIVE, Rule, best_run, positive_list
 __all__ = [
     "best_run",
     "class_mean_ranks",
+    "continued_descent",
+    "continued_descent_check",
     "deep_ufm_checks",
     "depth_contrast_checks",
     "depth_ratio_table",
@@ -34,6 +36,7 @@ __all__ = [
     "depth_ratios_figure",
     "init_scale_study",
     "init_scales_figure",
+    "monotone_objective_check",
     "polish_checks",
     "polish_limit_checks",
     "polish_limits",
@@ -407,23 +410,79 @@ def polish_limit_checks(table: pd.DataFrame, levels: list[str], *, label: str = 
                         rel_tol: float = 1e-10, required: int = 1) -> list[dict[str, Any]]:
     """What polishing certifies where only some runs converge (:func:`polish_limits`): at least ``required``
     polished runs end at the DNC frame; *every* polished run that converged to a critical point at f* has the
-    frame (the collapsed optimum is the only minimizer found at f*); and *no* polished run converged to a
-    critical point between f* and GD's objective (no other limit of GD was found). Count checks."""
+    frame (the collapsed optimum is the only minimizer found at f*); and *no* polished run that converged did so
+    to a critical point between f* and GD's objective (no other limit of GD was found; the runs that did not
+    converge decide nothing and are not counted). Count checks."""
     from ..report import count_check
 
     pre = f"{label}: " if label else ""
     lim = polish_limits(table, levels, frame_tol=frame_tol, rel_tol=rel_tol)
     n, span = len(lim), f"{levels[0]}-{levels[-1]}" if len(levels) > 1 else levels[0]
     at = int(lim.isin(["DNC frame", "f*, frame off"]).sum())
+    conv = n - int((lim == "not converged").sum())
     frame = int((lim == "DNC frame").sum())
     return [
         count_check(f"{pre}polished runs at the DNC frame (f*, NC2 and NC3 < {frame_tol:g} at {span})", frame, n,
                     min(required, n), id=check_id(f"{pre}polished dnc frame")),
         count_check(f"{pre}polished critical points at f* that have the DNC frame", frame, at, at,
                     id=check_id(f"{pre}polished f* is dnc")),
-        count_check(f"{pre}polished runs not at a critical point between f* and GD's objective",
-                    n - int((lim == "between f* and GD").sum()), n, n, id=check_id(f"{pre}polished no other limit")),
+        count_check(f"{pre}converged polished runs not at a critical point between f* and GD's objective",
+                    conv - int((lim == "between f* and GD").sum()), conv, conv,
+                    id=check_id(f"{pre}polished no other limit")),
     ]
+
+
+def continued_descent(gd: GDResult, opt: theory.DeepUFMOptimum, runs: list[int], *, steps: int, lr: float,
+                      records: int = 6, desc: str = "continued GD") -> pd.DataFrame:
+    """GD continued for ``steps`` more steps from ``gd``'s endpoint of ``runs`` (one batched program, same model,
+    step ``lr``, device and dtype): does GD keep moving where polishing did not decide its limit? Long form, one row
+    per run and record (``records`` + 1 of them, step 0 = ``gd``'s endpoint): ``run`` (the run of ``gd``), ``step``,
+    ``rel_err`` (f/f* − 1) and ``max_nc2`` (NC2 to the orthogonal frame, largest over the frame levels H₂…H_L of the
+    ReLU model, every level of the linear one). Empty when ``runs`` is."""
+    from ..solve import gradient_descent
+
+    if not runs:
+        return pd.DataFrame(columns=["run", "step", "rel_err", "max_nc2"])
+    m = _deep(gd)
+    p = {k: v[runs].clone() for k, v in gd.params.items()}
+    more = gradient_descent(m, lr=lr, steps=steps, runs=len(runs), init=p, record_every=max(steps // records, 1),
+                            device=p["H1"].device, dtype=p["H1"].dtype, desc=desc)
+    h = more.history
+    levels = [f"H{lv}" for lv in _frame_levels(m, None)]
+    f = h[h.metric == "objective"].pivot_table(index=["step", "run"], values="value", observed=True)["value"]
+    nc2 = (h[(h.metric == "nc2_orthogonal") & h.level.isin(levels)]
+           .pivot_table(index=["step", "run"], values="value", aggfunc="max", observed=True)["value"])
+    out = pd.DataFrame({"rel_err": f / opt.objective - 1, "max_nc2": nc2}).reset_index()
+    out["run"] = [runs[i] for i in out.run]
+    return out[["run", "step", "rel_err", "max_nc2"]]
+
+
+def continued_descent_check(table: pd.DataFrame, *, label: str = "") -> dict[str, Any]:
+    """How many runs of :func:`continued_descent` end with both a smaller objective gap |f/f* − 1| and a smaller
+    NC2 than at its start (a count check, every run required)."""
+    from ..report import count_check
+
+    first = table[table.step == table.step.min()].set_index("run")
+    last = table[table.step == table.step.max()].set_index("run").loc[first.index]
+    fell = (last.rel_err.abs() < first.rel_err.abs()) & (last.max_nc2 < first.max_nc2)
+    pre = f"{label}: " if label else ""
+    return count_check(f"{pre}undecided runs whose objective gap and NC2 both fall under continued GD",
+                       int(fell.sum()), len(fell), len(fell), id=check_id(f"{pre}continued descent"))
+
+
+def monotone_objective_check(gd: GDResult, *, label: str = "", rtol: float = 1e-12) -> dict[str, Any]:
+    """How many runs of ``gd`` have a recorded objective that never rises between records (by more than
+    ``rtol`` relative: round-off): GD at a stable step size descends, so a critical point above GD's own
+    objective is not its limit (:func:`polish_limits`). A count check, every run required."""
+    from ..report import count_check
+
+    h = gd.history
+    f = h[h.metric == "objective"].pivot_table(index="step", columns="run", values="value", observed=True)
+    v = f.sort_index().to_numpy()
+    rises = (np.diff(v, axis=0) > rtol * np.abs(v[1:])).any(axis=0)
+    pre = f"{label}: " if label else ""
+    return count_check(f"{pre}runs whose recorded objective never rises (GD descends)", int((~rises).sum()),
+                       v.shape[1], v.shape[1], id=check_id(f"{pre}objective monotone"))
 
 
 def product_alignment(gd: GDResult) -> np.ndarray:

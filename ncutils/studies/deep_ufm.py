@@ -55,6 +55,7 @@ RULES: dict[str, Rule] = {
     "appendix_steps": Rule(int, low=1),
     "polish_depths": Rule(list, check=int_list(2, "polished depths L", non_empty=False)),
     "polish_max_iter": Rule(int, low=1),
+    "continue_steps": Rule(int, low=0),
 }
 #: Hard requirements of the theory: a run whose parameters break one fails before any compute.
 REQUIREMENTS: list[Requirement] = [
@@ -92,10 +93,11 @@ def class_mean_spectra_figure(ranks: pd.DataFrame, hue: str = "run", title: str 
 
 
 def rank_aware_checks(table: pd.DataFrame, seeds: pd.DataFrame, *, tol: float = 1e-3, rank_tol: float = 1e-3,
-                      ) -> list[dict[str, Any]]:
+                      K: int | None = None) -> list[dict[str, Any]]:
     """Within-class collapse of the runs below f_DNC (``seeds``: :func:`seed_table`), with the rank-aware NC1 of
     :func:`rank_aware_nc1` (directions of the centred means above ``rank_tol``·σ₁) and NC1~ = tr Σ_W/tr Σ_B at
-    every level: how many runs have both below ``tol`` (count checks; at least one run required)."""
+    every level: how many runs have each below ``tol``; with ``K``, how many have class means of rank < K at some
+    level (the low-rank bias; ``min_rank`` of the seed table). Count checks: every run below f_DNC required."""
     from ..report import count_check
 
     below = set(seeds.run[seeds.status == "below f*"])
@@ -104,12 +106,17 @@ def rank_aware_checks(table: pd.DataFrame, seeds: pd.DataFrame, *, tol: float = 
     n = len(worst)
     if n == 0:
         return [count_check("runs below f_DNC", 0, len(seeds), 1)]
-    return [
+    out = [
         count_check(f"runs below f_DNC with rank-aware NC1 (rank_tol {rank_tol:g}) < {tol:g} at every level",
-                    int((worst.nc1_rank < tol).sum()), n, 1, id="below_fdnc_rank_aware_nc1"),
+                    int((worst.nc1_rank < tol).sum()), n, n, id="below_fdnc_rank_aware_nc1"),
         count_check(f"runs below f_DNC with NC1~ = tr(S_W)/tr(S_B) < {tol:g} at every level",
-                    int((worst.nc1_trace < tol).sum()), n, 1, id="below_fdnc_nc1_trace"),
+                    int((worst.nc1_trace < tol).sum()), n, n, id="below_fdnc_nc1_trace"),
     ]
+    if K is not None:
+        low = seeds[seeds.run.isin(below)].min_rank < K
+        out.append(count_check(f"runs below f_DNC with class means of rank < K = {K} at some level",
+                               int(low.sum()), n, n, id="below_fdnc_low_rank"))
+    return out
 
 
 def rank_studies_figure(
