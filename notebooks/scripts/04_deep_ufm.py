@@ -136,9 +136,9 @@ print(layer_table.to_string(float_format="{:.1e}".format))
 # ReLU kink and certified by the sign of their multipliers). Where it ends (`limit`): at the **DNC frame** (a
 # certified critical point at $f_{DNC}$, relative 1e-10, with NC2 and NC3 below $10^{-8}$ at $H_2,\dots,H_L$); at a
 # certified critical point **above GD's objective** (not GD's limit: GD's recorded objective never rises at this step
-# size, checked for every seed, so the polish left GD's basin — the face of kinks pinned from GD's endpoint was not the limit's); **between $f^*$
-# and GD** (another critical point GD could be approaching); or **not converged** within `polish_max_iter`
-# iterations (`negative`: directions of negative curvature on its last face). The table gives the largest NC2/NC3
+# size, checked for every seed, so the polish left GD's basin — the face of kinks pinned from GD's endpoint was not
+# the limit's); **between $f^*$ and GD** (another critical point GD could be approaching); or **not converged** within
+# `polish_max_iter` iterations (`negative`: directions of negative curvature on its last face). The table gives the largest NC2/NC3
 # over $H_2,\dots,H_L$ before and after.
 
 # %%
@@ -150,6 +150,18 @@ if polished:
     polish_view = pd.concat({L: study.polish_summary(t, lv) for L, (t, lv) in polished.items()}, names=["L"])
     print(polish_view.to_string(float_format="{:.1e}".format))
     print(polish_view.groupby("L").limit.value_counts().unstack(fill_value=0).to_string())
+
+# %% [markdown]
+# At the paper settings 7 of the 10 seeds at $L=4$ and 5 of the 10 at $L=5$ polish to the DNC frame: a certified
+# critical point at $f_{DNC}$ with NC2 and NC3 at most 1.3e-9 at every post-ReLU level, from up to 3.1e-3 after GD
+# (counted in the checks), reached by Newton from GD's endpoint in 0 to 114 iterations. None of the 14 polishes that
+# converged ended at a critical point at $f_{DNC}$ without the frame, or at one between $f_{DNC}$ and GD's own
+# objective (checked); the 6 that did not converge decide nothing. So for 12 of the 20 seeds a certified DNC
+# critical point at $f_{DNC}$ lies next to GD's endpoint, consistent with GD approaching the orthogonal frame
+# slowly. For the other 8 polishing does not decide it: at $L=5$ runs 3 and 8 converge to certified critical points *above* GD's objective
+# (relative error 8.5e-8 against GD's 6.8e-8, and 6.1e-6 against 1.2e-6), so not to GD's limit; three seeds per
+# depth do not converge within 200 iterations, with 0–2 directions of negative curvature on their last face and
+# NC2/NC3 still 1.2e-5 to 7.1e-4.
 
 # %% [markdown]
 # Where polishing does not decide, GD itself is continued for `continue_steps` more steps from its endpoint (the same
@@ -176,18 +188,6 @@ if continued:
 # with GD still approaching the frame. Run 3 at $L=5$ is the exception: its NC2 levels off at 9.0e-5, 8.9e-5, 8.7e-5
 # over the last 150 000 steps while its objective gap reaches 8.6e-10 — near the critical point its polish found
 # (NC2 9.1e-5, above GD's objective). Whether its limit is the frame is not decided here.
-
-# %% [markdown]
-# At the paper settings 7 of the 10 seeds at $L=4$ and 5 of the 10 at $L=5$ polish to the DNC frame: a certified
-# critical point at $f_{DNC}$ with NC2 and NC3 at most 1.3e-9 at every post-ReLU level, from up to 3.1e-3 after GD
-# (counted in the checks), reached by Newton from GD's endpoint in 0 to 114 iterations. None of the 14 polishes that
-# converged ended at a critical point at $f_{DNC}$ without the frame, or at one between $f_{DNC}$ and GD's own
-# objective (checked); the 6 that did not converge decide nothing. So for 12 of the 20 seeds a certified DNC
-# critical point at $f_{DNC}$ lies next to GD's endpoint, consistent with GD approaching the orthogonal frame
-# slowly. For the other 8 polishing does not decide it: at $L=5$ runs 3 and 8 converge to certified critical points *above* GD's objective
-# (relative error 8.5e-8 against GD's 6.8e-8, and 6.1e-6 against 1.2e-6), so not to GD's limit; three seeds per
-# depth do not converge within 200 iterations, with 0–2 directions of negative curvature on their last face and
-# NC2/NC3 still 1.2e-5 to 7.1e-4.
 
 # %% [markdown]
 # ## 2. $K>2$: the low-rank bias
